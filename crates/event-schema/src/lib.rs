@@ -37,7 +37,9 @@ pub const DOC_KEY: &str = "doc";
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
     /// The reference names no file.
-    #[error("no event schema `{reference}`: {path} does not exist{hint}")]
+    #[error(
+        "no event schema `{reference}`: no file `{reference}.avsc` in the schema directory{hint}"
+    )]
     NotFound {
         /// The reference as written.
         reference: String,

@@ -1,1 +1,894 @@
-//! placeholder
+//! The planner: a checked pipeline spec becomes a graph of typed nodes. Each transform's SQL
+//! is planned by DataFusion against the Arrow schemas of its inputs (windowed transforms see
+//! two extra columns, `window_start` and `window_end`); models and sinks are type checked; the
+//! output schema of every node is known.
+//!
+//! It owns the checks that need schemas or SQL: transform inputs, cycles, unknown columns,
+//! DDL/DML, feature types. It reports through the same located diagnostics as the spec crate,
+//! so `pipectl validate` prints one list. It does not run anything.
+
+mod explain;
+pub mod outputs;
+pub mod sql;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::logical_expr::{Expr, LogicalPlan};
+use event_schema::SchemaRegistry;
+use spec::Document;
+use spec::diag::{Diagnostic, one_of, suggestion};
+use spec::model::{Feature, Model, Pipeline, Sink, Source, Transform, Window};
+
+pub use outputs::EVENT_TIME;
+
+/// Column a windowed transform sees with the start of each row's window.
+pub const WINDOW_START: &str = "window_start";
+/// Column a windowed transform sees with the end (exclusive) of each row's window.
+pub const WINDOW_END: &str = "window_end";
+
+/// A planned pipeline: every node in an order where inputs come first.
+#[derive(Debug)]
+pub struct PipelinePlan {
+    /// The pipeline's name.
+    pub name: String,
+    /// Sources, transforms, models and sinks, inputs before their readers.
+    pub nodes: Vec<PlannedNode>,
+}
+
+/// One planned node.
+#[derive(Debug)]
+pub struct PlannedNode {
+    /// The component's name.
+    pub name: String,
+    /// Names of the tables it reads.
+    pub inputs: Vec<String>,
+    /// What it is, with its plan.
+    pub kind: NodeKind,
+}
+
+/// The kinds of node, each with what the runtime needs.
+#[derive(Debug)]
+pub enum NodeKind {
+    /// A Kafka source.
+    Source {
+        /// The spec.
+        spec: Source,
+        /// Decoded rows.
+        schema: SchemaRef,
+    },
+    /// A SQL transform.
+    Transform {
+        /// The spec.
+        spec: Transform,
+        /// The column that places rows in windows, for windowed transforms.
+        time_field: Option<String>,
+        /// DataFusion's optimized logical plan.
+        plan: LogicalPlan,
+        /// Output rows.
+        schema: SchemaRef,
+    },
+    /// An incremental model.
+    Model {
+        /// The spec.
+        spec: Model,
+        /// `<model>.predictions`.
+        predictions: SchemaRef,
+        /// `<model>.snapshots`.
+        snapshots: SchemaRef,
+    },
+    /// A Kafka sink.
+    Sink {
+        /// The spec.
+        spec: Sink,
+        /// Rows written.
+        schema: SchemaRef,
+    },
+}
+
+impl PipelinePlan {
+    /// The human-readable plan that `pipectl plan` prints.
+    pub fn explain(&self) -> String {
+        explain::explain(self)
+    }
+}
+
+/// Plans the pipeline of `doc`, adding every problem found to its diagnostics. Returns a
+/// plan only when the document has no problem at all.
+pub async fn plan(doc: &mut Document, registry: &SchemaRegistry) -> Option<PipelinePlan> {
+    let pipeline = doc.pipeline.clone()?;
+    let mut planner = Planner {
+        doc,
+        registry,
+        p: &pipeline,
+        tables: HashMap::new(),
+        failed: HashSet::new(),
+        nodes: Vec::new(),
+    };
+    planner.run().await;
+    let nodes = std::mem::take(&mut planner.nodes);
+    if doc.is_valid() {
+        Some(PipelinePlan {
+            name: pipeline.metadata.name.clone(),
+            nodes,
+        })
+    } else {
+        None
+    }
+}
+
+/// A table SQL can read: a source, a transform, or a model output.
+#[derive(Debug, Clone)]
+struct Table {
+    schema: SchemaRef,
+    /// For the default window time column: the source's event-time field this table carries,
+    /// if it traces back to exactly one source.
+    event_time: Option<String>,
+}
+
+struct Planner<'a> {
+    doc: &'a mut Document,
+    registry: &'a SchemaRegistry,
+    p: &'a Pipeline,
+    tables: HashMap<String, Table>,
+    /// Names that exist but could not be planned; readers skip silently (the cause is
+    /// reported once, where it is).
+    failed: HashSet<String>,
+    nodes: Vec<PlannedNode>,
+}
+
+/// An item of the dependency graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Item {
+    Transform(usize),
+    Model(usize),
+}
+
+impl Planner<'_> {
+    fn error(&mut self, path: String, message: String) {
+        self.doc.push(Diagnostic::at_path(path, message));
+    }
+
+    fn error_in_sql(&mut self, t: &Transform, e: &sql::SqlError) {
+        let path = spec::validate::sql_path(t);
+        let pos = match (&self.doc.source_map, e.pos) {
+            (Some(map), Some((line, col))) => Some(map.locate_in_scalar(&path, line, col)),
+            (Some(map), None) => Some(map.locate(&path)),
+            _ => None,
+        };
+        self.doc.push(Diagnostic {
+            pos,
+            path,
+            message: e.message.clone(),
+        });
+    }
+
+    async fn run(&mut self) {
+        for s in &self.p.spec.sources {
+            self.plan_source(s);
+        }
+        for name in &self.doc.broken.clone() {
+            self.failed.insert(name.clone());
+        }
+        let parsed = self.parse_transforms();
+        let deps = self.dependencies(&parsed);
+        let order = self.order(&deps);
+        for item in order {
+            match item {
+                Item::Transform(i) => {
+                    let t = &self.p.spec.transforms[i];
+                    match &parsed[i] {
+                        Some(q) => self.plan_transform(t, q, &deps[&item]).await,
+                        None => {
+                            self.failed.insert(t.name.clone());
+                        }
+                    }
+                }
+                Item::Model(i) => self.plan_model(&self.p.spec.models[i]),
+            }
+        }
+        for s in &self.p.spec.sinks {
+            self.plan_sink(s);
+        }
+    }
+
+    fn plan_source(&mut self, s: &Source) {
+        let path = format!("spec.sources[{}]", s.index);
+        let schema = match self.registry.load(&s.schema) {
+            Ok(schema) => schema.arrow,
+            Err(e) => {
+                self.error(format!("{path}.schema"), e.to_string());
+                self.failed.insert(s.name.clone());
+                return;
+            }
+        };
+        let mut event_time = None;
+        if let Some(field) = s.event_time.as_ref().and_then(|e| e.field.as_ref()) {
+            match schema.field_with_name(field) {
+                Ok(f) if matches!(f.data_type(), DataType::Timestamp(_, _)) => {
+                    event_time = Some(field.clone());
+                }
+                Ok(f) => self.error(
+                    format!("{path}.event_time.field"),
+                    format!(
+                        "`{field}` is {}, not a timestamp; event time must be a timestamp field (Avro `timestamp-millis`)",
+                        f.data_type()
+                    ),
+                ),
+                Err(_) => {
+                    let timestamps = timestamp_columns(&schema);
+                    self.error(
+                        format!("{path}.event_time.field"),
+                        format!(
+                            "no field `{field}` in schema `{}`{} (timestamp fields: {})",
+                            s.schema,
+                            suggestion(field, timestamps.iter().map(String::as_str)),
+                            one_of(timestamps.iter().map(String::as_str))
+                        ),
+                    );
+                }
+            }
+        }
+        self.tables.insert(
+            s.name.clone(),
+            Table {
+                schema: schema.clone(),
+                event_time,
+            },
+        );
+        self.nodes.push(PlannedNode {
+            name: s.name.clone(),
+            inputs: Vec::new(),
+            kind: NodeKind::Source {
+                spec: s.clone(),
+                schema,
+            },
+        });
+    }
+
+    fn parse_transforms(&mut self) -> Vec<Option<sql::ParsedQuery>> {
+        let mut out = Vec::new();
+        for t in &self.p.spec.transforms {
+            match sql::parse(&t.sql) {
+                Ok(q) => out.push(Some(q)),
+                Err(e) => {
+                    self.error_in_sql(t, &e);
+                    out.push(None);
+                }
+            }
+        }
+        out
+    }
+
+    /// Every name a transform may read.
+    fn readable_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .p
+            .spec
+            .sources
+            .iter()
+            .map(|s| s.name.clone())
+            .chain(self.p.spec.transforms.iter().map(|t| t.name.clone()))
+            .chain(self.p.spec.models.iter().flat_map(|m| {
+                [
+                    format!("{}.predictions", m.name),
+                    format!("{}.snapshots", m.name),
+                ]
+            }))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The graph: what each transform and model reads, by table name. Unknown inputs are
+    /// reported here.
+    fn dependencies(&mut self, parsed: &[Option<sql::ParsedQuery>]) -> BTreeMap<Item, Vec<String>> {
+        let readable = self.readable_names();
+        let mut deps = BTreeMap::new();
+        for (i, t) in self.p.spec.transforms.iter().enumerate() {
+            let mut inputs = Vec::new();
+            if let Some(q) = &parsed[i] {
+                for table in &q.tables {
+                    let name = table.reference.to_string();
+                    let known = readable.contains(&name)
+                        || self.failed.contains(&name)
+                        || table
+                            .reference
+                            .schema()
+                            .is_some_and(|m| self.failed.contains(m));
+                    if !known {
+                        let e = sql::SqlError {
+                            pos: table.pos,
+                            message: format!(
+                                "unknown input `{name}`{} (a transform reads sources, transforms and `<model>.predictions`; known: {})",
+                                suggestion(&name, readable.iter().map(String::as_str)),
+                                one_of(readable.iter().map(String::as_str))
+                            ),
+                        };
+                        self.error_in_sql(t, &e);
+                        self.failed.insert(t.name.clone());
+                    }
+                    inputs.push(name);
+                }
+            }
+            deps.insert(Item::Transform(i), inputs);
+        }
+        for (i, m) in self.p.spec.models.iter().enumerate() {
+            deps.insert(Item::Model(i), vec![m.input.clone()]);
+        }
+        deps
+    }
+
+    fn item_name(&self, item: Item) -> &str {
+        match item {
+            Item::Transform(i) => &self.p.spec.transforms[i].name,
+            Item::Model(i) => &self.p.spec.models[i].name,
+        }
+    }
+
+    /// The item that produces table `name`, if a transform or a model does.
+    fn producer(&self, name: &str) -> Option<Item> {
+        let base = name.split('.').next().unwrap_or(name);
+        if let Some(i) = self.p.spec.transforms.iter().position(|t| t.name == name) {
+            return Some(Item::Transform(i));
+        }
+        self.p
+            .spec
+            .models
+            .iter()
+            .position(|m| m.name == base && name.contains('.'))
+            .map(Item::Model)
+    }
+
+    /// Topological order; items on a cycle are reported and left out.
+    fn order(&mut self, deps: &BTreeMap<Item, Vec<String>>) -> Vec<Item> {
+        let upstream: BTreeMap<Item, Vec<Item>> = deps
+            .iter()
+            .map(|(item, inputs)| {
+                let mut ups: Vec<Item> = inputs.iter().filter_map(|n| self.producer(n)).collect();
+                ups.sort();
+                ups.dedup();
+                (*item, ups)
+            })
+            .collect();
+        let mut done: Vec<Item> = Vec::new();
+        let mut remaining: Vec<Item> = upstream.keys().copied().collect();
+        loop {
+            let ready: Vec<Item> = remaining
+                .iter()
+                .copied()
+                .filter(|i| upstream[i].iter().all(|u| done.contains(u)))
+                .collect();
+            if ready.is_empty() {
+                break;
+            }
+            remaining.retain(|i| !ready.contains(i));
+            done.extend(ready);
+        }
+        // What is left is on a cycle or downstream of one.
+        for &start in &remaining {
+            if let Some(cycle) = find_cycle(start, &upstream) {
+                if cycle[0] != start {
+                    continue;
+                }
+                let names: Vec<&str> = cycle
+                    .iter()
+                    .chain(std::iter::once(&cycle[0]))
+                    .map(|i| self.item_name(*i))
+                    .collect();
+                let text = names.join(" <- ");
+                let (path, what) = match start {
+                    Item::Transform(i) => (
+                        spec::validate::sql_path(&self.p.spec.transforms[i]),
+                        "transform",
+                    ),
+                    Item::Model(i) => (
+                        format!("spec.models[{}].input", self.p.spec.models[i].index),
+                        "model",
+                    ),
+                };
+                self.error(
+                    path,
+                    format!(
+                        "{what} `{}` reads its own output through a cycle: {text}; pipelines must be acyclic",
+                        self.item_name(start)
+                    ),
+                );
+            }
+        }
+        for item in remaining {
+            let name = self.item_name(item).to_string();
+            self.failed.insert(name);
+        }
+        done
+    }
+
+    fn lookup_inputs(&self, names: &[String]) -> Option<Vec<(String, Table)>> {
+        names
+            .iter()
+            .map(|n| self.tables.get(n).map(|t| (n.clone(), t.clone())))
+            .collect()
+    }
+
+    async fn plan_transform(&mut self, t: &Transform, q: &sql::ParsedQuery, inputs: &[String]) {
+        if self.failed.contains(&t.name) || inputs.iter().any(|n| self.is_failed(n)) {
+            self.failed.insert(t.name.clone());
+            return;
+        }
+        let Some(tables) = self.lookup_inputs(inputs) else {
+            self.failed.insert(t.name.clone());
+            return;
+        };
+        let wpath = format!("spec.transforms[{}].window", t.index);
+        let mut time_field = None;
+        let mut registered: Vec<sql::InputTable> = Vec::new();
+        for (name, table) in &tables {
+            let mut schema = table.schema.clone();
+            if let Some(w) = &t.window {
+                if tables.len() != 1 {
+                    self.error(
+                        wpath.clone(),
+                        format!(
+                            "a windowed transform reads one input, this one reads {}; join in a transform before the window",
+                            tables.len()
+                        ),
+                    );
+                    self.failed.insert(t.name.clone());
+                    return;
+                }
+                match self.window_input(w, &wpath, name, table) {
+                    Some((field, augmented)) => {
+                        time_field = Some(field);
+                        schema = augmented;
+                    }
+                    None => {
+                        self.failed.insert(t.name.clone());
+                        return;
+                    }
+                }
+            }
+            let (schema_part, table_part) = match name.split_once('.') {
+                Some((m, out)) => (Some(m.to_string()), out.to_string()),
+                None => (None, name.clone()),
+            };
+            registered.push(sql::InputTable {
+                schema: schema_part,
+                table: table_part,
+                arrow: schema,
+            });
+        }
+        let (logical, optimized) = match sql::plan(q, &registered).await {
+            Ok(plans) => plans,
+            Err(e) => {
+                self.error_in_sql(t, &e);
+                self.failed.insert(t.name.clone());
+                return;
+            }
+        };
+        if let Err(message) = check_streaming_shape(&logical, t.window.is_some()) {
+            self.error_in_sql(t, &sql::SqlError { pos: None, message });
+            self.failed.insert(t.name.clone());
+            return;
+        }
+        let schema: SchemaRef = Arc::new(optimized.schema().as_arrow().clone());
+        // The event time carries through when the output keeps the column.
+        let event_time = if t.window.is_some() {
+            None
+        } else {
+            match tables.as_slice() {
+                [(_, table)] => table
+                    .event_time
+                    .clone()
+                    .filter(|f| schema.field_with_name(f).is_ok()),
+                _ => None,
+            }
+        };
+        self.tables.insert(
+            t.name.clone(),
+            Table {
+                schema: schema.clone(),
+                event_time,
+            },
+        );
+        self.nodes.push(PlannedNode {
+            name: t.name.clone(),
+            inputs: inputs.to_vec(),
+            kind: NodeKind::Transform {
+                spec: t.clone(),
+                time_field,
+                plan: optimized,
+                schema,
+            },
+        });
+    }
+
+    fn is_failed(&self, table: &str) -> bool {
+        self.failed.contains(table)
+            || table
+                .split_once('.')
+                .is_some_and(|(m, _)| self.failed.contains(m))
+    }
+
+    /// The window's time column and the input schema with `window_start` / `window_end`.
+    fn window_input(
+        &mut self,
+        w: &Window,
+        wpath: &str,
+        input: &str,
+        table: &Table,
+    ) -> Option<(String, SchemaRef)> {
+        let (field, field_path) = match (&w.time_field, &table.event_time) {
+            (Some(f), _) => (f.clone(), format!("{wpath}.time_field")),
+            (None, Some(f)) => (f.clone(), wpath.to_string()),
+            (None, None) => {
+                let timestamps = timestamp_columns(&table.schema);
+                self.error(
+                    wpath.to_string(),
+                    format!(
+                        "cannot tell which column places rows of `{input}` in windows: set `time_field` (timestamp columns: {})",
+                        one_of(timestamps.iter().map(String::as_str))
+                    ),
+                );
+                return None;
+            }
+        };
+        match table.schema.field_with_name(&field) {
+            Ok(f) if matches!(f.data_type(), DataType::Timestamp(_, _)) => {}
+            Ok(f) => {
+                self.error(
+                    field_path,
+                    format!("`{field}` is {}, not a timestamp", f.data_type()),
+                );
+                return None;
+            }
+            Err(_) => {
+                let timestamps = timestamp_columns(&table.schema);
+                self.error(
+                    field_path,
+                    format!(
+                        "no column `{field}` in `{input}`{} (timestamp columns: {})",
+                        suggestion(&field, timestamps.iter().map(String::as_str)),
+                        one_of(timestamps.iter().map(String::as_str))
+                    ),
+                );
+                return None;
+            }
+        }
+        for reserved in [WINDOW_START, WINDOW_END] {
+            if table.schema.field_with_name(reserved).is_ok() {
+                self.error(
+                    wpath.to_string(),
+                    format!(
+                        "input `{input}` already has a column `{reserved}`, which a window adds; rename it"
+                    ),
+                );
+                return None;
+            }
+        }
+        let mut fields: Vec<Field> = table
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new(WINDOW_START, outputs::timestamp_type(), false));
+        fields.push(Field::new(WINDOW_END, outputs::timestamp_type(), false));
+        Some((field, Arc::new(Schema::new(fields))))
+    }
+
+    fn plan_model(&mut self, m: &Model) {
+        let path = format!("spec.models[{}]", m.index);
+        if self.failed.contains(&m.name) || self.failed.contains(&m.input) {
+            self.failed.insert(m.name.clone());
+            return;
+        }
+        let Some(table) = self.tables.get(&m.input).cloned() else {
+            // Unknown inputs were reported by the spec checks.
+            self.failed.insert(m.name.clone());
+            return;
+        };
+        let schema = &table.schema;
+        let before = self.doc.diagnostics().len();
+        let columns = column_names(schema);
+        let check_column =
+            |planner: &mut Self, column: &str, at: String, want: &str| -> Option<DataType> {
+                match schema.field_with_name(column) {
+                    Ok(f) => Some(f.data_type().clone()),
+                    Err(_) => {
+                        planner.error(
+                            at,
+                            format!(
+                                "no column `{column}` in `{}`{} (columns: {}); {want}",
+                                m.input,
+                                suggestion(column, columns.iter().map(String::as_str)),
+                                one_of(columns.iter().map(String::as_str))
+                            ),
+                        );
+                        None
+                    }
+                }
+            };
+        if let Some(key) = &m.key
+            && let Some(dt) =
+                check_column(self, key, format!("{path}.key"), "the key splits the model")
+            && !is_key_type(&dt)
+        {
+            self.error(
+                format!("{path}.key"),
+                format!("key `{key}` is {dt}; a key must be a string, integer or boolean column"),
+            );
+        }
+        let (features, fpath) = match (&m.regression, &m.clustering) {
+            (Some(r), _) => {
+                if let Some(dt) = check_column(
+                    self,
+                    &r.target,
+                    format!("{path}.regression.target"),
+                    "the target is what the model predicts",
+                ) && !dt.is_numeric()
+                {
+                    self.error(
+                        format!("{path}.regression.target"),
+                        format!(
+                            "target `{}` is {dt}; a regression target must be numeric",
+                            r.target
+                        ),
+                    );
+                }
+                (&r.features, format!("{path}.regression.features"))
+            }
+            (None, Some(c)) => (&c.features, format!("{path}.clustering.features")),
+            (None, None) => {
+                self.failed.insert(m.name.clone());
+                return;
+            }
+        };
+        for (i, feature) in features.iter().enumerate() {
+            let at = format!("{fpath}[{i}]");
+            let Some(dt) = check_column(
+                self,
+                feature.column(),
+                at.clone(),
+                "features are input columns",
+            ) else {
+                continue;
+            };
+            match feature {
+                Feature::Numeric(name) if !dt.is_numeric() => {
+                    let hint = if is_categorical_type(&dt) {
+                        format!(
+                            "; for a categorical column write `{{name: {name}, one_hot: [...]}}` or `{{name: {name}, hash_buckets: N}}`"
+                        )
+                    } else {
+                        String::new()
+                    };
+                    self.error(
+                        at,
+                        format!("feature `{name}` is {dt}, not numeric{hint}"),
+                    );
+                }
+                Feature::Categorical(c) if !is_categorical_type(&dt) => self.error(
+                    at,
+                    format!(
+                        "categorical feature `{}` is {dt}; one-hot and hashing take string, integer or boolean columns",
+                        c.name
+                    ),
+                ),
+                _ => {}
+            }
+        }
+        let reserved = outputs::reserved_columns(m);
+        for (i, column) in m.passthrough.iter().enumerate() {
+            let at = format!("{path}.passthrough[{i}]");
+            if check_column(
+                self,
+                column,
+                at.clone(),
+                "passthrough columns are copied from the input",
+            )
+            .is_some()
+                && (reserved.contains(&column.as_str()) || m.key.as_deref() == Some(column))
+            {
+                self.error(
+                    at,
+                    format!(
+                        "`{column}` is already an output column of the model ({}); remove it",
+                        one_of(reserved.iter().copied())
+                    ),
+                );
+            }
+        }
+        if let Some(key) = &m.key
+            && reserved.contains(&key.as_str())
+        {
+            self.error(
+                format!("{path}.key"),
+                format!("key `{key}` clashes with an output column of the model; rename it in a transform"),
+            );
+        }
+        if self.doc.diagnostics().len() != before {
+            self.failed.insert(m.name.clone());
+            return;
+        }
+        let predictions = outputs::predictions(m, schema);
+        let snapshots = outputs::snapshots(m, schema);
+        for (suffix, schema) in [("predictions", &predictions), ("snapshots", &snapshots)] {
+            self.tables.insert(
+                format!("{}.{suffix}", m.name),
+                Table {
+                    schema: schema.clone(),
+                    event_time: Some(EVENT_TIME.to_string()),
+                },
+            );
+        }
+        self.nodes.push(PlannedNode {
+            name: m.name.clone(),
+            inputs: vec![m.input.clone()],
+            kind: NodeKind::Model {
+                spec: m.clone(),
+                predictions,
+                snapshots,
+            },
+        });
+    }
+
+    fn plan_sink(&mut self, s: &Sink) {
+        let path = format!("spec.sinks[{}]", s.index);
+        if self.is_failed(&s.from) {
+            return;
+        }
+        let Some(table) = self.tables.get(&s.from).cloned() else {
+            // Unknown `from` was reported by the spec checks.
+            return;
+        };
+        if let Some(key) = &s.key {
+            match table.schema.field_with_name(key) {
+                Ok(f) if is_key_type(f.data_type()) => {}
+                Ok(f) => self.error(
+                    format!("{path}.key"),
+                    format!(
+                        "key `{key}` is {}; a message key must be a string, integer or boolean column",
+                        f.data_type()
+                    ),
+                ),
+                Err(_) => {
+                    let columns = column_names(&table.schema);
+                    self.error(
+                        format!("{path}.key"),
+                        format!(
+                            "no column `{key}` in `{}`{} (columns: {})",
+                            s.from,
+                            suggestion(key, columns.iter().map(String::as_str)),
+                            one_of(columns.iter().map(String::as_str))
+                        ),
+                    );
+                }
+            }
+        }
+        self.nodes.push(PlannedNode {
+            name: s.name.clone(),
+            inputs: vec![s.from.clone()],
+            kind: NodeKind::Sink {
+                spec: s.clone(),
+                schema: table.schema,
+            },
+        });
+    }
+}
+
+/// Follows upstream edges from `start` until it comes back; the cycle in reading order.
+fn find_cycle(start: Item, upstream: &BTreeMap<Item, Vec<Item>>) -> Option<Vec<Item>> {
+    // Depth-first with an explicit stack of (item, next edge index).
+    let mut path = vec![start];
+    let mut edges = vec![0usize];
+    let mut visited = HashSet::new();
+    while let Some(&item) = path.last() {
+        let i = edges.last().copied().unwrap_or(0);
+        let ups = upstream.get(&item).map(Vec::as_slice).unwrap_or(&[]);
+        if i >= ups.len() {
+            path.pop();
+            edges.pop();
+            continue;
+        }
+        if let Some(last) = edges.last_mut() {
+            *last += 1;
+        }
+        let next = ups[i];
+        if next == start {
+            return Some(path);
+        }
+        if visited.insert(next) && !path.contains(&next) {
+            path.push(next);
+            edges.push(0);
+        }
+    }
+    None
+}
+
+/// A stateless transform must not aggregate (it would never emit over an unbounded stream);
+/// a windowed one must group by its window.
+fn check_streaming_shape(plan: &LogicalPlan, windowed: bool) -> Result<(), String> {
+    let mut aggregates = 0;
+    let mut grouped_by_window = false;
+    let mut window_functions = false;
+    let mut sorts = false;
+    let _ = plan.apply(|node| {
+        match node {
+            LogicalPlan::Aggregate(agg) => {
+                aggregates += 1;
+                grouped_by_window |= agg.group_expr.iter().any(|e| {
+                    matches!(e, Expr::Column(c) if c.name == WINDOW_START || c.name == WINDOW_END)
+                });
+            }
+            LogicalPlan::Window(_) => window_functions = true,
+            LogicalPlan::Sort(_) | LogicalPlan::Limit(_) => sorts = true,
+            _ => {}
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    if window_functions {
+        return Err(
+            "window functions (OVER ...) are not supported on streams; use a `window` on the transform"
+                .into(),
+        );
+    }
+    if windowed {
+        if !grouped_by_window {
+            return Err(format!(
+                "a windowed transform must aggregate with GROUP BY {WINDOW_START}, {WINDOW_END} (and any keys)"
+            ));
+        }
+    } else {
+        if aggregates > 0 {
+            return Err(
+                "an aggregate over an unbounded stream never emits; add a `window` (tumbling, hopping or session) to the transform"
+                    .into(),
+            );
+        }
+        if sorts {
+            return Err(
+                "ORDER BY and LIMIT need a bounded input; add a `window` to the transform".into(),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn column_names(schema: &Schema) -> Vec<String> {
+    schema.fields().iter().map(|f| f.name().clone()).collect()
+}
+
+fn timestamp_columns(schema: &Schema) -> Vec<String> {
+    schema
+        .fields()
+        .iter()
+        .filter(|f| matches!(f.data_type(), DataType::Timestamp(_, _)))
+        .map(|f| f.name().clone())
+        .collect()
+}
+
+fn is_key_type(dt: &DataType) -> bool {
+    matches!(
+        dt,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Boolean
+    ) || dt.is_integer()
+        || matches!(dt, DataType::Dictionary(_, v) if is_key_type(v))
+}
+
+fn is_categorical_type(dt: &DataType) -> bool {
+    is_key_type(dt)
+}
+
+/// Convenience for tests and tools: load, validate and plan a pipeline file's text.
+pub async fn check(
+    file: &str,
+    text: &str,
+    registry: &SchemaRegistry,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> (Document, Option<PipelinePlan>) {
+    let mut doc = spec::load(file, text, env);
+    let plan = plan(&mut doc, registry).await;
+    (doc, plan)
+}

@@ -5,7 +5,7 @@
 use std::fmt;
 
 /// A 1-based line and column in the pipeline file (columns count characters).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Hash)]
 pub struct Pos {
     /// Line, from 1.
     pub line: usize,

@@ -1,13 +1,18 @@
-//! Loading a pipeline file: parse with limits, deserialize each component on its own, then run
-//! the structural checks. Every problem found is kept; nothing stops at the first error.
+//! Loading a pipeline file: parse with limits, deserialize each top-level field and each
+//! component on its own, then run the structural checks. Every problem found is kept;
+//! nothing stops at the first error.
+//!
+//! Within one component serde stops at its first error. To find the next one we recover by
+//! deletion, as compilers do: drop the offending entry from a copy of the component and try
+//! again, until it deserializes or an error cannot be removed. A "missing field" caused by
+//! our own deletion is not reported.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::rc::Rc;
 
-use serde::Deserialize;
-use serde::de::IgnoredAny;
+use serde::de::DeserializeOwned;
 
-use crate::diag::{Diagnostic, one_of, suggestion};
+use crate::diag::{Diagnostic, Pos, one_of, suggestion};
 use crate::model::{
     ApiVersion, DocumentKind, Metadata, Model, Pipeline, PipelineSpec, Sink, Source, Transform,
 };
@@ -21,7 +26,7 @@ pub struct Document {
     /// The file name used in messages.
     pub file: String,
     /// The pipeline, holding only the components that deserialized; `None` when the document
-    /// is not even a pipeline (syntax error, a limit, no `metadata`).
+    /// is not even a pipeline (syntax error, a limit, no usable `metadata`).
     pub pipeline: Option<Pipeline>,
     /// Names of components that failed to deserialize. Later checks treat them as existing,
     /// so one typo does not cascade into "unknown input" errors elsewhere.
@@ -29,6 +34,10 @@ pub struct Document {
     /// Positions of every field.
     pub source_map: Option<SourceMap>,
     diagnostics: Vec<Diagnostic>,
+    /// Values whose `${ENV}` is unset: other complaints about them are noise.
+    unresolved: HashSet<Pos>,
+    /// Positions of the interpolation errors themselves, which are always kept.
+    env_errors: usize,
 }
 
 impl Document {
@@ -37,11 +46,18 @@ impl Document {
         let mut all: Vec<Diagnostic> = self
             .diagnostics
             .iter()
-            .cloned()
-            .map(|d| match &self.source_map {
-                Some(map) => map.place(d),
-                None => d,
+            .enumerate()
+            .map(|(i, d)| {
+                let d = match &self.source_map {
+                    Some(map) => map.place(d.clone()),
+                    None => d.clone(),
+                };
+                (i, d)
             })
+            .filter(|(i, d)| {
+                *i < self.env_errors || !d.pos.is_some_and(|p| self.unresolved.contains(&p))
+            })
+            .map(|(_, d)| d)
             .collect();
         all.sort_by(|a, b| a.pos.cmp(&b.pos).then_with(|| a.message.cmp(&b.message)));
         all.dedup();
@@ -55,22 +71,14 @@ impl Document {
 
     /// Whether no problem was found.
     pub fn is_valid(&self) -> bool {
-        self.diagnostics.is_empty() && self.pipeline.is_some()
+        self.pipeline.is_some() && self.diagnostics().is_empty()
     }
 }
 
-/// The top of the document; `spec` is read component by component.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-#[allow(dead_code)]
-struct Envelope {
-    api_version: ApiVersion,
-    kind: DocumentKind,
-    metadata: Metadata,
-    spec: IgnoredAny,
-}
-
+const TOP_FIELDS: [&str; 4] = ["apiVersion", "kind", "metadata", "spec"];
 const SPEC_FIELDS: [&str; 4] = ["sources", "transforms", "models", "sinks"];
+/// Most errors reported for one component; past this the rest are likely consequences.
+const MAX_ERRORS_PER_COMPONENT: usize = 20;
 
 /// Loads a pipeline from `text`. `file` names it in messages; `env` resolves `${VAR}`.
 pub fn load(file: &str, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Document {
@@ -90,49 +98,52 @@ pub fn load_with_limits(
         broken: BTreeSet::new(),
         source_map: None,
         diagnostics: Vec::new(),
+        unresolved: HashSet::new(),
+        env_errors: 0,
     };
-    let (root, problems) = match yaml::parse(text, limits, env) {
+    let parsed = match yaml::parse(text, limits, env) {
         Ok(parsed) => parsed,
         Err(d) => {
             doc.diagnostics.push(d);
             return doc;
         }
     };
-    doc.diagnostics.extend(problems);
+    let root = parsed.root;
+    // Interpolation errors go first so `diagnostics` can tell them from their echoes.
+    let (env_problems, other_problems): (Vec<_>, Vec<_>) = parsed
+        .problems
+        .into_iter()
+        .partition(|d| parsed.unresolved.contains(&d.pos.unwrap_or_default()));
+    doc.env_errors = env_problems.len();
+    doc.diagnostics.extend(env_problems);
+    doc.diagnostics.extend(other_problems);
+    doc.unresolved = parsed.unresolved.into_iter().collect();
     doc.source_map = Some(SourceMap::new(text, &root));
 
-    if !matches!(root.kind, Kind::Map(_)) {
+    let Kind::Map(entries) = &root.kind else {
         doc.diagnostics.push(Diagnostic::at_path(
             "",
             "expected a mapping with `apiVersion`, `kind`, `metadata` and `spec`",
         ));
         return doc;
-    }
-    let envelope = match yaml::from_node::<Envelope>(&root, "") {
-        Ok(e) => Some(e),
-        Err(e) => {
-            doc.diagnostics.push(e.into_diagnostic());
-            None
-        }
     };
+    check_keys(entries, "", &TOP_FIELDS, &mut doc);
+    let api_version = field::<ApiVersion>(&root, "apiVersion", "", &mut doc);
+    let kind = field::<DocumentKind>(&root, "kind", "", &mut doc);
+    let metadata = field::<Metadata>(&root, "metadata", "", &mut doc);
     let spec = match root.get("spec") {
         Some(node) => read_spec(node, &mut doc),
-        None => PipelineSpec::default(),
+        None => {
+            doc.diagnostics
+                .push(Diagnostic::at_path("", "missing field `spec`"));
+            PipelineSpec::default()
+        }
     };
-    if let Some(envelope) = envelope {
+    if let Some(metadata) = metadata {
+        // A wrong apiVersion or kind is reported; the body is still checked as v1.
         doc.pipeline = Some(Pipeline {
-            api_version: envelope.api_version,
-            kind: envelope.kind,
-            metadata: envelope.metadata,
-            spec,
-        });
-    } else if let Some(meta) = root.get("metadata")
-        && let Ok(metadata) = yaml::from_node::<Metadata>(meta, "metadata")
-    {
-        // The frame had a problem elsewhere (say, a bad apiVersion): still check the body.
-        doc.pipeline = Some(Pipeline {
-            api_version: ApiVersion::V1,
-            kind: DocumentKind::Pipeline,
+            api_version: api_version.unwrap_or(ApiVersion::V1),
+            kind: kind.unwrap_or(DocumentKind::Pipeline),
             metadata,
             spec,
         });
@@ -145,6 +156,120 @@ pub fn load_with_limits(
     doc
 }
 
+/// Reports keys of a mapping that are not in `allowed`, with a suggestion.
+fn check_keys(
+    entries: &[(Rc<Node>, Rc<Node>)],
+    parent: &str,
+    allowed: &[&str],
+    doc: &mut Document,
+) {
+    for (key, _) in entries {
+        let name = key.as_str().unwrap_or_default();
+        if !allowed.contains(&name) {
+            let path = if parent.is_empty() {
+                name.to_string()
+            } else {
+                format!("{parent}.{name}")
+            };
+            doc.diagnostics.push(Diagnostic {
+                pos: Some(key.pos),
+                path,
+                message: format!(
+                    "unknown field `{name}`{} (expected one of {})",
+                    suggestion(name, allowed.iter().copied()),
+                    one_of(allowed.iter().copied())
+                ),
+            });
+        }
+    }
+}
+
+/// Deserializes the required field `name` of `parent`, reporting what is wrong.
+fn field<T: DeserializeOwned>(
+    parent: &Node,
+    name: &str,
+    parent_path: &str,
+    doc: &mut Document,
+) -> Option<T> {
+    let path = if parent_path.is_empty() {
+        name.to_string()
+    } else {
+        format!("{parent_path}.{name}")
+    };
+    match parent.get(name) {
+        Some(node) => deserialize_all(node, &path, doc),
+        None => {
+            doc.diagnostics.push(Diagnostic::at_path(
+                parent_path,
+                format!("missing field `{name}`"),
+            ));
+            None
+        }
+    }
+}
+
+/// Deserializes `node`, reporting every error found by recovering after each one.
+fn deserialize_all<T: DeserializeOwned>(node: &Node, path: &str, doc: &mut Document) -> Option<T> {
+    let mut current: Option<Node> = None;
+    // (map position, key) pairs we deleted, so their "missing field" echoes are dropped.
+    let mut deleted: Vec<(Pos, String)> = Vec::new();
+    let mut seen: HashSet<Pos> = HashSet::new();
+    for _ in 0..MAX_ERRORS_PER_COMPONENT {
+        let target = current.as_ref().unwrap_or(node);
+        let err = match yaml::from_node::<T>(target, path) {
+            Ok(value) => {
+                return if deleted.is_empty() {
+                    Some(value)
+                } else {
+                    None
+                };
+            }
+            Err(e) => e,
+        };
+        let Some(pos) = err.pos else {
+            doc.diagnostics.push(err.into_diagnostic());
+            return None;
+        };
+        if let Some(missing) = err
+            .message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.strip_suffix('`'))
+            && deleted.iter().any(|(p, k)| *p == pos && k == missing)
+        {
+            return None;
+        }
+        if !seen.insert(pos) {
+            return None;
+        }
+        let is_missing = err.message.starts_with("missing field");
+        doc.diagnostics.push(err.into_diagnostic());
+        if is_missing {
+            return None;
+        }
+        let next = target.without(pos)?;
+        if let Some((map_pos, key)) = entry_at(target, pos) {
+            deleted.push((map_pos, key));
+        }
+        current = Some(next);
+    }
+    None
+}
+
+/// The mapping position and key of the entry whose key or value starts at `pos`.
+fn entry_at(node: &Node, pos: Pos) -> Option<(Pos, String)> {
+    match &node.kind {
+        Kind::Scalar(_) => None,
+        Kind::Seq(items) => items.iter().find_map(|n| entry_at(n, pos)),
+        Kind::Map(entries) => entries.iter().find_map(|(k, v)| {
+            if k.pos == pos || v.pos == pos {
+                Some((node.pos, k.as_str().unwrap_or_default().to_string()))
+            } else {
+                entry_at(v, pos)
+            }
+        }),
+    }
+}
+
 fn read_spec(node: &Rc<Node>, doc: &mut Document) -> PipelineSpec {
     let mut spec = PipelineSpec::default();
     let Kind::Map(entries) = &node.kind else {
@@ -154,20 +279,7 @@ fn read_spec(node: &Rc<Node>, doc: &mut Document) -> PipelineSpec {
         ));
         return spec;
     };
-    for (key, _) in entries {
-        let name = key.as_str().unwrap_or_default();
-        if !SPEC_FIELDS.contains(&name) {
-            doc.diagnostics.push(Diagnostic {
-                pos: Some(key.pos),
-                path: format!("spec.{name}"),
-                message: format!(
-                    "unknown field `{name}`{} (expected one of {})",
-                    suggestion(name, SPEC_FIELDS),
-                    one_of(SPEC_FIELDS)
-                ),
-            });
-        }
-    }
+    check_keys(entries, "spec", &SPEC_FIELDS, doc);
     if node.get("sources").is_none() {
         doc.diagnostics.push(Diagnostic::at_path(
             "spec",
@@ -181,7 +293,7 @@ fn read_spec(node: &Rc<Node>, doc: &mut Document) -> PipelineSpec {
     spec
 }
 
-fn read_list<T: serde::de::DeserializeOwned>(
+fn read_list<T: DeserializeOwned>(
     spec: &Node,
     field: &str,
     doc: &mut Document,
@@ -192,7 +304,7 @@ fn read_list<T: serde::de::DeserializeOwned>(
     };
     let items = match &list.kind {
         Kind::Seq(items) => items,
-        Kind::Scalar(s) if s.value.is_empty() || s.value == "~" || s.value == "null" => {
+        Kind::Scalar(s) if matches!(s.value.as_str(), "" | "~" | "null") => {
             return Vec::new();
         }
         _ => {
@@ -206,13 +318,12 @@ fn read_list<T: serde::de::DeserializeOwned>(
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let path = format!("spec.{field}[{i}]");
-        match yaml::from_node::<T>(item, &path) {
-            Ok(mut value) => {
+        match deserialize_all::<T>(item, &path, doc) {
+            Some(mut value) => {
                 set_index(&mut value, i);
                 out.push(value);
             }
-            Err(e) => {
-                doc.diagnostics.push(e.into_diagnostic());
+            None => {
                 if let Some(name) = item.get("name").and_then(|n| n.as_str()) {
                     doc.broken.insert(name.to_string());
                 }

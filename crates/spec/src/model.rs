@@ -287,6 +287,9 @@ pub struct Model {
     /// Mini-batch k-means updated per micro-batch.
     #[serde(default)]
     pub clustering: Option<Clustering>,
+    /// Input columns copied onto every prediction, such as an id to join on.
+    #[serde(default)]
+    pub passthrough: Vec<String>,
     /// How often a snapshot (coefficients or centroids, metrics) is emitted.
     #[serde(default)]
     pub snapshot_every: Option<SnapshotEvery>,

@@ -525,7 +525,8 @@ fn check_clustering(c: &Clustering, m: &Model, path: &str, out: &mut Vec<Diagnos
 
 /// The names a sink's `from` may take: sources, transforms and the two outputs of each model.
 pub fn sink_inputs(p: &Pipeline) -> Vec<String> {
-    p.spec
+    let mut names: Vec<String> = p
+        .spec
         .sources
         .iter()
         .map(|s| s.name.clone())
@@ -536,7 +537,10 @@ pub fn sink_inputs(p: &Pipeline) -> Vec<String> {
                 format!("{}.snapshots", m.name),
             ]
         }))
-        .collect()
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 fn check_sink(

@@ -77,6 +77,66 @@ pub struct Scalar {
 }
 
 impl Node {
+    /// A copy of this tree without the node that starts at `pos` (a mapping entry whose key or
+    /// value starts there, or a list item). `None` when no such child exists. Used to recover
+    /// after an error and find the next one.
+    pub fn without(&self, pos: Pos) -> Option<Node> {
+        match &self.kind {
+            Kind::Scalar(_) => None,
+            Kind::Seq(items) => {
+                if let Some(i) = items.iter().position(|n| n.pos == pos) {
+                    let mut items = items.clone();
+                    items.remove(i);
+                    return Some(Node::seq(self.pos, items));
+                }
+                items.iter().enumerate().find_map(|(i, item)| {
+                    item.without(pos).map(|new| {
+                        let mut items = items.clone();
+                        items[i] = Rc::new(new);
+                        Node::seq(self.pos, items)
+                    })
+                })
+            }
+            Kind::Map(entries) => {
+                if let Some(i) = entries
+                    .iter()
+                    .position(|(k, v)| k.pos == pos || v.pos == pos)
+                {
+                    let mut entries = entries.clone();
+                    entries.remove(i);
+                    return Some(Node::map(self.pos, entries));
+                }
+                entries.iter().enumerate().find_map(|(i, (k, v))| {
+                    v.without(pos).map(|new| {
+                        let mut entries = entries.clone();
+                        entries[i] = (k.clone(), Rc::new(new));
+                        Node::map(self.pos, entries)
+                    })
+                })
+            }
+        }
+    }
+
+    fn seq(pos: Pos, items: Vec<Rc<Node>>) -> Node {
+        let size = items.iter().fold(1usize, |a, n| a.saturating_add(n.size));
+        Node {
+            pos,
+            kind: Kind::Seq(items),
+            size,
+        }
+    }
+
+    fn map(pos: Pos, entries: Vec<(Rc<Node>, Rc<Node>)>) -> Node {
+        let size = entries.iter().fold(1usize, |a, (k, v)| {
+            a.saturating_add(k.size).saturating_add(v.size)
+        });
+        Node {
+            pos,
+            kind: Kind::Map(entries),
+            size,
+        }
+    }
+
     /// The scalar's text, if this is a scalar.
     pub fn as_str(&self) -> Option<&str> {
         match &self.kind {
@@ -131,6 +191,18 @@ enum Frame {
     },
 }
 
+/// A parsed document and the problems that did not stop parsing.
+#[derive(Debug)]
+pub struct Parsed {
+    /// The root node.
+    pub root: Rc<Node>,
+    /// Duplicate keys and interpolation errors.
+    pub problems: Vec<Diagnostic>,
+    /// Positions of scalars whose `${ENV}` could not be resolved: later checks of these values
+    /// would only repeat the interpolation error.
+    pub unresolved: Vec<Pos>,
+}
+
 /// Parses `text` into a tree, interpolating `${ENV}` with `lookup`.
 ///
 /// A fatal problem (syntax, a limit) returns `Err` with that one diagnostic. Problems that do
@@ -140,7 +212,7 @@ pub fn parse(
     text: &str,
     limits: &Limits,
     lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<(Rc<Node>, Vec<Diagnostic>), Diagnostic> {
+) -> Result<Parsed, Diagnostic> {
     if text.len() > limits.max_bytes {
         return Err(Diagnostic {
             pos: Some(Pos::new(1, 1)),
@@ -160,6 +232,7 @@ pub fn parse(
         root: None,
         documents: 0,
         problems: Vec::new(),
+        unresolved: Vec::new(),
         path: Vec::new(),
     };
     let mut parser = Parser::new_from_str(text);
@@ -176,7 +249,11 @@ pub fn parse(
         builder.on_event(event, &span)?;
     }
     match builder.root {
-        Some(root) => Ok((root, builder.problems)),
+        Some(root) => Ok(Parsed {
+            root,
+            problems: builder.problems,
+            unresolved: builder.unresolved,
+        }),
         None => Err(Diagnostic {
             pos: Some(Pos::new(1, 1)),
             path: String::new(),
@@ -193,6 +270,7 @@ struct Builder<'a> {
     root: Option<Rc<Node>>,
     documents: usize,
     problems: Vec<Diagnostic>,
+    unresolved: Vec<Pos>,
     /// Field path of the node being built, for diagnostics found while building.
     path: Vec<String>,
 }
@@ -217,6 +295,7 @@ impl Builder<'_> {
                     match interp::interpolate(&value, self.lookup) {
                         Ok(v) => (v, true),
                         Err(errors) => {
+                            self.unresolved.push(pos);
                             for e in errors {
                                 self.problems.push(Diagnostic {
                                     pos: Some(pos),
@@ -270,35 +349,13 @@ impl Builder<'_> {
             }
             Event::SequenceEnd | Event::MappingEnd => {
                 let (node, anchor) = match self.stack.pop() {
-                    Some(Frame::Seq { pos, anchor, items }) => {
-                        let size = items.iter().fold(1usize, |a, n| a.saturating_add(n.size));
-                        (
-                            Node {
-                                pos,
-                                kind: Kind::Seq(items),
-                                size,
-                            },
-                            anchor,
-                        )
-                    }
+                    Some(Frame::Seq { pos, anchor, items }) => (Node::seq(pos, items), anchor),
                     Some(Frame::Map {
                         pos,
                         anchor,
                         entries,
                         ..
-                    }) => {
-                        let size = entries.iter().fold(1usize, |a, (k, v)| {
-                            a.saturating_add(k.size).saturating_add(v.size)
-                        });
-                        (
-                            Node {
-                                pos,
-                                kind: Kind::Map(entries),
-                                size,
-                            },
-                            anchor,
-                        )
-                    }
+                    }) => (Node::map(pos, entries), anchor),
                     None => return Err(fatal(pos, "unbalanced YAML events")),
                 };
                 self.finish(Rc::new(node), anchor)?;
@@ -982,7 +1039,9 @@ mod tests {
     }
 
     fn tree(text: &str) -> Rc<Node> {
-        parse(text, &Limits::default(), &no_env).expect("parses").0
+        parse(text, &Limits::default(), &no_env)
+            .expect("parses")
+            .root
     }
 
     #[derive(Debug, Deserialize, PartialEq)]
@@ -1082,12 +1141,14 @@ mod tests {
 
     #[test]
     fn duplicate_keys_and_unset_env_are_collected() {
-        let (_, problems) = parse(
+        let parsed = parse(
             "a: 1\na: 2\nb: ${NOT_SET_ANYWHERE}\n",
             &Limits::default(),
             &no_env,
         )
         .expect("parses");
+        let problems = parsed.problems;
+        assert_eq!(parsed.unresolved, vec![Pos::new(3, 4)]);
         assert_eq!(problems.len(), 2);
         assert_eq!(problems[0].pos, Some(Pos::new(2, 1)));
         assert!(problems[0].message.contains("duplicate key `a`"));

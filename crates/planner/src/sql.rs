@@ -1,0 +1,344 @@
+//! One transform's SQL: parse, refuse anything but a single query, find its inputs with their
+//! positions, and plan it through DataFusion against its inputs' schemas.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::MemorySchemaProvider;
+use datafusion::catalog::SchemaProvider;
+use datafusion::common::TableReference;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::datasource::empty::EmptyTable;
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::{DFParserBuilder, Statement as DfStatement};
+use datafusion::sql::sqlparser::ast::{self, Spanned};
+
+/// A 1-based line and column inside the SQL text.
+pub type SqlPos = (usize, usize);
+
+/// A problem in a transform's SQL, located inside the SQL text when DataFusion or the parser
+/// tells where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqlError {
+    /// Where in the SQL, if known.
+    pub pos: Option<SqlPos>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl SqlError {
+    fn new(pos: Option<SqlPos>, message: impl Into<String>) -> Self {
+        Self {
+            pos,
+            message: message.into(),
+        }
+    }
+}
+
+/// A table the SQL reads, with the position of its first mention.
+#[derive(Debug, Clone)]
+pub struct TableRef {
+    /// As DataFusion resolves it (`clean`, or `failure_rate.predictions`).
+    pub reference: TableReference,
+    /// Where it is first named in the SQL.
+    pub pos: Option<SqlPos>,
+}
+
+/// A parsed transform query.
+#[derive(Debug)]
+pub struct ParsedQuery {
+    statement: DfStatement,
+    /// Tables it reads (CTE names excluded).
+    pub tables: Vec<TableRef>,
+}
+
+/// Parses `sql`: exactly one statement, and a query.
+pub fn parse(sql: &str) -> Result<ParsedQuery, SqlError> {
+    let mut statements = DFParserBuilder::new(sql)
+        .build()
+        .and_then(|mut p| p.parse_statements())
+        .map_err(|e| from_datafusion(&e))?;
+    if statements.len() != 1 {
+        let pos = statements.get(1).and_then(statement_pos);
+        return Err(SqlError::new(
+            pos,
+            format!(
+                "a transform is exactly one SQL query; found {} statements",
+                statements.len()
+            ),
+        ));
+    }
+    let Some(statement) = statements.pop_front() else {
+        return Err(SqlError::new(
+            None,
+            "the SQL is empty; write a SELECT query",
+        ));
+    };
+    let query_ok =
+        matches!(&statement, DfStatement::Statement(s) if matches!(**s, ast::Statement::Query(_)));
+    if !query_ok {
+        return Err(SqlError::new(
+            statement_pos(&statement).or(Some((1, 1))),
+            format!(
+                "`{}` is not allowed: a transform is one SELECT query (no DDL, DML or session commands)",
+                statement_keyword(sql)
+            ),
+        ));
+    }
+    let tables = table_refs(&statement)?;
+    Ok(ParsedQuery { statement, tables })
+}
+
+fn statement_pos(statement: &DfStatement) -> Option<SqlPos> {
+    match statement {
+        DfStatement::Statement(s) => {
+            let start = s.span().start;
+            (start.line > 0).then_some((start.line as usize, start.column as usize))
+        }
+        _ => None,
+    }
+}
+
+fn statement_keyword(sql: &str) -> String {
+    let words: Vec<&str> = sql.split_whitespace().take(2).collect();
+    match words.as_slice() {
+        [first, second, ..]
+            if matches!(
+                first.to_ascii_uppercase().as_str(),
+                "CREATE" | "DROP" | "ALTER" | "INSERT" | "DELETE" | "TRUNCATE"
+            ) =>
+        {
+            format!(
+                "{} {}",
+                first.to_ascii_uppercase(),
+                second.to_ascii_uppercase()
+            )
+        }
+        [first, ..] => first.to_ascii_uppercase(),
+        [] => String::new(),
+    }
+}
+
+fn table_refs(statement: &DfStatement) -> Result<Vec<TableRef>, SqlError> {
+    let (references, _ctes) = datafusion::sql::resolve::resolve_table_references(statement, true)
+        .map_err(|e| from_datafusion(&e))?;
+    // Positions: the first relation in the AST whose name resolves to the reference.
+    let mut spans: Vec<(String, SqlPos)> = Vec::new();
+    if let DfStatement::Statement(s) = statement {
+        let _ = ast::visit_relations(&**s, |name: &ast::ObjectName| {
+            let start = name.span().start;
+            if start.line > 0 {
+                let text = name
+                    .0
+                    .iter()
+                    .filter_map(|part| part.as_ident().map(|i| i.value.to_lowercase()))
+                    .collect::<Vec<_>>()
+                    .join(".");
+                spans.push((text, (start.line as usize, start.column as usize)));
+            }
+            std::ops::ControlFlow::<()>::Continue(())
+        });
+    }
+    Ok(references
+        .into_iter()
+        .map(|reference| {
+            let key = reference.to_string().to_lowercase();
+            let pos = spans.iter().find(|(t, _)| *t == key).map(|(_, p)| *p);
+            TableRef { reference, pos }
+        })
+        .collect())
+}
+
+/// A table to register for planning: a bare name (`clean`) or a model output
+/// (`failure_rate`.`predictions`).
+#[derive(Debug, Clone)]
+pub struct InputTable {
+    /// Schema part of the name, for model outputs.
+    pub schema: Option<String>,
+    /// Table name.
+    pub table: String,
+    /// Its columns.
+    pub arrow: SchemaRef,
+}
+
+/// Session settings for planning pipeline SQL.
+fn session() -> SessionContext {
+    let mut config = SessionConfig::new()
+        .with_information_schema(false)
+        .with_target_partitions(1);
+    let options = config.options_mut();
+    options.sql_parser.collect_spans = true;
+    // Keep string columns as the decoders produce them (Utf8), so plans and schemas agree.
+    options.sql_parser.map_string_types_to_utf8view = false;
+    SessionContext::new_with_config(config)
+}
+
+/// Plans the query against `inputs`; returns the logical plan and its optimized form.
+pub async fn plan(
+    parsed: &ParsedQuery,
+    inputs: &[InputTable],
+) -> Result<(LogicalPlan, LogicalPlan), SqlError> {
+    let ctx = session();
+    for input in inputs {
+        let table = Arc::new(EmptyTable::new(input.arrow.clone()));
+        match &input.schema {
+            None => {
+                ctx.register_table(input.table.as_str(), table)
+                    .map_err(|e| from_datafusion(&e))?;
+            }
+            Some(schema) => {
+                let catalog = ctx
+                    .catalog("datafusion")
+                    .ok_or_else(|| SqlError::new(None, "internal error: no default catalog"))?;
+                let provider = match catalog.schema(schema) {
+                    Some(p) => p,
+                    None => {
+                        let p: Arc<dyn SchemaProvider> = Arc::new(MemorySchemaProvider::new());
+                        catalog
+                            .register_schema(schema, p.clone())
+                            .map_err(|e| from_datafusion(&e))?;
+                        p
+                    }
+                };
+                provider
+                    .register_table(input.table.clone(), table)
+                    .map_err(|e| from_datafusion(&e))?;
+            }
+        }
+    }
+    let state = ctx.state();
+    let logical = state
+        .statement_to_plan(parsed.statement.clone())
+        .await
+        .map_err(|e| from_datafusion(&e))?;
+    if let Some(kind) = forbidden_node(&logical) {
+        return Err(SqlError::new(
+            Some((1, 1)),
+            format!("{kind} is not allowed in a transform: it is one SELECT query"),
+        ));
+    }
+    let optimized = state.optimize(&logical).map_err(|e| from_datafusion(&e))?;
+    Ok((logical, optimized))
+}
+
+/// Plan nodes that write or change state; a `SELECT ... INTO` plans to one of these.
+fn forbidden_node(plan: &LogicalPlan) -> Option<&'static str> {
+    let mut found = None;
+    let _ = plan.apply(|node| {
+        let kind = match node {
+            LogicalPlan::Dml(_) => Some("DML (INSERT, UPDATE, DELETE)"),
+            LogicalPlan::Ddl(_) => Some("DDL (CREATE, DROP, SELECT INTO)"),
+            LogicalPlan::Copy(_) => Some("COPY"),
+            LogicalPlan::Statement(_) => Some("a session statement"),
+            LogicalPlan::Explain(_) | LogicalPlan::Analyze(_) => Some("EXPLAIN"),
+            _ => None,
+        };
+        if kind.is_some() {
+            found = kind;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
+}
+
+/// A DataFusion error as a located SQL error: the diagnostic's span when DataFusion attaches
+/// one, else a `Line: L, Column: C` the parser puts in its message.
+pub fn from_datafusion(e: &DataFusionError) -> SqlError {
+    let pos = e
+        .diagnostic()
+        .and_then(|d| d.span)
+        .filter(|s| s.start.line > 0)
+        .map(|s| (s.start.line as usize, s.start.column as usize));
+    let root = e.find_root();
+    let mut message = root.strip_backtrace();
+    let pos = pos.or_else(|| parser_pos(&message));
+    for prefix in [
+        "Schema error: ",
+        "Error during planning: ",
+        "SQL error: ",
+        "This feature is not implemented: ",
+        "Optimizer rule",
+    ] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            message = rest.to_string();
+        }
+    }
+    if let Some(cut) = message.find(" at Line: ") {
+        message.truncate(cut);
+    }
+    for wrapper in ["ParserError(\"", "TokenizerError(\""] {
+        if let Some(rest) = message.strip_prefix(wrapper) {
+            message = rest.trim_end_matches("\")").to_string();
+        }
+    }
+    // One line per error, as compilers print them.
+    let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    SqlError::new(pos, message)
+}
+
+fn parser_pos(message: &str) -> Option<SqlPos> {
+    let rest = &message[message.find("Line: ")? + 6..];
+    let line: usize = rest.split(',').next()?.trim().parse().ok()?;
+    let col_text = &rest[rest.find("Column: ")? + 8..];
+    let col: usize = col_text
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .ok()?;
+    Some((line, col))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_one_query_and_finds_tables() {
+        let q = parse("SELECT a FROM t JOIN m.predictions p ON t.a = p.a").expect("valid");
+        let mut names: Vec<String> = q.tables.iter().map(|t| t.reference.to_string()).collect();
+        names.sort();
+        assert_eq!(names, vec!["m.predictions", "t"]);
+        let t = q
+            .tables
+            .iter()
+            .find(|t| t.reference.table() == "t")
+            .expect("t");
+        assert_eq!(t.pos, Some((1, 15)));
+        // CTEs are not inputs.
+        let q = parse("WITH x AS (SELECT a FROM t) SELECT a FROM x").expect("valid");
+        assert_eq!(q.tables.len(), 1);
+    }
+
+    #[test]
+    fn refuses_ddl_dml_and_several_statements() {
+        for (sql, needle) in [
+            ("DROP TABLE t", "`DROP TABLE` is not allowed"),
+            ("INSERT INTO t VALUES (1)", "`INSERT INTO` is not allowed"),
+            (
+                "CREATE TABLE x AS SELECT 1",
+                "`CREATE TABLE` is not allowed",
+            ),
+            (
+                "SET datafusion.execution.batch_size = 1",
+                "`SET` is not allowed",
+            ),
+            ("SELECT 1; SELECT 2", "found 2 statements"),
+            ("", "found 0 statements"),
+            ("SELEC a FROM t", "Expected"),
+        ] {
+            let err = parse(sql).expect_err(sql);
+            assert!(err.message.contains(needle), "{sql}: {}", err.message);
+        }
+    }
+
+    #[tokio::test]
+    async fn select_into_is_refused_at_planning() {
+        let q = parse("SELECT 1 AS a INTO other").expect("parses as a query");
+        let err = plan(&q, &[]).await.expect_err("refused");
+        assert!(err.message.contains("not allowed"), "{}", err.message);
+    }
+}

@@ -1,0 +1,246 @@
+//! File-driven tests of the pipeline language through the `pipectl` binary, run from the
+//! repository root as a user would:
+//!
+//! - every `tests/bad/NAME.yaml` must fail `pipectl validate` with exactly the text of
+//!   `tests/bad/NAME.err` (stderr) and exit code 1;
+//! - every `pipelines/NAME.yaml` must be valid, and `pipectl plan` must print exactly
+//!   `tests/plans/NAME.plan`;
+//! - `pipectl schema` must print exactly `schemas/pipeline.schema.json`.
+//!
+//! The expected files are written by hand or, with `UPDATE_EXPECT=1`, from the current output
+//! to be reviewed line by line in the diff before committing (like `insta` or DataFusion's
+//! sqllogictest `--complete`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("repository root")
+        .to_path_buf()
+}
+
+fn pipectl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pipectl"))
+        .args(args)
+        .current_dir(root())
+        // Expected outputs assume these are unset.
+        .env_remove("PII_SALT")
+        .env_remove("PIPECTL_TEST_SURELY_UNSET_TOPIC")
+        .env_remove("PIPECTL_SCHEMAS")
+        .output()
+        .expect("pipectl runs")
+}
+
+fn files(dir: &str, ext: &str) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(root().join(dir))
+        .expect("directory exists")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .map(|p| {
+            p.strip_prefix(root())
+                .expect("under root")
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    out.sort();
+    assert!(!out.is_empty(), "no .{ext} files in {dir}");
+    out
+}
+
+/// Compares `actual` with the expected file, or rewrites it under `UPDATE_EXPECT=1`.
+/// Returns a description of the mismatch.
+fn expect_file(expected: &Path, actual: &str) -> Option<String> {
+    if std::env::var_os("UPDATE_EXPECT").is_some() {
+        std::fs::write(expected, actual).expect("write expected file");
+        return None;
+    }
+    let want = std::fs::read_to_string(expected).unwrap_or_default();
+    if want == actual {
+        return None;
+    }
+    let mut diff = format!("{} differs:\n", expected.display());
+    for (i, (w, a)) in want.lines().zip(actual.lines()).enumerate() {
+        if w != a {
+            diff.push_str(&format!(
+                "  line {}:\n    want: {w}\n    got:  {a}\n",
+                i + 1
+            ));
+            break;
+        }
+    }
+    if want.lines().count() != actual.lines().count() {
+        diff.push_str(&format!(
+            "  want {} lines, got {}\n",
+            want.lines().count(),
+            actual.lines().count()
+        ));
+    }
+    Some(diff)
+}
+
+#[test]
+fn bad_pipelines_report_exactly_the_expected_errors() {
+    let mut failures = Vec::new();
+    for file in files("tests/bad", "yaml") {
+        let out = pipectl(&["validate", &file]);
+        if out.status.code() != Some(1) {
+            failures.push(format!("{file}: exit {:?}, want 1", out.status.code()));
+        }
+        if !out.stdout.is_empty() {
+            failures.push(format!("{file}: printed on stdout"));
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let expected = root().join(&file).with_extension("err");
+        if let Some(diff) = expect_file(&expected, &stderr) {
+            failures.push(diff);
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn the_acceptance_example_reports_three_located_errors_in_one_run() {
+    let out = pipectl(&["validate", "tests/bad/three-errors.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains(": error: ")).collect();
+    assert_eq!(errors.len(), 3, "{stderr}");
+    assert!(errors[0].starts_with("tests/bad/three-errors.yaml:15:29: error: spec.transforms[0].sql: No field named tempreature"));
+    assert!(errors[1].starts_with("tests/bad/three-errors.yaml:20:14: error: spec.transforms[1].sql: unknown input `readngs`, did you mean `readings`?"));
+    assert!(errors[2].starts_with("tests/bad/three-errors.yaml:28:9: error: spec.models[0].regression.half_lfe: unknown field `half_lfe`, did you mean `half_life`?"));
+}
+
+#[test]
+fn every_example_pipeline_is_valid() {
+    let examples = files("pipelines", "yaml");
+    let mut args = vec!["validate"];
+    args.extend(examples.iter().map(String::as_str));
+    let out = pipectl(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.lines().filter(|l| l.contains(": valid")).count(),
+        examples.len()
+    );
+}
+
+#[test]
+fn plans_match_their_snapshots() {
+    let mut failures = Vec::new();
+    for file in files("pipelines", "yaml") {
+        let out = pipectl(&["plan", &file]);
+        if !out.status.success() {
+            failures.push(format!("{file}: {}", String::from_utf8_lossy(&out.stderr)));
+            continue;
+        }
+        let name = Path::new(&file)
+            .file_stem()
+            .expect("stem")
+            .to_string_lossy()
+            .into_owned();
+        let expected = root().join("tests/plans").join(format!("{name}.plan"));
+        if let Some(diff) = expect_file(&expected, &String::from_utf8_lossy(&out.stdout)) {
+            failures.push(diff);
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn failure_rate_plan_shows_filter_projection_and_schema() {
+    let out = pipectl(&["plan", "pipelines/line-failure-forecast.yaml"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let clean = &text[text.find("transform clean").expect("clean")..];
+    let clean = &clean[..clean.find("\n\n").expect("end of node")];
+    assert!(
+        clean.contains("Projection: upper(btrim(readings.line_id)) AS line_id"),
+        "{clean}"
+    );
+    assert!(
+        clean.contains("Filter: readings.failure_rate IS NOT NULL"),
+        "{clean}"
+    );
+    assert!(
+        clean.contains("TableScan: readings projection=["),
+        "{clean}"
+    );
+    assert!(clean.contains("  output:\n    line_id: Utf8"), "{clean}");
+}
+
+#[test]
+fn committed_json_schema_is_current() {
+    let out = pipectl(&["schema"]);
+    assert!(out.status.success());
+    let expected = root().join("schemas/pipeline.schema.json");
+    if let Some(diff) = expect_file(&expected, &String::from_utf8_lossy(&out.stdout)) {
+        panic!("{diff}\nrun `pipectl schema > schemas/pipeline.schema.json` and commit it");
+    }
+    // It is a real JSON Schema that knows the language.
+    let schema: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("pipectl schema prints JSON");
+    assert_eq!(schema["title"], "Pipeline");
+    let text = out.stdout.escape_ascii().to_string();
+    for word in [
+        "half_life",
+        "max_out_of_order",
+        "on_error",
+        "exactly_once",
+        "tumbling",
+    ] {
+        assert!(text.contains(word), "schema lacks {word}");
+    }
+}
+
+#[test]
+fn deep_nesting_is_refused_with_a_clear_message() {
+    let dir = std::env::temp_dir().join(format!("pipectl-deep-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    for (name, text) in [
+        (
+            "flow.yaml",
+            format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)),
+        ),
+        (
+            "block.yaml",
+            (0..1_000)
+                .map(|i| format!("{}k:\n", " ".repeat(i)))
+                .collect(),
+        ),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write");
+        let out = pipectl(&["validate", path.to_str().expect("utf-8 path")]);
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("nesting is deeper than"),
+            "{name}: {stderr}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    assert_eq!(pipectl(&["validate"]).status.code(), Some(2));
+    assert_eq!(pipectl(&["frobnicate"]).status.code(), Some(2));
+    let out = pipectl(&["validate", "pipelines/no-such-file.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot read pipelines/no-such-file.yaml")
+    );
+    // One unreadable file among valid ones still exits 2, after checking the others.
+    let out = pipectl(&["validate", "pipelines/line-throughput.yaml", "nope.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("line-throughput.yaml: valid"));
+}
