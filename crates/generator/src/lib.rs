@@ -585,6 +585,7 @@ mod tests {
     /// the normal equations solved by Gaussian elimination (derivation by hand, not the
     /// engine's code).
     #[test]
+    #[allow(clippy::needless_range_loop)] // matrix algebra reads best with indices
     fn sensor_failure_rate_follows_the_documented_linear_law() {
         let mut g = Generator::new(Settings::new("production/sensor_reading", 3)).expect("kind");
         let mut xtx = [[0.0f64; 6]; 6];
