@@ -1,1 +1,586 @@
-//! connectors
+//! Kafka connectors: a source that reads micro-batches of raw messages, a sink that writes
+//! records with an idempotent producer, and topic administration. They move bytes; decoding
+//! and encoding are the formats crate's job.
+//!
+//! `start_from: committed` subscribes to the topic in the consumer group, so several engine
+//! instances share its partitions (Kafka assigns them). `earliest`, `latest` and `timestamp`
+//! mean "every run starts there": those runs assign all partitions themselves and still
+//! commit offsets under the group, for lag monitoring.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+/// Errors of the Kafka layer.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    /// Kafka said no, or could not be reached (retryable or not, the message says).
+    #[error("kafka: {context}: {source}")]
+    Kafka {
+        /// What we were doing.
+        context: String,
+        /// librdkafka's error.
+        source: KafkaError,
+    },
+    /// The configuration cannot work (a missing topic, a bad timestamp).
+    #[error("{0}")]
+    Config(String),
+}
+
+fn kafka(context: impl Into<String>) -> impl FnOnce(KafkaError) -> ConnectorError {
+    let context = context.into();
+    move |source| ConnectorError::Kafka { context, source }
+}
+
+/// Where a source starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// Committed offsets of the group (earliest when none).
+    Committed,
+    /// The earliest offsets.
+    Earliest,
+    /// The end of each partition.
+    Latest,
+    /// The first offset at or after this time, ms since the epoch.
+    Timestamp(i64),
+}
+
+/// How to read a topic.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// `host:port` list.
+    pub bootstrap: String,
+    /// The topic.
+    pub topic: String,
+    /// Consumer group id.
+    pub group: String,
+    /// Where to start.
+    pub start: Start,
+    /// Extra librdkafka properties.
+    pub properties: BTreeMap<String, String>,
+    /// Most messages in one micro-batch.
+    pub max_batch: usize,
+    /// Longest wait for a micro-batch to fill.
+    pub max_wait: Duration,
+}
+
+/// One micro-batch of raw messages, stored contiguously.
+#[derive(Debug, Default, Clone)]
+pub struct RawBatch {
+    /// All payloads, back to back.
+    pub bytes: Vec<u8>,
+    /// `(start, end)` of each payload in `bytes`.
+    pub spans: Vec<(usize, usize)>,
+    /// Partition of each message.
+    pub partitions: Vec<i32>,
+    /// Offset of each message.
+    pub offsets: Vec<i64>,
+    /// Kafka timestamp of each message, ms (0 when the broker gave none).
+    pub timestamps: Vec<i64>,
+}
+
+impl RawBatch {
+    /// Number of messages.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// The payload of message `i`.
+    pub fn payload(&self, i: usize) -> &[u8] {
+        let (s, e) = self.spans[i];
+        &self.bytes[s..e]
+    }
+
+    /// Every payload, in order.
+    pub fn payloads(&self) -> Vec<&[u8]> {
+        (0..self.len()).map(|i| self.payload(i)).collect()
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.spans.clear();
+        self.partitions.clear();
+        self.offsets.clear();
+        self.timestamps.clear();
+    }
+
+    /// The next offset to consume per partition after this batch.
+    pub fn next_offsets(&self) -> BTreeMap<i32, i64> {
+        let mut out = BTreeMap::new();
+        for (p, o) in self.partitions.iter().zip(&self.offsets) {
+            let next = out.entry(*p).or_insert(o + 1);
+            *next = (*next).max(o + 1);
+        }
+        out
+    }
+}
+
+/// A Kafka topic read as micro-batches.
+pub struct KafkaSource {
+    consumer: StreamConsumer,
+    topic: String,
+    partitions: Vec<i32>,
+    max_batch: usize,
+    max_wait: Duration,
+}
+
+impl std::fmt::Debug for KafkaSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSource")
+            .field("topic", &self.topic)
+            .field("partitions", &self.partitions)
+            .finish()
+    }
+}
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Partition ids of `topic`, or a config error if it does not exist.
+fn topic_partitions<C: Consumer>(consumer: &C, topic: &str) -> Result<Vec<i32>, ConnectorError> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        .map_err(kafka(format!("reading metadata of topic `{topic}`")))?;
+    let t = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .ok_or_else(|| ConnectorError::Config(format!("topic `{topic}` does not exist")))?;
+    if let Some(err) = t.error() {
+        return Err(ConnectorError::Config(format!(
+            "topic `{topic}` is not readable: {:?}",
+            RDKafkaErrorCode::from(err)
+        )));
+    }
+    let mut ids: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+    ids.sort_unstable();
+    if ids.is_empty() {
+        return Err(ConnectorError::Config(format!(
+            "topic `{topic}` does not exist"
+        )));
+    }
+    Ok(ids)
+}
+
+impl KafkaSource {
+    /// Connects and positions the consumer as `config.start` says.
+    pub fn connect(config: &SourceConfig) -> Result<Self, ConnectorError> {
+        let mut client = ClientConfig::new();
+        for (k, v) in &config.properties {
+            client.set(k, v);
+        }
+        client
+            .set("bootstrap.servers", &config.bootstrap)
+            .set("group.id", &config.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set("fetch.wait.max.ms", "50");
+        let consumer: StreamConsumer = client.create().map_err(kafka("creating the consumer"))?;
+        let partitions = topic_partitions(&consumer, &config.topic)?;
+        match config.start {
+            Start::Committed => consumer
+                .subscribe(&[config.topic.as_str()])
+                .map_err(kafka(format!("subscribing to `{}`", config.topic)))?,
+            ref start => {
+                let mut tpl = TopicPartitionList::new();
+                for p in &partitions {
+                    let offset = match start {
+                        Start::Earliest => Offset::Beginning,
+                        Start::Latest => Offset::End,
+                        Start::Timestamp(ms) => Offset::Offset(*ms),
+                        Start::Committed => Offset::Stored,
+                    };
+                    tpl.add_partition_offset(&config.topic, *p, offset)
+                        .map_err(kafka("building the assignment"))?;
+                }
+                let tpl = if let Start::Timestamp(_) = start {
+                    consumer
+                        .offsets_for_times(tpl, METADATA_TIMEOUT)
+                        .map_err(kafka("looking up offsets for the start time"))?
+                } else {
+                    tpl
+                };
+                consumer
+                    .assign(&tpl)
+                    .map_err(kafka(format!("assigning partitions of `{}`", config.topic)))?;
+            }
+        }
+        Ok(Self {
+            consumer,
+            topic: config.topic.clone(),
+            partitions,
+            max_batch: config.max_batch.max(1),
+            max_wait: config.max_wait,
+        })
+    }
+
+    /// All partitions of the topic.
+    pub fn partitions(&self) -> &[i32] {
+        &self.partitions
+    }
+
+    /// Partitions this instance owns now (all of them unless the group shares them).
+    pub fn assigned(&self) -> Vec<i32> {
+        match self.consumer.assignment() {
+            Ok(tpl) => {
+                let mut ids: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                ids.sort_unstable();
+                ids
+            }
+            Err(_) => self.partitions.clone(),
+        }
+    }
+
+    /// Fills `batch` with up to `max_batch` messages, waiting at most `max_wait` after the
+    /// first. Returns with an empty batch after `max_wait` without messages.
+    pub async fn next_batch(&self, batch: &mut RawBatch) -> Result<(), ConnectorError> {
+        batch.clear();
+        let start = Instant::now();
+        while batch.len() < self.max_batch {
+            let remaining = self.max_wait.saturating_sub(start.elapsed());
+            if remaining.is_zero() {
+                break;
+            }
+            let message = match tokio::time::timeout(remaining, self.consumer.recv()).await {
+                Err(_) => break,
+                Ok(Err(e)) => return Err(kafka(format!("reading `{}`", self.topic))(e)),
+                Ok(Ok(m)) => m,
+            };
+            let begin = batch.bytes.len();
+            batch
+                .bytes
+                .extend_from_slice(message.payload().unwrap_or_default());
+            batch.spans.push((begin, batch.bytes.len()));
+            batch.partitions.push(message.partition());
+            batch.offsets.push(message.offset());
+            batch
+                .timestamps
+                .push(message.timestamp().to_millis().unwrap_or(0));
+        }
+        Ok(())
+    }
+
+    /// Commits `next` (next offset to read per partition) for the group, synchronously.
+    pub fn commit(&self, next: &BTreeMap<i32, i64>) -> Result<(), ConnectorError> {
+        if next.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in next {
+            tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*o))
+                .map_err(kafka("building the commit"))?;
+        }
+        self.consumer
+            .commit(&tpl, CommitMode::Sync)
+            .map_err(kafka(format!("committing offsets of `{}`", self.topic)))
+    }
+
+    /// Consumer lag per partition: high watermark minus the current position.
+    pub fn lag(&self) -> BTreeMap<i32, i64> {
+        let mut out = BTreeMap::new();
+        let Ok(position) = self.consumer.position() else {
+            return out;
+        };
+        for e in position.elements() {
+            if let Ok((_, high)) =
+                self.consumer
+                    .fetch_watermarks(&self.topic, e.partition(), Duration::from_secs(1))
+            {
+                let pos = match e.offset() {
+                    Offset::Offset(o) => o,
+                    _ => 0,
+                };
+                out.insert(e.partition(), (high - pos).max(0));
+            }
+        }
+        out
+    }
+}
+
+/// Headers of one record: names and raw values.
+pub type RecordHeaders = Vec<(String, Vec<u8>)>;
+
+/// A record to write.
+#[derive(Debug, Clone, Copy)]
+pub struct OutRecord<'a> {
+    /// Message key.
+    pub key: Option<&'a [u8]>,
+    /// Message value.
+    pub value: &'a [u8],
+    /// Message timestamp, ms.
+    pub timestamp: Option<i64>,
+}
+
+/// An idempotent producer for one topic, with fixed headers on every record.
+pub struct KafkaSink {
+    producer: FutureProducer,
+    topic: String,
+    headers: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for KafkaSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSink")
+            .field("topic", &self.topic)
+            .finish()
+    }
+}
+
+/// Builds an idempotent producer.
+pub fn producer(
+    bootstrap: &str,
+    properties: &BTreeMap<String, String>,
+) -> Result<FutureProducer, ConnectorError> {
+    let mut client = ClientConfig::new();
+    for (k, v) in properties {
+        client.set(k, v);
+    }
+    client
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000");
+    client.create().map_err(kafka("creating the producer"))
+}
+
+impl KafkaSink {
+    /// A sink writing to `topic` with `headers` on every record.
+    pub fn new(
+        bootstrap: &str,
+        topic: &str,
+        properties: &BTreeMap<String, String>,
+        headers: Vec<(String, String)>,
+    ) -> Result<Self, ConnectorError> {
+        Ok(Self {
+            producer: producer(bootstrap, properties)?,
+            topic: topic.to_string(),
+            headers,
+        })
+    }
+
+    /// The topic written.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Writes every record and waits until Kafka has acknowledged all of them.
+    pub async fn send_all(
+        &self,
+        records: &[OutRecord<'_>],
+        extra_headers: &[(&str, &[u8])],
+    ) -> Result<(), ConnectorError> {
+        let mut pending = Vec::with_capacity(records.len());
+        for r in records {
+            let mut headers =
+                OwnedHeaders::new_with_capacity(self.headers.len() + extra_headers.len());
+            for (k, v) in &self.headers {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(v.as_bytes()),
+                });
+            }
+            for (k, v) in extra_headers {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(*v),
+                });
+            }
+            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic)
+                .payload(r.value)
+                .headers(headers);
+            if let Some(k) = r.key {
+                record = record.key(k);
+            }
+            if let Some(ts) = r.timestamp {
+                record = record.timestamp(ts);
+            }
+            loop {
+                match self.producer.send_result(record) {
+                    Ok(future) => {
+                        pending.push(future);
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        record = back;
+                        self.producer.poll(Duration::from_millis(10));
+                        tokio::task::yield_now().await;
+                    }
+                    Err((e, _)) => {
+                        return Err(kafka(format!("writing to `{}`", self.topic))(e));
+                    }
+                }
+            }
+        }
+        for future in pending {
+            match future.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(kafka(format!("writing to `{}`", self.topic))(e)),
+                Err(_) => {
+                    return Err(ConnectorError::Config(format!(
+                        "the producer for `{}` shut down before delivering",
+                        self.topic
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes records that each carry their own headers (dead letters).
+    pub async fn send_with_headers(
+        &self,
+        records: &[(OutRecord<'_>, RecordHeaders)],
+    ) -> Result<(), ConnectorError> {
+        for (record, headers) in records {
+            let extra: Vec<(&str, &[u8])> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_slice()))
+                .collect();
+            self.send_all(std::slice::from_ref(record), &extra).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A header's value as text, for tests and tools.
+pub fn header_text<H: Headers>(headers: &H, key: &str) -> Option<String> {
+    headers
+        .iter()
+        .find(|h| h.key == key)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Creates `topic` with `partitions` partitions (replication 1) unless it exists.
+pub async fn create_topic(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+) -> Result<(), ConnectorError> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .map_err(kafka("creating the admin client"))?;
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let results = admin
+        .create_topics(
+            [&new],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .map_err(kafka(format!("creating topic `{topic}`")))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(ConnectorError::Config(format!(
+                    "cannot create topic `{name}`: {code:?}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A message read back from a topic, with everything Kafka stores about it.
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Key.
+    pub key: Option<Vec<u8>>,
+    /// Value.
+    pub payload: Vec<u8>,
+    /// Headers as text.
+    pub headers: Vec<(String, String)>,
+}
+
+/// Reads every message of `topic` from the beginning to the current end of each partition,
+/// in partition then offset order. Gives up after `timeout`.
+pub fn read_all(
+    bootstrap: &str,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<StoredMessage>, ConnectorError> {
+    use rdkafka::consumer::BaseConsumer;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("read-all-{}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .map_err(kafka("creating the reader"))?;
+    let partitions = topic_partitions(&consumer, topic)?;
+    let mut ends = BTreeMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for p in &partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, *p, METADATA_TIMEOUT)
+            .map_err(kafka(format!("reading the end of `{topic}`")))?;
+        if high > low {
+            ends.insert(*p, high);
+            tpl.add_partition_offset(topic, *p, Offset::Offset(low))
+                .map_err(kafka("building the assignment"))?;
+        }
+    }
+    let mut out = Vec::new();
+    if ends.is_empty() {
+        return Ok(out);
+    }
+    consumer.assign(&tpl).map_err(kafka("assigning"))?;
+    let deadline = Instant::now() + timeout;
+    let mut done: BTreeMap<i32, bool> = ends.keys().map(|p| (*p, false)).collect();
+    while done.values().any(|d| !d) {
+        if Instant::now() > deadline {
+            return Err(ConnectorError::Config(format!(
+                "reading `{topic}` did not reach its end in {timeout:?}"
+            )));
+        }
+        let Some(m) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let m = m.map_err(kafka(format!("reading `{topic}`")))?;
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|x| {
+                        (
+                            x.key.to_string(),
+                            String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if m.offset() + 1 >= ends[&m.partition()] {
+            done.insert(m.partition(), true);
+        }
+        out.push(StoredMessage {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().unwrap_or_default().to_vec(),
+            headers,
+        });
+    }
+    out.sort_by_key(|m| (m.partition, m.offset));
+    Ok(out)
+}

@@ -3,8 +3,12 @@
 //! Exit codes: 0 success, 1 the input is invalid (a pipeline has errors), 2 usage (bad
 //! arguments, a file that cannot be read).
 
+mod generate;
+mod run;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use event_schema::{SchemaRegistry, find_schema_dir};
@@ -42,11 +46,78 @@ enum Command {
     },
     /// Print the JSON Schema of the pipeline language (for editor completion).
     Schema,
+    /// Write generated events with a known ground truth to a Kafka topic.
+    Gen {
+        /// Kafka bootstrap servers.
+        #[arg(long, env = "PIPECTL_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+        bootstrap: String,
+        /// Event kind: an event schema such as `production/sensor_reading`.
+        #[arg(long)]
+        kind: String,
+        /// Number of events.
+        #[arg(long, default_value_t = 10_000)]
+        count: u64,
+        /// Random seed; the same seed gives the same events.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Topic (default: the one the example pipelines read for this kind).
+        #[arg(long)]
+        topic: Option<String>,
+        /// Partitions of the topic when it is created.
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        /// Events per second of wall-clock time (default: as fast as possible).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Fraction of events moved 10 minutes back in event time (late).
+        #[arg(long, default_value_t = 0.0)]
+        late: f64,
+        /// Fraction of events replaced by malformed bytes.
+        #[arg(long, default_value_t = 0.0)]
+        malformed: f64,
+        /// Fraction of events out of order by up to 4 s (on time).
+        #[arg(long, default_value_t = 0.1)]
+        out_of_order: f64,
+        /// Event time of the first event: RFC 3339, or `now` (default 2026-01-01T00:00:00Z).
+        #[arg(long)]
+        start: Option<String>,
+        /// Event time between events, in ms.
+        #[arg(long, default_value_t = 100.0)]
+        interval_ms: f64,
+    },
+    /// Run one pipeline in the foreground with a live status line, until Ctrl-C.
+    Run {
+        /// A pipeline YAML file.
+        file: PathBuf,
+        /// Kafka bootstrap servers.
+        #[arg(long, env = "PIPECTL_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+        bootstrap: String,
+        /// Stop when no input arrived for this long (such as `5s`); the input counts as
+        /// finished, so open windows are emitted.
+        #[arg(long, value_parser = parse_duration)]
+        until_idle: Option<Duration>,
+        /// Stop after this many input events (open windows are not emitted).
+        #[arg(long)]
+        max_events: Option<u64>,
+        /// Most messages per micro-batch.
+        #[arg(long, default_value_t = 10_000)]
+        max_batch: usize,
+        /// No status line.
+        #[arg(long)]
+        quiet: bool,
+        /// Directory of event schemas (default: the nearest `schemas/` above the file).
+        #[arg(long, env = "PIPECTL_SCHEMAS")]
+        schemas: Option<PathBuf>,
+    },
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    spec::duration::parse(text).map(|d| d.0)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
@@ -67,7 +138,109 @@ async fn run(cli: Cli) -> ExitCode {
             print!("{}", spec::json_schema());
             ExitCode::SUCCESS
         }
+        Command::Gen {
+            bootstrap,
+            kind,
+            count,
+            seed,
+            topic,
+            partitions,
+            rate,
+            late,
+            malformed,
+            out_of_order,
+            start,
+            interval_ms,
+        } => {
+            let mut settings = generator::Settings::new(&kind, seed);
+            settings.late = late;
+            settings.malformed = malformed;
+            settings.out_of_order = out_of_order;
+            settings.interval_ms = interval_ms;
+            match start.as_deref() {
+                None => {}
+                Some("now") => settings.start_ms = chrono::Utc::now().timestamp_millis(),
+                Some(t) => match chrono::DateTime::parse_from_rfc3339(t) {
+                    Ok(t) => settings.start_ms = t.timestamp_millis(),
+                    Err(e) => {
+                        eprintln!("error: --start `{t}`: {e} (write RFC 3339 or `now`)");
+                        return ExitCode::from(2);
+                    }
+                },
+            }
+            let Some(topic) = topic.or_else(|| generate::default_topic(&kind).map(str::to_string))
+            else {
+                eprintln!(
+                    "error: unknown kind `{kind}`; known kinds: {}",
+                    generator::KINDS.join(", ")
+                );
+                return ExitCode::from(2);
+            };
+            let args = generate::GenArgs {
+                bootstrap,
+                settings,
+                count,
+                topic,
+                partitions,
+                rate,
+                quiet: false,
+            };
+            match generate::generate(&args).await {
+                Ok(r) => {
+                    println!(
+                        "wrote {} {kind} events to {} ({} malformed, {} late)",
+                        r.events, args.topic, r.malformed, r.late
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {}", chain(e.as_ref()));
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Run {
+            file,
+            bootstrap,
+            until_idle,
+            max_events,
+            max_batch,
+            quiet,
+            schemas,
+        } => {
+            let plan = match check_file(&file, schemas.as_deref()).await {
+                Checked::Valid(Some(plan), _) => plan,
+                Checked::Valid(None, _) | Checked::Invalid => return ExitCode::from(1),
+                Checked::Unreadable => return ExitCode::from(2),
+            };
+            let mut config = runtime::RunConfig::new(bootstrap);
+            config.until_idle = until_idle;
+            config.max_events = max_events;
+            config.max_batch = max_batch;
+            match run::run(&plan, config, quiet).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {}", chain(e.as_ref()));
+                    ExitCode::from(1)
+                }
+            }
+        }
     }
+}
+
+/// An error with its causes, `a: b: c`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// The schema registry for `file`: the explicit directory, or the nearest `schemas/`.

@@ -41,6 +41,7 @@ pub(crate) fn explain(plan: &PipelinePlan) -> String {
                 time_field,
                 plan,
                 schema,
+                ..
             } => {
                 let _ = writeln!(out, "transform {}", node.name);
                 let _ = writeln!(out, "  reads {}", node.inputs.join(", "));

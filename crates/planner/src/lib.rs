@@ -65,6 +65,9 @@ pub enum NodeKind {
         spec: Transform,
         /// The column that places rows in windows, for windowed transforms.
         time_field: Option<String>,
+        /// Each input table as the SQL was planned against it (with `window_start` and
+        /// `window_end` for windowed transforms).
+        inputs: Vec<sql::InputTable>,
         /// DataFusion's optimized logical plan.
         plan: LogicalPlan,
         /// Output rows.
@@ -498,6 +501,7 @@ impl Planner<'_> {
             kind: NodeKind::Transform {
                 spec: t.clone(),
                 time_field,
+                inputs: registered,
                 plan: optimized,
                 schema,
             },

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::MemorySchemaProvider;
-use datafusion::catalog::SchemaProvider;
+use datafusion::catalog::{SchemaProvider, TableProvider};
 use datafusion::common::TableReference;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::datasource::empty::EmptyTable;
@@ -164,7 +164,7 @@ pub struct InputTable {
 }
 
 /// Session settings for planning pipeline SQL.
-fn session() -> SessionContext {
+pub fn session() -> SessionContext {
     let mut config = SessionConfig::new()
         .with_information_schema(false)
         .with_target_partitions(1);
@@ -180,9 +180,26 @@ pub async fn plan(
     parsed: &ParsedQuery,
     inputs: &[InputTable],
 ) -> Result<(LogicalPlan, LogicalPlan), SqlError> {
+    let tables: Vec<(InputTable, Arc<dyn TableProvider>)> = inputs
+        .iter()
+        .map(|i| {
+            let t: Arc<dyn TableProvider> = Arc::new(EmptyTable::new(i.arrow.clone()));
+            (i.clone(), t)
+        })
+        .collect();
+    let (_, logical, optimized) = plan_with_tables(parsed, &tables).await?;
+    Ok((logical, optimized))
+}
+
+/// Plans the query against the given table providers (the runtime's live tables). Returns
+/// the session, so the caller can make the physical plan with the same settings.
+pub async fn plan_with_tables(
+    parsed: &ParsedQuery,
+    inputs: &[(InputTable, Arc<dyn TableProvider>)],
+) -> Result<(SessionContext, LogicalPlan, LogicalPlan), SqlError> {
     let ctx = session();
-    for input in inputs {
-        let table = Arc::new(EmptyTable::new(input.arrow.clone()));
+    for (input, table) in inputs {
+        let table = table.clone();
         match &input.schema {
             None => {
                 ctx.register_table(input.table.as_str(), table)
@@ -220,7 +237,7 @@ pub async fn plan(
         ));
     }
     let optimized = state.optimize(&logical).map_err(|e| from_datafusion(&e))?;
-    Ok((logical, optimized))
+    Ok((ctx, logical, optimized))
 }
 
 /// Plan nodes that write or change state; a `SELECT ... INTO` plans to one of these.

@@ -1,1 +1,805 @@
-//! runtime
+//! The runtime: runs a planned pipeline continuously over Kafka.
+//!
+//! One loop per pipeline. Each turn reads a micro-batch from a source (bounded by count and
+//! time), decodes it a batch at a time, applies the source's `on_error` policy record by
+//! record, splits the rows by Kafka partition (keeping offset order), and pushes each
+//! partition's rows through the graph: stateless transforms run their DataFusion physical
+//! plan (planned once) over the batch; windowed transforms fold rows into their window
+//! operator and emit closed windows; sinks encode rows and write them. At the end of the turn
+//! sinks and dead letters are flushed (acknowledged by Kafka) and only then are source
+//! offsets committed: at-least-once.
+//!
+//! The end of a turn is the checkpoint barrier: no record is in flight between operators.
+//! Pipelines with windows commit offsets only when their windows are flushed (the end of a
+//! bounded run), because open-window state is not checkpointed yet; a restart then replays
+//! from the last commit and may emit a window twice, but never loses one.
+
+pub mod slot;
+pub mod window;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use connectors::{KafkaSink, KafkaSource, OutRecord, RawBatch, SourceConfig, Start};
+use datafusion::arrow::array::{Array, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::{cast, take};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::catalog::TableProvider;
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::{ExecutionPlan, collect};
+use formats::json::{JsonDecoder, encode_rows};
+use planner::{NodeKind, PipelinePlan};
+use spec::model::{Format, OnError, OnLate, StartFrom};
+
+use crate::slot::{Slot, SlotTable};
+use crate::window::{Shape, WindowOp};
+
+/// Why a pipeline stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// Kafka failed.
+    #[error(transparent)]
+    Kafka(#[from] connectors::ConnectorError),
+    /// A record failed and the source's policy is `on_error: fail`.
+    #[error(
+        "bad record in {topic} partition {partition} offset {offset}: {error} (set `on_error: skip` or `dead_letter` on the source to keep going)"
+    )]
+    BadRecord {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// Offset.
+        offset: i64,
+        /// What was wrong.
+        error: String,
+    },
+    /// The pipeline uses something this runtime cannot run yet.
+    #[error("not supported by this version of the runtime: {0}")]
+    Unsupported(String),
+    /// A bug.
+    #[error("internal error (please report): {0}")]
+    Internal(String),
+}
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Kafka bootstrap servers.
+    pub bootstrap: String,
+    /// Most messages per micro-batch.
+    pub max_batch: usize,
+    /// Longest wait for a micro-batch.
+    pub max_wait: Duration,
+    /// Stop after this long without input, treating the input as finished (windows flush).
+    pub until_idle: Option<Duration>,
+    /// Stop after this many input messages (windows do not flush).
+    pub max_events: Option<u64>,
+    /// Pipeline version written in record headers.
+    pub version: String,
+}
+
+impl RunConfig {
+    /// Defaults: batches of up to 10,000 messages or 100 ms.
+    pub fn new(bootstrap: impl Into<String>) -> Self {
+        Self {
+            bootstrap: bootstrap.into(),
+            max_batch: 10_000,
+            max_wait: Duration::from_millis(100),
+            until_idle: None,
+            max_events: None,
+            version: "1".into(),
+        }
+    }
+}
+
+/// Live counters, readable while the pipeline runs (for the status line and metrics).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Messages read.
+    pub events_in: AtomicU64,
+    /// Records written to sinks.
+    pub events_out: AtomicU64,
+    /// Records that failed to decode.
+    pub errors: AtomicU64,
+    /// Records written to dead-letter topics.
+    pub dead_lettered: AtomicU64,
+    /// Late events (dropped or dead-lettered).
+    pub late: AtomicU64,
+    /// Smallest watermark of the window operators, ms (`i64::MIN` when none).
+    pub watermark_ms: AtomicI64,
+    /// Consumer lag summed over partitions.
+    pub lag: AtomicI64,
+}
+
+/// What a run did.
+#[derive(Debug, Default)]
+pub struct Summary {
+    /// Things of the pipeline that this run skipped, with why.
+    pub warnings: Vec<String>,
+}
+
+enum Op {
+    Stateless {
+        slot: Slot,
+        plan: Arc<dyn ExecutionPlan>,
+    },
+    Window {
+        op: Box<WindowOp>,
+        on_late: OnLate,
+        /// Index of the source whose dead-letter topic takes late rows.
+        root: usize,
+    },
+    Sink {
+        sink: KafkaSink,
+        key: Option<usize>,
+        buffer: Vec<(Option<Vec<u8>>, Vec<u8>)>,
+    },
+    /// A source: its rows enter the graph here.
+    Source,
+    Skipped,
+}
+
+struct Node {
+    name: String,
+    op: Op,
+    readers: Vec<usize>,
+}
+
+struct SourceRt {
+    node: usize,
+    name: String,
+    topic: String,
+    kafka: KafkaSource,
+    decoder: JsonDecoder,
+    on_error: OnError,
+    dead_letter: Option<KafkaSink>,
+    last_seen: HashMap<i32, Instant>,
+    idle_timeout: Option<Duration>,
+}
+
+/// A pending dead letter: original bytes and headers.
+type DeadLetter = (Vec<u8>, connectors::RecordHeaders);
+
+/// A pipeline ready to run.
+pub struct Runner {
+    pipeline: String,
+    nodes: Vec<Node>,
+    sources: Vec<SourceRt>,
+    config: RunConfig,
+    stats: Arc<Stats>,
+    dead_letters: Vec<Vec<DeadLetter>>,
+    windowed: bool,
+    summary: Summary,
+}
+
+impl std::fmt::Debug for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner")
+            .field("pipeline", &self.pipeline)
+            .finish()
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Internal(e.to_string())
+}
+
+fn start_of(s: &StartFrom) -> Result<Start, RuntimeError> {
+    Ok(match s {
+        StartFrom::Committed => Start::Committed,
+        StartFrom::Earliest => Start::Earliest,
+        StartFrom::Latest => Start::Latest,
+        StartFrom::Timestamp(t) => {
+            let ms = chrono::DateTime::parse_from_rfc3339(t)
+                .map_err(|e| RuntimeError::Unsupported(format!("start timestamp `{t}`: {e}")))?
+                .timestamp_millis();
+            Start::Timestamp(ms)
+        }
+    })
+}
+
+impl Runner {
+    /// Connects every source and sink of `plan` and plans its transforms for execution.
+    pub async fn new(
+        plan: &PipelinePlan,
+        config: RunConfig,
+        stats: Arc<Stats>,
+    ) -> Result<Self, RuntimeError> {
+        let mut summary = Summary::default();
+        let index: HashMap<String, usize> = plan
+            .nodes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, n)| match &n.kind {
+                NodeKind::Model { .. } => vec![
+                    (format!("{}.predictions", n.name), i),
+                    (format!("{}.snapshots", n.name), i),
+                ],
+                _ => vec![(n.name.clone(), i)],
+            })
+            .collect();
+        let headers = vec![
+            ("pipeline".to_string(), plan.name.clone()),
+            ("pipeline-version".to_string(), config.version.clone()),
+        ];
+        let mut nodes: Vec<Node> = Vec::with_capacity(plan.nodes.len());
+        let mut sources = Vec::new();
+        // The source each node's rows come from (for partitions and late dead letters), or
+        // None after a window (rows then come from all partitions together).
+        let mut origin: Vec<Option<usize>> = Vec::with_capacity(plan.nodes.len());
+        let mut source_of_node: HashMap<usize, usize> = HashMap::new();
+        for (i, n) in plan.nodes.iter().enumerate() {
+            let inputs: Vec<usize> = n
+                .inputs
+                .iter()
+                .filter_map(|x| index.get(x).copied())
+                .collect();
+            let skipped_input = inputs.iter().any(|x| matches!(nodes[*x].op, Op::Skipped));
+            let op = match &n.kind {
+                NodeKind::Source { spec, schema } => {
+                    if spec.format != Format::Json {
+                        return Err(RuntimeError::Unsupported(format!(
+                            "source `{}`: format `{}` (JSON only so far)",
+                            spec.name, spec.format
+                        )));
+                    }
+                    let kafka = KafkaSource::connect(&SourceConfig {
+                        bootstrap: config.bootstrap.clone(),
+                        topic: spec.kafka.topic.clone(),
+                        group: spec
+                            .kafka
+                            .group
+                            .clone()
+                            .unwrap_or_else(|| plan.name.clone()),
+                        start: start_of(&spec.kafka.start_from)?,
+                        properties: spec.kafka.properties.clone(),
+                        max_batch: config.max_batch,
+                        max_wait: config.max_wait,
+                    })?;
+                    let dead_letter = match spec.on_error {
+                        OnError::DeadLetter => Some(KafkaSink::new(
+                            &config.bootstrap,
+                            &dead_letter_topic(&plan.name, spec),
+                            &BTreeMap::new(),
+                            headers.clone(),
+                        )?),
+                        _ => None,
+                    };
+                    source_of_node.insert(i, sources.len());
+                    sources.push(SourceRt {
+                        node: i,
+                        name: spec.name.clone(),
+                        topic: spec.kafka.topic.clone(),
+                        kafka,
+                        decoder: JsonDecoder::new(schema.clone()).map_err(internal)?,
+                        on_error: spec.on_error,
+                        dead_letter,
+                        last_seen: HashMap::new(),
+                        idle_timeout: spec
+                            .event_time
+                            .as_ref()
+                            .and_then(|e| e.idle_timeout)
+                            .map(|d| d.0),
+                    });
+                    origin.push(Some(sources.len() - 1));
+                    Op::Source
+                }
+                _ if skipped_input => {
+                    summary.warnings.push(format!(
+                        "`{}` is skipped: it reads the output of a skipped node",
+                        n.name
+                    ));
+                    origin.push(None);
+                    Op::Skipped
+                }
+                NodeKind::Transform {
+                    spec,
+                    time_field,
+                    inputs: tables,
+                    ..
+                } => {
+                    if tables.len() != 1 {
+                        return Err(RuntimeError::Unsupported(format!(
+                            "transform `{}` reads {} tables: stream joins come with interval and lookup joins",
+                            spec.name,
+                            tables.len()
+                        )));
+                    }
+                    let from = inputs
+                        .first()
+                        .copied()
+                        .ok_or_else(|| internal("input not found"))?;
+                    let slot = Slot::default();
+                    let table: Arc<dyn TableProvider> =
+                        Arc::new(SlotTable::new(tables[0].arrow.clone(), slot.clone()));
+                    let parsed = planner::sql::parse(&spec.sql).map_err(|e| internal(e.message))?;
+                    let (ctx, _, optimized) =
+                        planner::sql::plan_with_tables(&parsed, &[(tables[0].clone(), table)])
+                            .await
+                            .map_err(|e| internal(e.message))?;
+                    let state = ctx.state();
+                    let physical = state
+                        .create_physical_plan(&optimized)
+                        .await
+                        .map_err(internal)?;
+                    let task = Arc::new(TaskContext::from(&state));
+                    let upstream = origin[from];
+                    origin.push(if spec.window.is_some() {
+                        None
+                    } else {
+                        upstream
+                    });
+                    match (&spec.window, time_field) {
+                        (Some(w), Some(tf)) => {
+                            let shape = if let Some(size) = w.tumbling {
+                                Shape::Tumbling {
+                                    size: size.as_millis() as i64,
+                                }
+                            } else if let Some(h) = &w.hopping {
+                                Shape::Hopping {
+                                    size: h.size.as_millis() as i64,
+                                    slide: h.slide.as_millis() as i64,
+                                }
+                            } else {
+                                return Err(RuntimeError::Unsupported(format!(
+                                    "transform `{}`: session windows",
+                                    spec.name
+                                )));
+                            };
+                            let (partitions, allowed, root) = match upstream {
+                                Some(s) => {
+                                    let src = &sources[s];
+                                    let allowed = plan
+                                        .nodes
+                                        .get(src.node)
+                                        .and_then(|n| match &n.kind {
+                                            NodeKind::Source { spec, .. } => spec
+                                                .event_time
+                                                .as_ref()
+                                                .map(|e| e.max_out_of_order.as_millis() as i64),
+                                            _ => None,
+                                        })
+                                        .unwrap_or(0);
+                                    (src.kafka.partitions().to_vec(), allowed, s)
+                                }
+                                None => (vec![-1], 0, 0),
+                            };
+                            let op = WindowOp::new(
+                                window::Timing {
+                                    shape,
+                                    allowed,
+                                    time_field: tf.clone(),
+                                },
+                                tables[0].arrow.clone(),
+                                slot,
+                                physical,
+                                &partitions,
+                                task,
+                            )?;
+                            Op::Window {
+                                op: Box::new(op),
+                                on_late: w.on_late,
+                                root,
+                            }
+                        }
+                        _ => Op::Stateless {
+                            slot,
+                            plan: physical,
+                        },
+                    }
+                }
+                NodeKind::Model { spec, .. } => {
+                    summary.warnings.push(format!(
+                        "model `{}` is skipped: incremental models are not in this version of the runtime",
+                        spec.name
+                    ));
+                    origin.push(None);
+                    Op::Skipped
+                }
+                NodeKind::Sink { spec, schema } => {
+                    if spec.format != Format::Json {
+                        return Err(RuntimeError::Unsupported(format!(
+                            "sink `{}`: format `{}` (JSON only so far)",
+                            spec.name, spec.format
+                        )));
+                    }
+                    origin.push(None);
+                    Op::Sink {
+                        sink: KafkaSink::new(
+                            &config.bootstrap,
+                            &spec.kafka.topic,
+                            &spec.kafka.properties,
+                            headers.clone(),
+                        )?,
+                        key: spec.key.as_ref().and_then(|k| schema.index_of(k).ok()),
+                        buffer: Vec::new(),
+                    }
+                }
+            };
+            for x in &inputs {
+                nodes[*x].readers.push(i);
+            }
+            nodes.push(Node {
+                name: n.name.clone(),
+                op,
+                readers: Vec::new(),
+            });
+        }
+        let windowed = nodes.iter().any(|n| matches!(n.op, Op::Window { .. }));
+        stats.watermark_ms.store(i64::MIN, Ordering::Relaxed);
+        let dead_letters = sources.iter().map(|_| Vec::new()).collect();
+        Ok(Self {
+            pipeline: plan.name.clone(),
+            nodes,
+            sources,
+            config,
+            stats,
+            dead_letters,
+            windowed,
+            summary,
+        })
+    }
+
+    /// Runs until a stop condition of the config, or until `stop` resolves.
+    pub async fn run(
+        mut self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<Summary, RuntimeError> {
+        tokio::pin!(stop);
+        let mut raw = RawBatch::default();
+        let mut last_input = Instant::now();
+        let mut pending_commits: Vec<BTreeMap<i32, i64>> =
+            vec![BTreeMap::new(); self.sources.len()];
+        let mut last_lag = Instant::now();
+        loop {
+            let mut got_any = false;
+            for s in 0..self.sources.len() {
+                let read = self.sources[s].kafka.next_batch(&mut raw);
+                let result = tokio::select! {
+                    r = read => r,
+                    () = &mut stop => return self.finish(false, &mut pending_commits).await,
+                };
+                result?;
+                if raw.is_empty() {
+                    continue;
+                }
+                got_any = true;
+                self.process_raw(s, &raw).await?;
+                for (p, o) in raw.next_offsets() {
+                    pending_commits[s].insert(p, o);
+                }
+                self.flush_outputs().await?;
+                if !self.windowed {
+                    self.sources[s].kafka.commit(&pending_commits[s])?;
+                    pending_commits[s].clear();
+                }
+            }
+            if got_any {
+                last_input = Instant::now();
+            }
+            self.update_idle();
+            if last_lag.elapsed() > Duration::from_secs(1) {
+                let lag: i64 = self
+                    .sources
+                    .iter()
+                    .flat_map(|s| s.kafka.lag().into_values())
+                    .sum();
+                self.stats.lag.store(lag, Ordering::Relaxed);
+                last_lag = Instant::now();
+            }
+            if let Some(max) = self.config.max_events
+                && self.stats.events_in.load(Ordering::Relaxed) >= max
+            {
+                return self.finish(false, &mut pending_commits).await;
+            }
+            if let Some(idle) = self.config.until_idle
+                && last_input.elapsed() >= idle
+            {
+                return self.finish(true, &mut pending_commits).await;
+            }
+        }
+    }
+
+    /// Ends the run; `input_finished` flushes windows (a bounded input has ended).
+    async fn finish(
+        mut self,
+        input_finished: bool,
+        pending: &mut [BTreeMap<i32, i64>],
+    ) -> Result<Summary, RuntimeError> {
+        if input_finished {
+            let mut queue = VecDeque::new();
+            for i in 0..self.nodes.len() {
+                if let Op::Window { op, .. } = &mut self.nodes[i].op {
+                    for b in op.flush().await? {
+                        for r in self.nodes[i].readers.clone() {
+                            queue.push_back((r, b.clone(), -1));
+                        }
+                    }
+                }
+                // Windows downstream see the flushed rows before being flushed themselves,
+                // because nodes are in topological order.
+                self.drain(&mut queue, None).await?;
+            }
+            self.flush_outputs().await?;
+            for (s, offsets) in pending.iter_mut().enumerate() {
+                self.sources[s].kafka.commit(offsets)?;
+                offsets.clear();
+            }
+        } else if !self.windowed {
+            for (s, offsets) in pending.iter_mut().enumerate() {
+                self.sources[s].kafka.commit(offsets)?;
+            }
+        }
+        Ok(self.summary)
+    }
+
+    fn update_idle(&mut self) {
+        let now = Instant::now();
+        let mut idle_by_source: Vec<BTreeSet<i32>> = Vec::new();
+        for s in &self.sources {
+            let mut idle = BTreeSet::new();
+            if let Some(timeout) = s.idle_timeout {
+                for p in s.kafka.partitions() {
+                    let quiet = s
+                        .last_seen
+                        .get(p)
+                        .is_none_or(|t| now.duration_since(*t) >= timeout);
+                    if quiet {
+                        idle.insert(*p);
+                    }
+                }
+            }
+            idle_by_source.push(idle);
+        }
+        let mut wm = i64::MAX;
+        for n in &mut self.nodes {
+            if let Op::Window { op, root, .. } = &mut n.op {
+                op.set_idle(idle_by_source.get(*root).cloned().unwrap_or_default());
+                wm = wm.min(op.watermark().unwrap_or(i64::MIN));
+            }
+        }
+        self.stats.watermark_ms.store(wm, Ordering::Relaxed);
+    }
+
+    async fn process_raw(&mut self, s: usize, raw: &RawBatch) -> Result<(), RuntimeError> {
+        let n = raw.len();
+        self.stats.events_in.fetch_add(n as u64, Ordering::Relaxed);
+        let now = Instant::now();
+        for p in &raw.partitions {
+            self.sources[s].last_seen.insert(*p, now);
+        }
+        let decoded = self.sources[s]
+            .decoder
+            .decode(&raw.payloads())
+            .map_err(internal)?;
+        if !decoded.errors.is_empty() {
+            self.stats
+                .errors
+                .fetch_add(decoded.errors.len() as u64, Ordering::Relaxed);
+            let src = &self.sources[s];
+            match src.on_error {
+                OnError::Fail => {
+                    let e = &decoded.errors[0];
+                    return Err(RuntimeError::BadRecord {
+                        topic: src.topic.clone(),
+                        partition: raw.partitions[e.index],
+                        offset: raw.offsets[e.index],
+                        error: e.message.clone(),
+                    });
+                }
+                OnError::Skip => {}
+                OnError::DeadLetter => {
+                    for e in &decoded.errors {
+                        let headers = vec![
+                            ("source-topic".to_string(), src.topic.clone().into_bytes()),
+                            (
+                                "source-partition".to_string(),
+                                raw.partitions[e.index].to_string().into_bytes(),
+                            ),
+                            (
+                                "source-offset".to_string(),
+                                raw.offsets[e.index].to_string().into_bytes(),
+                            ),
+                            ("error".to_string(), e.message.clone().into_bytes()),
+                        ];
+                        self.dead_letters[s].push((raw.payload(e.index).to_vec(), headers));
+                    }
+                }
+            }
+        }
+        if decoded.batch.num_rows() == 0 {
+            return Ok(());
+        }
+        // Split by partition, keeping offset order within each.
+        let mut by_partition: BTreeMap<i32, Vec<u32>> = BTreeMap::new();
+        for (row, message) in decoded.rows.iter().enumerate() {
+            by_partition
+                .entry(raw.partitions[*message])
+                .or_default()
+                .push(row as u32);
+        }
+        let node = self.sources[s].node;
+        let mut queue = VecDeque::new();
+        for (p, rows) in by_partition {
+            let batch = if rows.len() == decoded.batch.num_rows() {
+                decoded.batch.clone()
+            } else {
+                take_rows(&decoded.batch, rows)?
+            };
+            for r in self.nodes[node].readers.clone() {
+                queue.push_back((r, batch.clone(), p));
+            }
+        }
+        self.drain(&mut queue, Some(s)).await
+    }
+
+    /// Pushes batches through the graph until no work is left.
+    async fn drain(
+        &mut self,
+        queue: &mut VecDeque<(usize, RecordBatch, i32)>,
+        _source: Option<usize>,
+    ) -> Result<(), RuntimeError> {
+        while let Some((i, batch, partition)) = queue.pop_front() {
+            let readers = self.nodes[i].readers.clone();
+            let mut outputs: Vec<(RecordBatch, i32)> = Vec::new();
+            match &mut self.nodes[i].op {
+                Op::Skipped | Op::Source => {}
+                Op::Stateless { slot, plan } => {
+                    slot.set(vec![batch]);
+                    let task = Arc::new(TaskContext::default());
+                    for b in collect(plan.clone(), task).await.map_err(internal)? {
+                        if b.num_rows() > 0 {
+                            outputs.push((b, partition));
+                        }
+                    }
+                }
+                Op::Window { op, on_late, root } => {
+                    let out = op.process(&batch, partition).await?;
+                    if !out.late.is_empty() {
+                        self.stats
+                            .late
+                            .fetch_add(out.late.len() as u64, Ordering::Relaxed);
+                        if *on_late == OnLate::DeadLetter {
+                            let rows: Vec<u32> = out.late.iter().map(|(r, _)| *r as u32).collect();
+                            let late = take_rows(&batch, rows)?;
+                            let encoded = encode_rows(&late).map_err(internal)?;
+                            let root = *root;
+                            for (bytes, (_, reason)) in encoded.into_iter().zip(&out.late) {
+                                let headers = vec![
+                                    (
+                                        "transform".to_string(),
+                                        self.nodes[i].name.clone().into_bytes(),
+                                    ),
+                                    (
+                                        "source-partition".to_string(),
+                                        partition.to_string().into_bytes(),
+                                    ),
+                                    ("error".to_string(), reason.as_bytes().to_vec()),
+                                ];
+                                self.dead_letters[root].push((bytes, headers));
+                            }
+                        }
+                    }
+                    outputs.extend(out.emitted.into_iter().map(|b| (b, -1)));
+                }
+                Op::Sink { key, buffer, .. } => {
+                    let values = encode_rows(&batch).map_err(internal)?;
+                    let keys = match key {
+                        Some(k) => Some(key_bytes(batch.column(*k).as_ref())?),
+                        None => None,
+                    };
+                    for (row, value) in values.into_iter().enumerate() {
+                        let k = keys.as_ref().and_then(|ks| ks[row].clone());
+                        buffer.push((k, value));
+                    }
+                }
+            }
+            for (b, p) in outputs {
+                for r in &readers {
+                    queue.push_back((*r, b.clone(), p));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes buffered sink records and dead letters and waits for Kafka to acknowledge them.
+    async fn flush_outputs(&mut self) -> Result<(), RuntimeError> {
+        for n in &mut self.nodes {
+            if let Op::Sink { sink, buffer, .. } = &mut n.op {
+                if buffer.is_empty() {
+                    continue;
+                }
+                let records: Vec<OutRecord<'_>> = buffer
+                    .iter()
+                    .map(|(k, v)| OutRecord {
+                        key: k.as_deref(),
+                        value: v,
+                        timestamp: None,
+                    })
+                    .collect();
+                sink.send_all(&records, &[]).await?;
+                self.stats
+                    .events_out
+                    .fetch_add(records.len() as u64, Ordering::Relaxed);
+                buffer.clear();
+            }
+        }
+        for (s, letters) in self.dead_letters.iter_mut().enumerate() {
+            if letters.is_empty() {
+                continue;
+            }
+            let sink = match &self.sources[s].dead_letter {
+                Some(sink) => sink,
+                None => {
+                    // Late rows of a source without a dead-letter topic: counted, dropped.
+                    letters.clear();
+                    continue;
+                }
+            };
+            let records: Vec<(OutRecord<'_>, connectors::RecordHeaders)> = letters
+                .iter()
+                .map(|(v, h)| {
+                    (
+                        OutRecord {
+                            key: None,
+                            value: v,
+                            timestamp: None,
+                        },
+                        h.clone(),
+                    )
+                })
+                .collect();
+            sink.send_with_headers(&records).await?;
+            self.stats
+                .dead_lettered
+                .fetch_add(records.len() as u64, Ordering::Relaxed);
+            letters.clear();
+        }
+        Ok(())
+    }
+
+    /// Parts of the pipeline this runtime skips, with why (print them before running).
+    pub fn warnings(&self) -> &[String] {
+        &self.summary.warnings
+    }
+
+    /// Names of the sources, for status lines.
+    pub fn source_names(&self) -> Vec<String> {
+        self.sources.iter().map(|s| s.name.clone()).collect()
+    }
+}
+
+/// The dead-letter topic of a source.
+pub fn dead_letter_topic(pipeline: &str, source: &spec::model::Source) -> String {
+    source
+        .dead_letter_topic
+        .clone()
+        .unwrap_or_else(|| format!("{pipeline}.{}.dead_letter", source.name))
+}
+
+fn take_rows(batch: &RecordBatch, rows: Vec<u32>) -> Result<RecordBatch, RuntimeError> {
+    let idx = UInt32Array::from(rows);
+    let columns = batch
+        .columns()
+        .iter()
+        .map(|c| take(c, &idx, None))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(internal)?;
+    RecordBatch::try_new(batch.schema(), columns).map_err(internal)
+}
+
+fn key_bytes(column: &dyn Array) -> Result<Vec<Option<Vec<u8>>>, RuntimeError> {
+    let strings = cast(&column.slice(0, column.len()), &DataType::Utf8).map_err(internal)?;
+    let strings = strings
+        .as_any()
+        .downcast_ref::<datafusion::arrow::array::StringArray>()
+        .ok_or_else(|| internal("key cast"))?;
+    Ok(strings
+        .iter()
+        .map(|v| v.map(|s| s.as_bytes().to_vec()))
+        .collect())
+}

@@ -1,0 +1,87 @@
+//! `pipectl run`: one pipeline in the foreground with a live status line.
+
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use runtime::{RunConfig, Runner, Stats};
+
+/// Formats a watermark for the status line.
+fn watermark_text(ms: i64) -> String {
+    if ms == i64::MIN || ms == i64::MAX {
+        return "-".into();
+    }
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+/// Runs `plan` until the config's stop condition or Ctrl-C, printing a status line every
+/// second (on a terminal, in place) and a summary at the end.
+pub async fn run(
+    plan: &planner::PipelinePlan,
+    config: RunConfig,
+    quiet: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let stats = Arc::new(Stats::default());
+    let runner = Runner::new(plan, config, stats.clone()).await?;
+    for w in runner.warnings() {
+        eprintln!("warning: {w}");
+    }
+    let started = Instant::now();
+    let status = {
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            let tty = std::io::stderr().is_terminal();
+            let mut last = (0u64, 0u64, Instant::now());
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if quiet {
+                    continue;
+                }
+                let i = stats.events_in.load(Ordering::Relaxed);
+                let o = stats.events_out.load(Ordering::Relaxed);
+                let dt = last.2.elapsed().as_secs_f64().max(1e-3);
+                let line = format!(
+                    "in {i} ({:.0}/s)  out {o} ({:.0}/s)  errors {}  dead-lettered {}  late {}  watermark {}  lag {}",
+                    (i - last.0) as f64 / dt,
+                    (o - last.1) as f64 / dt,
+                    stats.errors.load(Ordering::Relaxed),
+                    stats.dead_lettered.load(Ordering::Relaxed),
+                    stats.late.load(Ordering::Relaxed),
+                    watermark_text(stats.watermark_ms.load(Ordering::Relaxed)),
+                    stats.lag.load(Ordering::Relaxed),
+                );
+                last = (i, o, Instant::now());
+                let mut err = std::io::stderr();
+                if tty {
+                    let _ = write!(err, "\r\x1b[2K{line}");
+                } else {
+                    let _ = writeln!(err, "{line}");
+                }
+                let _ = err.flush();
+            }
+        })
+    };
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let result = runner.run(ctrl_c).await;
+    status.abort();
+    let _ = status.await;
+    if std::io::stderr().is_terminal() && !quiet {
+        eprintln!();
+    }
+    result?;
+    eprintln!(
+        "done in {:.1}s: {} in, {} out, {} errors, {} dead-lettered, {} late",
+        started.elapsed().as_secs_f64(),
+        stats.events_in.load(Ordering::Relaxed),
+        stats.events_out.load(Ordering::Relaxed),
+        stats.errors.load(Ordering::Relaxed),
+        stats.dead_lettered.load(Ordering::Relaxed),
+        stats.late.load(Ordering::Relaxed),
+    );
+    Ok(())
+}

@@ -1,0 +1,314 @@
+//! End-to-end tests on a real Apache Kafka broker, through the `pipectl` binary.
+//!
+//! `scripts/gate` starts the broker with `scripts/kafka` and sets `KAFKA_BOOTSTRAP` and
+//! `REQUIRE_KAFKA=1`. Run alone without a broker, these tests say so and pass vacuously
+//! unless `REQUIRE_KAFKA` is set, in which case they fail. Every test uses its own topics.
+//!
+//! Expected results come from `tests/oracle/window_oracle.py` (DuckDB), which reads the raw
+//! messages back from the broker and decides validity and lateness on its own.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use base64::Engine;
+use connectors::{StoredMessage, read_all};
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("repository root")
+        .to_path_buf()
+}
+
+fn bootstrap() -> Option<String> {
+    match std::env::var("KAFKA_BOOTSTRAP") {
+        Ok(b) => Some(b),
+        Err(_) if std::env::var_os("REQUIRE_KAFKA").is_some() => {
+            panic!("REQUIRE_KAFKA is set but KAFKA_BOOTSTRAP is not: start scripts/kafka")
+        }
+        Err(_) => {
+            eprintln!(
+                "skipped: no KAFKA_BOOTSTRAP (run scripts/gate, or scripts/kafka start and export KAFKA_BOOTSTRAP=127.0.0.1:9092)"
+            );
+            None
+        }
+    }
+}
+
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("test.{name}.{}.{nanos}", std::process::id())
+}
+
+fn pipectl(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_pipectl"))
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(root())
+        .output()
+        .expect("pipectl runs");
+    assert!(
+        out.status.success(),
+        "pipectl {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn oracle_python() -> String {
+    if let Ok(p) = std::env::var("ORACLE_PYTHON") {
+        return p;
+    }
+    let out = Command::new(root().join("scripts/python-env"))
+        .output()
+        .expect("scripts/python-env runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn read(bootstrap: &str, topic: &str) -> Vec<StoredMessage> {
+    read_all(bootstrap, topic, Duration::from_secs(60)).expect("topic reads")
+}
+
+fn header<'a>(m: &'a StoredMessage, key: &str) -> &'a str {
+    m.headers
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("")
+}
+
+fn epoch_ms(v: &Value) -> i64 {
+    match v {
+        Value::Number(n) => n.as_i64().expect("integer ms"),
+        Value::String(s) => chrono::DateTime::parse_from_rfc3339(s)
+            .expect("RFC 3339 timestamp")
+            .timestamp_millis(),
+        other => panic!("not a timestamp: {other}"),
+    }
+}
+
+fn close(a: f64, b: f64, rel: f64) -> bool {
+    a == b || (a - b).abs() <= rel * a.abs().max(b.abs())
+}
+
+/// The late count from the run's closing line (`done in ...: ..., N late`).
+fn late_from_summary(stderr: &str) -> u64 {
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("done in "))
+        .expect("summary line");
+    line.rsplit(", ")
+        .next()
+        .and_then(|s| s.strip_suffix(" late"))
+        .and_then(|n| n.parse().ok())
+        .expect("late count")
+}
+
+#[test]
+fn tumbling_windows_equal_duckdb_and_dead_letters_hold_exactly_the_malformed_records() {
+    let Some(bootstrap) = bootstrap() else { return };
+    let input = unique("sensor.in");
+    let output = unique("sensor.out");
+    let dlq = unique("sensor.dlq");
+    let group = unique("group");
+    pipectl(
+        &[
+            "gen",
+            "--bootstrap",
+            &bootstrap,
+            "--kind",
+            "production/sensor_reading",
+            "--count",
+            "100000",
+            "--seed",
+            "42",
+            "--topic",
+            &input,
+            "--partitions",
+            "4",
+            "--late",
+            "0.01",
+            "--malformed",
+            "0.01",
+        ],
+        &[],
+    );
+    let run = pipectl(
+        &[
+            "run",
+            "tests/pipelines/sensor-window.yaml",
+            "--bootstrap",
+            &bootstrap,
+            "--until-idle",
+            "5s",
+            "--quiet",
+        ],
+        &[
+            ("TEST_INPUT_TOPIC", &input),
+            ("TEST_OUTPUT_TOPIC", &output),
+            ("TEST_DEAD_LETTER_TOPIC", &dlq),
+            ("TEST_GROUP", &group),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+
+    // What the broker holds, for the oracle.
+    let messages = read(&bootstrap, &input);
+    assert_eq!(messages.len(), 100_000);
+    let dir = std::env::temp_dir().join(unique("oracle"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let raw_path = dir.join("input.jsonl");
+    let mut raw = String::new();
+    for m in &messages {
+        raw.push_str(
+            &serde_json::json!({
+                "partition": m.partition,
+                "offset": m.offset,
+                "payload_b64": base64::engine::general_purpose::STANDARD.encode(&m.payload),
+            })
+            .to_string(),
+        );
+        raw.push('\n');
+    }
+    std::fs::write(&raw_path, raw).expect("write input");
+    let windows_path = dir.join("windows.jsonl");
+    let invalid_path = dir.join("invalid.json");
+    let out = Command::new(oracle_python())
+        .arg(root().join("tests/oracle/window_oracle.py"))
+        .args(["--input", raw_path.to_str().expect("utf-8")])
+        .args(["--size-ms", "60000", "--allowed-ms", "5000"])
+        .args(["--windows", windows_path.to_str().expect("utf-8")])
+        .args(["--invalid", invalid_path.to_str().expect("utf-8")])
+        .output()
+        .expect("oracle runs");
+    assert!(
+        out.status.success(),
+        "oracle: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected: Vec<Value> = std::fs::read_to_string(&windows_path)
+        .expect("windows")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let invalid: BTreeSet<(i32, i64)> = serde_json::from_str::<Vec<(i32, i64)>>(
+        &std::fs::read_to_string(&invalid_path).expect("invalid"),
+    )
+    .expect("json")
+    .into_iter()
+    .collect();
+    std::fs::remove_dir_all(&dir).ok();
+
+    // Window rows: same rows, in window-end then key order.
+    let got: Vec<Value> = read(&bootstrap, &output)
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).expect("output is JSON"))
+        .collect();
+    assert!(
+        expected.len() > 1000,
+        "oracle found {} windows",
+        expected.len()
+    );
+    assert_eq!(got.len(), expected.len(), "number of window rows");
+    for (g, e) in got.iter().zip(&expected) {
+        let what = format!("\n got {g}\nwant {e}");
+        assert_eq!(g["line_id"], e["line_id"], "{what}");
+        assert_eq!(
+            epoch_ms(&g["window_start"]),
+            epoch_ms(&e["window_start"]),
+            "{what}"
+        );
+        assert_eq!(
+            epoch_ms(&g["window_end"]),
+            epoch_ms(&e["window_end"]),
+            "{what}"
+        );
+        for exact in ["readings", "rated"] {
+            assert_eq!(g[exact].as_i64(), e[exact].as_i64(), "{exact}{what}");
+        }
+        for exact in ["min_pressure", "max_vibration"] {
+            assert_eq!(g[exact].as_f64(), e[exact].as_f64(), "{exact}{what}");
+        }
+        // Sums of doubles depend on the order of addition, which two engines need not share.
+        for float in ["sum_temperature", "avg_temperature"] {
+            let (a, b) = (
+                g[float].as_f64().expect("number"),
+                e[float].as_f64().expect("number"),
+            );
+            assert!(close(a, b, 1e-12), "{float}: {a} vs {b}{what}");
+        }
+        match (
+            g["avg_failure_rate"].as_f64(),
+            e["avg_failure_rate"].as_f64(),
+        ) {
+            (Some(a), Some(b)) => assert!(close(a, b, 1e-12), "avg_failure_rate{what}"),
+            (a, b) => assert_eq!(a, b, "avg_failure_rate{what}"),
+        }
+    }
+    let late = expected[0]["late_total"].as_u64().expect("late total");
+    assert!(
+        late > 500,
+        "the oracle should see the injected late events, saw {late}"
+    );
+    assert_eq!(
+        late_from_summary(&stderr),
+        late,
+        "late events counted\n{stderr}"
+    );
+
+    // Dead letters: exactly the malformed records, original bytes, with their origin.
+    assert!(
+        invalid.len() > 500,
+        "the oracle should see the malformed events"
+    );
+    let letters = read(&bootstrap, &dlq);
+    let origins: BTreeSet<(i32, i64)> = letters
+        .iter()
+        .map(|m| {
+            (
+                header(m, "source-partition")
+                    .parse()
+                    .expect("partition header"),
+                header(m, "source-offset").parse().expect("offset header"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        letters.len(),
+        invalid.len(),
+        "one dead letter per malformed record"
+    );
+    assert_eq!(
+        origins, invalid,
+        "dead letters are exactly the malformed records"
+    );
+    for m in &letters {
+        let (p, o) = (
+            header(m, "source-partition").parse::<i32>().expect("p"),
+            header(m, "source-offset").parse::<i64>().expect("o"),
+        );
+        let original = messages
+            .iter()
+            .find(|x| x.partition == p && x.offset == o)
+            .expect("original message");
+        assert_eq!(
+            m.payload, original.payload,
+            "dead letter keeps the original bytes"
+        );
+        assert_eq!(header(m, "source-topic"), input);
+        assert!(!header(m, "error").is_empty());
+        assert_eq!(header(m, "pipeline"), "sensor-window-test");
+    }
+}
