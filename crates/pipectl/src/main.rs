@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 the input is invalid (a pipeline has errors), 2 usage (bad
 //! arguments, a file that cannot be read).
 
+mod demo;
 mod generate;
 mod run;
 
@@ -84,6 +85,22 @@ enum Command {
         /// Event time between events, in ms.
         #[arg(long, default_value_t = 100.0)]
         interval_ms: f64,
+    },
+    /// Run the example pipelines on an in-process Kafka broker with generated events and show
+    /// live results. Needs nothing installed.
+    Demo {
+        /// How long to run (such as `30s`); default until Ctrl-C.
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+        /// Directory of pipelines to run.
+        #[arg(long, default_value = "pipelines")]
+        pipelines: PathBuf,
+        /// Events per second per event kind.
+        #[arg(long, default_value_t = 500.0)]
+        rate: f64,
+        /// Seconds of event time per second of wall-clock time.
+        #[arg(long, default_value_t = 60.0)]
+        speedup: f64,
     },
     /// Run one pipeline in the foreground with a live status line, until Ctrl-C.
     Run {
@@ -193,6 +210,25 @@ async fn run(cli: Cli) -> ExitCode {
                     );
                     ExitCode::SUCCESS
                 }
+                Err(e) => {
+                    eprintln!("error: {}", chain(e.as_ref()));
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Demo {
+            duration,
+            pipelines,
+            rate,
+            speedup,
+        } => {
+            let args = demo::DemoArgs {
+                duration,
+                rate,
+                speedup,
+            };
+            match demo::demo(&pipelines, &args).await {
+                Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {}", chain(e.as_ref()));
                     ExitCode::from(1)
