@@ -312,3 +312,74 @@ fn tumbling_windows_equal_duckdb_and_dead_letters_hold_exactly_the_malformed_rec
         assert_eq!(header(m, "pipeline"), "sensor-window-test");
     }
 }
+
+#[test]
+fn json_avro_and_confluent_avro_inputs_give_identical_results() {
+    let Some(bootstrap) = bootstrap() else { return };
+    let mut results: Vec<(String, Vec<Vec<u8>>, usize)> = Vec::new();
+    for format in ["json", "avro", "avro_confluent"] {
+        let input = unique(&format!("formats.{format}.in"));
+        let output = unique(&format!("formats.{format}.out"));
+        let dlq = unique(&format!("formats.{format}.dlq"));
+        let group = unique("group");
+        pipectl(
+            &[
+                "gen",
+                "--bootstrap",
+                &bootstrap,
+                "--kind",
+                "production/sensor_reading",
+                "--count",
+                "20000",
+                "--seed",
+                "7",
+                "--topic",
+                &input,
+                "--partitions",
+                "3",
+                "--late",
+                "0.01",
+                "--malformed",
+                "0.01",
+                "--format",
+                format,
+            ],
+            &[],
+        );
+        pipectl(
+            &[
+                "run",
+                "tests/pipelines/sensor-window.yaml",
+                "--bootstrap",
+                &bootstrap,
+                "--until-idle",
+                "4s",
+                "--quiet",
+            ],
+            &[
+                ("TEST_INPUT_TOPIC", &input),
+                ("TEST_OUTPUT_TOPIC", &output),
+                ("TEST_DEAD_LETTER_TOPIC", &dlq),
+                ("TEST_GROUP", &group),
+                ("TEST_FORMAT", format),
+            ],
+        );
+        let rows: Vec<Vec<u8>> = read(&bootstrap, &output)
+            .into_iter()
+            .map(|m| m.payload)
+            .collect();
+        let letters = read(&bootstrap, &dlq).len();
+        results.push((format.to_string(), rows, letters));
+    }
+    let (_, json_rows, json_letters) = &results[0];
+    assert!(json_rows.len() > 200, "{} window rows", json_rows.len());
+    assert!(*json_letters > 100, "{json_letters} dead letters");
+    for (format, rows, letters) in &results[1..] {
+        assert_eq!(rows.len(), json_rows.len(), "{format}: window rows");
+        assert!(
+            rows == json_rows,
+            "{format}: results differ from JSON input"
+        );
+        assert_eq!(letters, json_letters, "{format}: dead letters");
+    }
+}

@@ -3,6 +3,7 @@
 //! decode, the message each row came from, and an error per bad message, so the source can
 //! apply the pipeline's `on_error` policy record by record.
 
+pub mod avro;
 pub mod json;
 
 use std::collections::HashSet;
@@ -46,6 +47,9 @@ pub enum FormatError {
     /// A batch could not be encoded.
     #[error("cannot encode: {0}")]
     Encode(String),
+    /// The schema uses something this format cannot carry yet.
+    #[error("{0}")]
+    Unsupported(String),
     /// A bug.
     #[error("internal error in the format layer (please report): {0}")]
     Internal(String),

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use connectors::{KafkaSink, OutRecord, create_topic};
+use formats::avro::AvroCodec;
+use formats::json::JsonDecoder;
 use generator::{Generator, Settings};
 
 /// The topic the example pipelines read for each kind.
@@ -29,6 +31,47 @@ pub struct GenArgs {
     pub partitions: i32,
     pub rate: Option<f64>,
     pub quiet: bool,
+    /// Avro encoding (with the event schema) instead of JSON.
+    pub avro: Option<AvroEncoding>,
+}
+
+/// Turns generated JSON events into Avro messages of the same event.
+#[derive(Debug)]
+pub struct AvroEncoding {
+    pub json: JsonDecoder,
+    pub codec: AvroCodec,
+}
+
+impl AvroEncoding {
+    /// Re-encodes `events` in place: well-formed ones as Avro, malformed ones as a truncated
+    /// Avro message (always undecodable: the reader runs out of bytes).
+    fn encode(
+        &mut self,
+        events: &mut [generator::Event],
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let good: Vec<&[u8]> = events
+            .iter()
+            .filter(|e| !e.malformed)
+            .map(|e| e.value.as_slice())
+            .collect();
+        let decoded = self.json.decode(&good)?;
+        if let Some(e) = decoded.errors.first() {
+            return Err(format!("generated event does not fit its schema: {}", e.message).into());
+        }
+        let mut avro = self.codec.encode_rows(&decoded.batch)?.into_iter();
+        let template = self
+            .codec
+            .encode_rows(&decoded.batch.slice(0, decoded.batch.num_rows().min(1)))?;
+        for e in events.iter_mut() {
+            if e.malformed {
+                let full = template.first().cloned().unwrap_or_else(|| vec![2, 0]);
+                e.value = full[..full.len() / 2].to_vec();
+            } else if let Some(bytes) = avro.next() {
+                e.value = bytes;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Counts of what was written.
@@ -41,7 +84,9 @@ pub struct GenReport {
 
 /// Writes `count` events, at `rate` per second if given. Batches of up to 5,000 are written
 /// and acknowledged before the next.
-pub async fn generate(args: &GenArgs) -> Result<GenReport, Box<dyn std::error::Error>> {
+pub async fn generate(args: GenArgs) -> Result<GenReport, Box<dyn std::error::Error>> {
+    let mut avro = args.avro;
+    let args = GenArgs { avro: None, ..args };
     create_topic(&args.bootstrap, &args.topic, args.partitions).await?;
     let sink = KafkaSink::new(&args.bootstrap, &args.topic, &BTreeMap::new(), Vec::new())?;
     let mut generator = Generator::new(args.settings.clone())?;
@@ -54,7 +99,10 @@ pub async fn generate(args: &GenArgs) -> Result<GenReport, Box<dyn std::error::E
     };
     while report.events < args.count {
         let n = batch_size.min(args.count - report.events);
-        let events: Vec<generator::Event> = (0..n).map(|_| generator.next_event()).collect();
+        let mut events: Vec<generator::Event> = (0..n).map(|_| generator.next_event()).collect();
+        if let Some(avro) = avro.as_mut() {
+            avro.encode(&mut events)?;
+        }
         let records: Vec<OutRecord<'_>> = events
             .iter()
             .map(|e| OutRecord {

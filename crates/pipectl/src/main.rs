@@ -85,6 +85,12 @@ enum Command {
         /// Event time between events, in ms.
         #[arg(long, default_value_t = 100.0)]
         interval_ms: f64,
+        /// Message encoding: json, avro or avro_confluent (schema id 0).
+        #[arg(long, default_value = "json")]
+        format: String,
+        /// Directory of event schemas (for Avro; default: the nearest `schemas/`).
+        #[arg(long, env = "PIPECTL_SCHEMAS")]
+        schemas: Option<PathBuf>,
     },
     /// Run the example pipelines on an in-process Kafka broker with generated events and show
     /// live results. Needs nothing installed.
@@ -168,7 +174,44 @@ async fn run(cli: Cli) -> ExitCode {
             out_of_order,
             start,
             interval_ms,
+            format,
+            schemas,
         } => {
+            let avro = match format.as_str() {
+                "json" => None,
+                "avro" | "avro_confluent" => {
+                    let framing = if format == "avro" {
+                        formats::avro::Framing::Plain
+                    } else {
+                        formats::avro::Framing::Confluent { schema_id: 0 }
+                    };
+                    let dir = schemas.unwrap_or_else(|| {
+                        find_schema_dir(&std::env::current_dir().unwrap_or_default())
+                            .unwrap_or_else(|| PathBuf::from("schemas"))
+                    });
+                    let loaded = SchemaRegistry::new(dir).load(&kind).map(|s| {
+                        (
+                            formats::json::JsonDecoder::new(s.arrow.clone()),
+                            formats::avro::AvroCodec::new(&s.avro_json, s.arrow, framing),
+                        )
+                    });
+                    match loaded {
+                        Ok((Ok(json), Ok(codec))) => Some(generate::AvroEncoding { json, codec }),
+                        Ok((Err(e), _)) | Ok((_, Err(e))) => {
+                            eprintln!("error: {e}");
+                            return ExitCode::from(2);
+                        }
+                        Err(e) => {
+                            eprintln!("error: {e}");
+                            return ExitCode::from(2);
+                        }
+                    }
+                }
+                other => {
+                    eprintln!("error: --format `{other}`: expected json, avro or avro_confluent");
+                    return ExitCode::from(2);
+                }
+            };
             let mut settings = generator::Settings::new(&kind, seed);
             settings.late = late;
             settings.malformed = malformed;
@@ -201,12 +244,14 @@ async fn run(cli: Cli) -> ExitCode {
                 partitions,
                 rate,
                 quiet: false,
+                avro,
             };
-            match generate::generate(&args).await {
+            let topic = args.topic.clone();
+            match generate::generate(args).await {
                 Ok(r) => {
                     println!(
-                        "wrote {} {kind} events to {} ({} malformed, {} late)",
-                        r.events, args.topic, r.malformed, r.late
+                        "wrote {} {kind} events to {topic} ({} malformed, {} late)",
+                        r.events, r.malformed, r.late
                     );
                     ExitCode::SUCCESS
                 }

@@ -13,7 +13,7 @@ pub(crate) fn explain(plan: &PipelinePlan) -> String {
     for node in &plan.nodes {
         out.push('\n');
         match &node.kind {
-            NodeKind::Source { spec, schema } => {
+            NodeKind::Source { spec, schema, .. } => {
                 let _ = writeln!(out, "source {}", node.name);
                 let _ = writeln!(
                     out,

@@ -58,6 +58,8 @@ pub enum NodeKind {
         spec: Source,
         /// Decoded rows.
         schema: SchemaRef,
+        /// The event schema as Avro JSON (the writer schema of Avro messages).
+        avro_json: String,
     },
     /// A SQL transform.
     Transform {
@@ -199,8 +201,8 @@ impl Planner<'_> {
 
     fn plan_source(&mut self, s: &Source) {
         let path = format!("spec.sources[{}]", s.index);
-        let schema = match self.registry.load(&s.schema) {
-            Ok(schema) => schema.arrow,
+        let (schema, avro_json) = match self.registry.load(&s.schema) {
+            Ok(schema) => (schema.arrow, schema.avro_json),
             Err(e) => {
                 self.error(format!("{path}.schema"), e.to_string());
                 self.failed.insert(s.name.clone());
@@ -247,6 +249,7 @@ impl Planner<'_> {
             kind: NodeKind::Source {
                 spec: s.clone(),
                 schema,
+                avro_json,
             },
         });
     }

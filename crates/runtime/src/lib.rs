@@ -29,6 +29,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::catalog::TableProvider;
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::{ExecutionPlan, collect};
+use formats::avro::{AvroCodec, Framing};
 use formats::json::{JsonDecoder, encode_rows};
 use planner::{NodeKind, PipelinePlan};
 use spec::model::{Format, OnError, OnLate, StartFrom};
@@ -134,12 +135,54 @@ enum Op {
     },
     Sink {
         sink: KafkaSink,
+        encoder: Encoder,
         key: Option<usize>,
         buffer: Vec<(Option<Vec<u8>>, Vec<u8>)>,
     },
     /// A source: its rows enter the graph here.
     Source,
     Skipped,
+}
+
+/// How a source's messages are decoded.
+enum Decoder {
+    Json(JsonDecoder),
+    Avro(AvroCodec),
+}
+
+impl Decoder {
+    fn decode(&mut self, messages: &[&[u8]]) -> Result<formats::Decoded, RuntimeError> {
+        match self {
+            Decoder::Json(d) => d.decode(messages),
+            Decoder::Avro(d) => d.decode(messages),
+        }
+        .map_err(internal)
+    }
+}
+
+/// How a sink's rows are encoded.
+enum Encoder {
+    Json,
+    Avro(AvroCodec),
+}
+
+impl Encoder {
+    fn encode(&self, batch: &RecordBatch) -> Result<Vec<Vec<u8>>, RuntimeError> {
+        match self {
+            Encoder::Json => encode_rows(batch),
+            Encoder::Avro(c) => c.encode_rows(batch),
+        }
+        .map_err(internal)
+    }
+}
+
+fn framing(format: Format) -> Option<Framing> {
+    match format {
+        Format::Json => None,
+        Format::Avro => Some(Framing::Plain),
+        // No schema registry yet: the id written is 0 and ids read are not checked.
+        Format::AvroConfluent => Some(Framing::Confluent { schema_id: 0 }),
+    }
 }
 
 struct Node {
@@ -153,7 +196,7 @@ struct SourceRt {
     name: String,
     topic: String,
     kafka: KafkaSource,
-    decoder: JsonDecoder,
+    decoder: Decoder,
     on_error: OnError,
     dead_letter: Option<KafkaSink>,
     last_seen: HashMap<i32, Instant>,
@@ -239,13 +282,19 @@ impl Runner {
                 .collect();
             let skipped_input = inputs.iter().any(|x| matches!(nodes[*x].op, Op::Skipped));
             let op = match &n.kind {
-                NodeKind::Source { spec, schema } => {
-                    if spec.format != Format::Json {
-                        return Err(RuntimeError::Unsupported(format!(
-                            "source `{}`: format `{}` (JSON only so far)",
-                            spec.name, spec.format
-                        )));
-                    }
+                NodeKind::Source {
+                    spec,
+                    schema,
+                    avro_json,
+                } => {
+                    let decoder = match framing(spec.format) {
+                        None => Decoder::Json(JsonDecoder::new(schema.clone()).map_err(internal)?),
+                        Some(f) => Decoder::Avro(
+                            AvroCodec::new(avro_json, schema.clone(), f).map_err(|e| {
+                                RuntimeError::Unsupported(format!("source `{}`: {e}", spec.name))
+                            })?,
+                        ),
+                    };
                     let kafka = KafkaSource::connect(&SourceConfig {
                         bootstrap: config.bootstrap.clone(),
                         topic: spec.kafka.topic.clone(),
@@ -274,7 +323,7 @@ impl Runner {
                         name: spec.name.clone(),
                         topic: spec.kafka.topic.clone(),
                         kafka,
-                        decoder: JsonDecoder::new(schema.clone()).map_err(internal)?,
+                        decoder,
                         on_error: spec.on_error,
                         dead_letter,
                         last_seen: HashMap::new(),
@@ -400,14 +449,17 @@ impl Runner {
                     Op::Skipped
                 }
                 NodeKind::Sink { spec, schema } => {
-                    if spec.format != Format::Json {
-                        return Err(RuntimeError::Unsupported(format!(
-                            "sink `{}`: format `{}` (JSON only so far)",
-                            spec.name, spec.format
-                        )));
-                    }
+                    let encoder = match framing(spec.format) {
+                        None => Encoder::Json,
+                        Some(f) => Encoder::Avro(
+                            AvroCodec::for_arrow(schema.clone(), &spec.name, f).map_err(|e| {
+                                RuntimeError::Unsupported(format!("sink `{}`: {e}", spec.name))
+                            })?,
+                        ),
+                    };
                     origin.push(None);
                     Op::Sink {
+                        encoder,
                         sink: KafkaSink::new(
                             &config.bootstrap,
                             &spec.kafka.topic,
@@ -685,8 +737,13 @@ impl Runner {
                     }
                     outputs.extend(out.emitted.into_iter().map(|b| (b, -1)));
                 }
-                Op::Sink { key, buffer, .. } => {
-                    let values = encode_rows(&batch).map_err(internal)?;
+                Op::Sink {
+                    key,
+                    buffer,
+                    encoder,
+                    ..
+                } => {
+                    let values = encoder.encode(&batch)?;
                     let keys = match key {
                         Some(k) => Some(key_bytes(batch.column(*k).as_ref())?),
                         None => None,
