@@ -15,6 +15,7 @@
 //! from the last commit and may emit a window twice, but never loses one.
 
 pub mod slot;
+pub mod transform;
 pub mod window;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -26,16 +27,12 @@ use connectors::{KafkaSink, KafkaSource, OutRecord, RawBatch, SourceConfig, Star
 use datafusion::arrow::array::{Array, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::{cast, take};
 use datafusion::arrow::datatypes::DataType;
-use datafusion::catalog::TableProvider;
-use datafusion::execution::TaskContext;
-use datafusion::physical_plan::{ExecutionPlan, collect};
 use formats::avro::{AvroCodec, Framing};
 use formats::json::{JsonDecoder, encode_rows};
 use planner::{NodeKind, PipelinePlan};
 use spec::model::{Format, OnError, OnLate, StartFrom};
 
-use crate::slot::{Slot, SlotTable};
-use crate::window::{Shape, WindowOp};
+use crate::transform::TransformOp;
 
 /// Why a pipeline stopped.
 #[derive(Debug, thiserror::Error)]
@@ -123,12 +120,8 @@ pub struct Summary {
 }
 
 enum Op {
-    Stateless {
-        slot: Slot,
-        plan: Arc<dyn ExecutionPlan>,
-    },
-    Window {
-        op: Box<WindowOp>,
+    Transform {
+        op: TransformOp,
         on_late: OnLate,
         /// Index of the source whose dead-letter topic takes late rows.
         root: usize,
@@ -350,94 +343,48 @@ impl Runner {
                     inputs: tables,
                     ..
                 } => {
-                    if tables.len() != 1 {
-                        return Err(RuntimeError::Unsupported(format!(
-                            "transform `{}` reads {} tables: stream joins come with interval and lookup joins",
-                            spec.name,
-                            tables.len()
-                        )));
-                    }
                     let from = inputs
                         .first()
                         .copied()
                         .ok_or_else(|| internal("input not found"))?;
-                    let slot = Slot::default();
-                    let table: Arc<dyn TableProvider> =
-                        Arc::new(SlotTable::new(tables[0].arrow.clone(), slot.clone()));
-                    let parsed = planner::sql::parse(&spec.sql).map_err(|e| internal(e.message))?;
-                    let (ctx, _, optimized) =
-                        planner::sql::plan_with_tables(&parsed, &[(tables[0].clone(), table)])
-                            .await
-                            .map_err(|e| internal(e.message))?;
-                    let state = ctx.state();
-                    let physical = state
-                        .create_physical_plan(&optimized)
-                        .await
-                        .map_err(internal)?;
-                    let task = Arc::new(TaskContext::from(&state));
                     let upstream = origin[from];
                     origin.push(if spec.window.is_some() {
                         None
                     } else {
                         upstream
                     });
-                    match (&spec.window, time_field) {
-                        (Some(w), Some(tf)) => {
-                            let shape = if let Some(size) = w.tumbling {
-                                Shape::Tumbling {
-                                    size: size.as_millis() as i64,
-                                }
-                            } else if let Some(h) = &w.hopping {
-                                Shape::Hopping {
-                                    size: h.size.as_millis() as i64,
-                                    slide: h.slide.as_millis() as i64,
-                                }
-                            } else {
-                                return Err(RuntimeError::Unsupported(format!(
-                                    "transform `{}`: session windows",
-                                    spec.name
-                                )));
-                            };
-                            let (partitions, allowed, root) = match upstream {
-                                Some(s) => {
-                                    let src = &sources[s];
-                                    let allowed = plan
-                                        .nodes
-                                        .get(src.node)
-                                        .and_then(|n| match &n.kind {
-                                            NodeKind::Source { spec, .. } => spec
-                                                .event_time
-                                                .as_ref()
-                                                .map(|e| e.max_out_of_order.as_millis() as i64),
-                                            _ => None,
-                                        })
-                                        .unwrap_or(0);
-                                    (src.kafka.partitions().to_vec(), allowed, s)
-                                }
-                                None => (vec![-1], 0, 0),
-                            };
-                            let op = WindowOp::new(
-                                window::Timing {
-                                    shape,
-                                    allowed,
-                                    time_field: tf.clone(),
-                                },
-                                tables[0].arrow.clone(),
-                                slot,
-                                physical,
-                                &partitions,
-                                task,
-                            )?;
-                            Op::Window {
-                                op: Box::new(op),
-                                on_late: w.on_late,
-                                root,
-                            }
+                    // Windows track stream time per partition of the source their rows come
+                    // from; after another window, rows come from all partitions together.
+                    let (partitions, allowed, root) = match upstream {
+                        Some(s) => {
+                            let src = &sources[s];
+                            let allowed = plan
+                                .nodes
+                                .get(src.node)
+                                .and_then(|n| match &n.kind {
+                                    NodeKind::Source { spec, .. } => spec
+                                        .event_time
+                                        .as_ref()
+                                        .map(|e| e.max_out_of_order.as_millis() as i64),
+                                    _ => None,
+                                })
+                                .unwrap_or(0);
+                            (src.kafka.partitions().to_vec(), allowed, s)
                         }
-                        _ => Op::Stateless {
-                            slot,
-                            plan: physical,
-                        },
+                        None => (vec![-1], 0, 0),
+                    };
+                    let op = TransformOp::build(
+                        spec,
+                        time_field.as_deref(),
+                        tables,
+                        &partitions,
+                        allowed,
+                    )
+                    .await?;
+                    Op::Transform {
+                        op,
+                        on_late: spec.window.as_ref().map(|w| w.on_late).unwrap_or_default(),
+                        root,
                     }
                 }
                 NodeKind::Model { spec, .. } => {
@@ -480,7 +427,10 @@ impl Runner {
                 readers: Vec::new(),
             });
         }
-        let windowed = nodes.iter().any(|n| matches!(n.op, Op::Window { .. }));
+        let windowed = nodes.iter_mut().any(|n| match &mut n.op {
+            Op::Transform { op, .. } => op.window().is_some(),
+            _ => false,
+        });
         stats.watermark_ms.store(i64::MIN, Ordering::Relaxed);
         let dead_letters = sources.iter().map(|_| Vec::new()).collect();
         Ok(Self {
@@ -564,7 +514,7 @@ impl Runner {
         if input_finished {
             let mut queue = VecDeque::new();
             for i in 0..self.nodes.len() {
-                if let Op::Window { op, .. } = &mut self.nodes[i].op {
+                if let Op::Transform { op, .. } = &mut self.nodes[i].op {
                     for b in op.flush().await? {
                         for r in self.nodes[i].readers.clone() {
                             queue.push_back((r, b.clone(), -1));
@@ -608,9 +558,11 @@ impl Runner {
         }
         let mut wm = i64::MAX;
         for n in &mut self.nodes {
-            if let Op::Window { op, root, .. } = &mut n.op {
-                op.set_idle(idle_by_source.get(*root).cloned().unwrap_or_default());
-                wm = wm.min(op.watermark().unwrap_or(i64::MIN));
+            if let Op::Transform { op, root, .. } = &mut n.op
+                && let Some(w) = op.window()
+            {
+                w.set_idle(idle_by_source.get(*root).cloned().unwrap_or_default());
+                wm = wm.min(w.watermark().unwrap_or(i64::MIN));
             }
         }
         self.stats.watermark_ms.store(wm, Ordering::Relaxed);
@@ -699,17 +651,9 @@ impl Runner {
             let mut outputs: Vec<(RecordBatch, i32)> = Vec::new();
             match &mut self.nodes[i].op {
                 Op::Skipped | Op::Source => {}
-                Op::Stateless { slot, plan } => {
-                    slot.set(vec![batch]);
-                    let task = Arc::new(TaskContext::default());
-                    for b in collect(plan.clone(), task).await.map_err(internal)? {
-                        if b.num_rows() > 0 {
-                            outputs.push((b, partition));
-                        }
-                    }
-                }
-                Op::Window { op, on_late, root } => {
-                    let out = op.process(&batch, partition).await?;
+                Op::Transform { op, on_late, root } => {
+                    let windowed = op.window().is_some();
+                    let out = op.process(batch.clone(), partition).await?;
                     if !out.late.is_empty() {
                         self.stats
                             .late
@@ -735,7 +679,8 @@ impl Runner {
                             }
                         }
                     }
-                    outputs.extend(out.emitted.into_iter().map(|b| (b, -1)));
+                    let p = if windowed { -1 } else { partition };
+                    outputs.extend(out.rows.into_iter().map(|b| (b, p)));
                 }
                 Op::Sink {
                     key,

@@ -1,0 +1,263 @@
+//! `pipeline-bench`: events per second of the engine's hot paths, with peak memory.
+//!
+//! ```sh
+//! cargo run --release -p bench -- --events 1000000                            # in memory
+//! cargo run --release -p bench -- --events 1000000 --bootstrap 127.0.0.1:9092 # and through Kafka
+//! ```
+//!
+//! Prints one line per measurement: decode (JSON, Avro), a filter + one-minute window
+//! pipeline on in-memory batches, and, with a broker, a bare rdkafka consumer beside the
+//! engine running a filter pipeline and a window pipeline over the same topic. Run release
+//! builds only; debug numbers mean nothing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::RecordBatch;
+use formats::avro::{AvroCodec, Framing};
+use formats::json::JsonDecoder;
+use generator::{Generator, Settings};
+use planner::{NodeKind, PipelinePlan};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use runtime::transform::TransformOp;
+
+type BenchError = Box<dyn std::error::Error>;
+
+const PIPELINE: &str = r#"
+apiVersion: pipelines/v1
+kind: Pipeline
+metadata: { name: bench }
+spec:
+  sources:
+    - name: readings
+      kafka: { topic: "${BENCH_TOPIC:-bench}", start_from: earliest, group: "${BENCH_GROUP:-bench}" }
+      format: json
+      schema: production/sensor_reading
+      event_time: { field: ts, max_out_of_order: 5s }
+      on_error: skip
+  transforms:
+    - name: clean
+      sql: |
+        SELECT upper(line_id) AS line_id, ts, temperature, vibration, failure_rate
+        FROM readings WHERE temperature BETWEEN -50 AND 250
+    - name: per_minute
+      window: { tumbling: 1m }
+      sql: |
+        SELECT line_id, window_start, window_end, count(*) AS n, avg(temperature) AS t,
+               max(vibration) AS v, avg(failure_rate) AS f
+        FROM clean GROUP BY line_id, window_start, window_end
+  sinks:
+    - name: out
+      from: "${BENCH_SINK_FROM:-per_minute}"
+      kafka: { topic: "${BENCH_TOPIC:-bench}.out" }
+      format: json
+"#;
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn report(what: &str, events: usize, elapsed: Duration) {
+    println!(
+        "{what:<44} {:>12.0} events/s   ({events} events in {:.2} s, peak RSS {:.0} MB)",
+        events as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64(),
+        peak_rss_mb()
+    );
+}
+
+async fn plan_with(env: &[(&str, String)]) -> Result<PipelinePlan, BenchError> {
+    let dir =
+        event_schema::find_schema_dir(&std::env::current_dir()?).ok_or("no schemas/ directory")?;
+    let registry = event_schema::SchemaRegistry::new(dir);
+    let lookup = |name: &str| {
+        env.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.clone())
+            .or_else(|| std::env::var(name).ok())
+    };
+    match planner::check("bench.yaml", PIPELINE, &registry, &lookup).await {
+        (_, Some(p)) => Ok(p),
+        (doc, None) => Err(doc
+            .diagnostics()
+            .iter()
+            .map(|d| d.render("bench.yaml"))
+            .collect::<Vec<_>>()
+            .join("\n")
+            .into()),
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BenchError> {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let events: usize = arg("--events").map_or(Ok(1_000_000), |v| v.parse())?;
+    let batch_size = 10_000;
+    println!(
+        "pipeline-bench: {events} sensor readings (~{} bytes of JSON each), micro-batches of {batch_size}, {} cores",
+        170,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+
+    let mut settings = Settings::new("production/sensor_reading", 1);
+    settings.interval_ms = 10.0;
+    let messages: Vec<Vec<u8>> = Generator::new(settings)?
+        .take(events)
+        .map(|e| e.value)
+        .collect();
+
+    let plan = plan_with(&[]).await?;
+    let (schema, avro_json) = plan
+        .nodes
+        .iter()
+        .find_map(|n| match &n.kind {
+            NodeKind::Source {
+                schema, avro_json, ..
+            } => Some((schema.clone(), avro_json.clone())),
+            _ => None,
+        })
+        .ok_or("no source")?;
+
+    // Decode.
+    let mut json = JsonDecoder::new(schema.clone())?;
+    let started = Instant::now();
+    let mut batches: Vec<RecordBatch> = Vec::new();
+    for chunk in messages.chunks(batch_size) {
+        let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
+        batches.push(json.decode(&refs)?.batch);
+    }
+    report("decode JSON -> Arrow", events, started.elapsed());
+
+    let avro = AvroCodec::new(&avro_json, schema.clone(), Framing::Plain)?;
+    let avro_messages: Vec<Vec<u8>> = batches
+        .iter()
+        .map(|b| avro.encode_rows(b))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    let started = Instant::now();
+    for chunk in avro_messages.chunks(batch_size) {
+        let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
+        let _ = avro.decode(&refs)?;
+    }
+    report("decode Avro -> Arrow", events, started.elapsed());
+
+    // Filter + window on in-memory batches.
+    let mut ops = Vec::new();
+    for n in &plan.nodes {
+        if let NodeKind::Transform {
+            spec,
+            time_field,
+            inputs,
+            ..
+        } = &n.kind
+        {
+            ops.push(TransformOp::build(spec, time_field.as_deref(), inputs, &[0], 5_000).await?);
+        }
+    }
+    let started = Instant::now();
+    let mut windows = 0;
+    for b in &batches {
+        let mut current = vec![b.clone()];
+        for op in ops.iter_mut() {
+            let mut next = Vec::new();
+            for c in current {
+                next.extend(op.process(c, 0).await?.rows);
+            }
+            current = next;
+        }
+        windows += current.iter().map(RecordBatch::num_rows).sum::<usize>();
+    }
+    for op in ops.iter_mut() {
+        windows += op
+            .flush()
+            .await?
+            .iter()
+            .map(RecordBatch::num_rows)
+            .sum::<usize>();
+    }
+    report("filter + 1m window, in memory", events, started.elapsed());
+    println!("{:<44} {windows} window rows", "");
+
+    let Some(bootstrap) = arg("--bootstrap") else {
+        println!("(add --bootstrap HOST:PORT to measure through a Kafka broker)");
+        return Ok(());
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos();
+    let topic = format!("bench.{nanos}");
+    connectors::create_topic(&bootstrap, &topic, 4).await?;
+    let sink = connectors::KafkaSink::new(&bootstrap, &topic, &BTreeMap::new(), Vec::new())?;
+    for chunk in messages.chunks(batch_size) {
+        let records: Vec<connectors::OutRecord<'_>> = chunk
+            .iter()
+            .map(|m| connectors::OutRecord {
+                key: None,
+                value: m,
+                timestamp: None,
+            })
+            .collect();
+        sink.send_all(&records, &[]).await?;
+    }
+
+    // A bare consumer: the ceiling set by Kafka fetch.
+    let consumer: StreamConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", format!("bare-{nanos}"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    consumer.subscribe(&[topic.as_str()])?;
+    let started = Instant::now();
+    let mut n = 0;
+    while n < events {
+        let m = consumer.recv().await?;
+        std::hint::black_box(rdkafka::Message::payload(&m));
+        n += 1;
+    }
+    report("bare rdkafka consumer", events, started.elapsed());
+    drop(consumer);
+
+    for (what, from) in [
+        ("engine: filter -> sink, via Kafka", "clean"),
+        ("engine: filter + 1m window, via Kafka", "per_minute"),
+    ] {
+        let group = format!("{what}-{nanos}").replace([' ', ':', '>', '+'], "_");
+        let plan = plan_with(&[
+            ("BENCH_TOPIC", topic.clone()),
+            ("BENCH_GROUP", group),
+            ("BENCH_SINK_FROM", from.to_string()),
+        ])
+        .await?;
+        let stats = Arc::new(runtime::Stats::default());
+        let mut config = runtime::RunConfig::new(bootstrap.clone());
+        config.max_events = Some(events as u64);
+        let runner = runtime::Runner::new(&plan, config, stats.clone()).await?;
+        let started = Instant::now();
+        runner.run(std::future::pending()).await?;
+        report(
+            what,
+            stats.events_in.load(Ordering::Relaxed) as usize,
+            started.elapsed(),
+        );
+    }
+    Ok(())
+}
