@@ -95,11 +95,12 @@ impl TransformOp {
                 size: h.size.as_millis() as i64,
                 slide: h.slide.as_millis() as i64,
             }
+        } else if let Some(session) = &w.session {
+            Shape::Session {
+                gap: session.gap.as_millis() as i64,
+            }
         } else {
-            return Err(RuntimeError::Unsupported(format!(
-                "transform `{}`: session windows",
-                spec.name
-            )));
+            return Err(internal("a window with no shape passed validation"));
         };
         let timing = Timing {
             shape,

@@ -1,18 +1,24 @@
-//! Event-time window aggregation.
+//! Event-time window aggregation: tumbling, hopping and session windows.
 //!
 //! DataFusion plans the windowed SQL; this operator runs its aggregate incrementally. From
 //! the physical plan we take the aggregate's input plan (filters and projections below the
 //! `GROUP BY`), its group expressions and its aggregate functions, and the plan above it
 //! (projections, `HAVING`). Each micro-batch is placed in windows, run through the input
-//! plan, and folded into DataFusion accumulators kept per (window end, group key). When the
-//! watermark passes a window's end its groups are evaluated, in window-end then key order,
-//! and run through the plan above the aggregate.
+//! plan, and folded into DataFusion accumulators kept per window and group key. When the
+//! watermark passes a window's end its groups are evaluated, in window-end, window-start then
+//! key order, and run through the plan above the aggregate.
+//!
+//! Session windows are kept per key as a list of disjoint sessions `[first event, last event
+//! + gap)`; an event that falls within `gap` of a session extends it, and one that bridges two
+//! sessions merges them (their accumulators merge through DataFusion's `state()` /
+//! `merge_batch()`, the same path DataFusion uses to combine partial aggregates).
 //!
 //! Lateness is decided per row, in offset order within its partition, as Kafka Streams does
 //! with stream time: a row is late for a window when the window's end is at or before the
-//! largest event time this operator saw earlier in that partition, minus `max_out_of_order`.
-//! The watermark is the smallest over partitions of (largest event time − max_out_of_order);
-//! partitions marked idle do not hold it back. So results do not depend on batch boundaries.
+//! largest event time this operator saw earlier in that partition, minus `max_out_of_order`
+//! (for sessions, the window is the row's own `[ts, ts + gap)`). The watermark is the
+//! smallest over partitions of (largest event time − max_out_of_order); partitions marked
+//! idle do not hold it back. So results do not depend on batch boundaries.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -34,7 +40,7 @@ use datafusion::physical_plan::{ExecutionPlan, collect};
 use crate::RuntimeError;
 use crate::slot::{Slot, SlotExec};
 
-/// Window shapes the operator runs.
+/// Window shapes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
     /// Fixed windows of `size` ms aligned to the epoch.
@@ -49,29 +55,32 @@ pub enum Shape {
         /// Distance between starts, ms.
         slide: i64,
     },
+    /// Per-key sessions that close after `gap` ms without events.
+    Session {
+        /// Inactivity gap, ms.
+        gap: i64,
+    },
 }
 
 impl Shape {
-    fn size(self) -> i64 {
-        match self {
-            Shape::Tumbling { size } | Shape::Hopping { size, .. } => size,
-        }
-    }
-
-    /// Window starts containing `ts`, oldest first.
-    fn starts(self, ts: i64, out: &mut Vec<i64>) {
+    /// Provisional windows of an event at `ts` as (start, end), oldest first. For sessions,
+    /// the event's own `[ts, ts + gap)`, which merging may later widen.
+    fn windows(self, ts: i64, out: &mut Vec<(i64, i64)>) {
         out.clear();
         match self {
-            Shape::Tumbling { size } => out.push(ts.div_euclid(size) * size),
+            Shape::Tumbling { size } => {
+                let s = ts.div_euclid(size) * size;
+                out.push((s, s + size));
+            }
             Shape::Hopping { size, slide } => {
-                let last = ts.div_euclid(slide) * slide;
-                let mut start = last;
+                let mut start = ts.div_euclid(slide) * slide;
                 while start + size > ts {
-                    out.push(start);
+                    out.push((start, start + size));
                     start -= slide;
                 }
                 out.reverse();
             }
+            Shape::Session { gap } => out.push((ts, ts + gap)),
         }
     }
 }
@@ -87,15 +96,6 @@ pub struct Timing {
     pub time_field: String,
 }
 
-/// Where a group's window end comes from.
-#[derive(Debug, Clone, Copy)]
-enum EndKey {
-    /// The group expression at this index is `window_end`.
-    End(usize),
-    /// The group expression at this index is `window_start`; end = start + size.
-    Start(usize),
-}
-
 /// What one input batch produced.
 #[derive(Debug, Default)]
 pub struct Output {
@@ -106,7 +106,22 @@ pub struct Output {
     pub late: Vec<(usize, &'static str)>,
 }
 
-type Groups = BTreeMap<OwnedRow, Vec<Box<dyn Accumulator>>>;
+type Accs = Vec<Box<dyn Accumulator>>;
+
+/// One session of one key.
+struct Session {
+    start: i64,
+    end: i64,
+    accs: Accs,
+}
+
+/// Open windows.
+enum State {
+    /// Tumbling and hopping: window end -> (window start, key) -> accumulators.
+    Fixed(BTreeMap<i64, BTreeMap<(i64, OwnedRow), Accs>>),
+    /// Sessions: key -> its disjoint sessions, by start.
+    Sessions(BTreeMap<OwnedRow, Vec<Session>>),
+}
 
 /// The window operator of one windowed transform.
 pub struct WindowOp {
@@ -117,11 +132,14 @@ pub struct WindowOp {
     input_slot: Slot,
     pre: Arc<dyn ExecutionPlan>,
     group_exprs: Vec<Arc<dyn PhysicalExpr>>,
+    /// Positions of `window_start` / `window_end` among the group expressions.
+    start_at: Option<usize>,
+    end_at: Option<usize>,
+    /// Converts the other group columns (the key) to comparable rows.
     converter: RowConverter,
     aggs: Vec<Arc<AggregateFunctionExpr>>,
     filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
-    end_key: EndKey,
-    state: BTreeMap<i64, Groups>,
+    state: State,
     agg_schema: SchemaRef,
     output_slot: Slot,
     post: Arc<dyn ExecutionPlan>,
@@ -134,7 +152,7 @@ impl std::fmt::Debug for WindowOp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WindowOp")
             .field("shape", &self.shape)
-            .field("open_windows", &self.state.len())
+            .field("open", &self.open_windows())
             .finish()
     }
 }
@@ -180,6 +198,29 @@ fn find_aggregate(plan: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan
     plan.children().into_iter().find_map(find_aggregate)
 }
 
+fn ms_values(array: &ArrayRef) -> Result<Vec<Option<i64>>, RuntimeError> {
+    let ms = cast(array, &DataType::Timestamp(TimeUnit::Millisecond, None)).map_err(arrow)?;
+    Ok(ms
+        .as_primitive::<TimestampMillisecondType>()
+        .iter()
+        .collect())
+}
+
+/// Merges accumulators `from` into `into` (both of the same aggregates).
+fn merge_into(into: &mut Accs, from: Accs) -> Result<(), RuntimeError> {
+    for (a, mut b) in into.iter_mut().zip(from) {
+        let state: Vec<ArrayRef> = b
+            .state()
+            .map_err(df)?
+            .into_iter()
+            .map(|s| s.to_array())
+            .collect::<Result<_, _>>()
+            .map_err(df)?;
+        a.merge_batch(&state).map_err(df)?;
+    }
+    Ok(())
+}
+
 impl WindowOp {
     /// Builds the operator from the windowed transform's physical plan, which reads
     /// `input_slot` (rows of `input_schema`, with `window_start`/`window_end` last).
@@ -223,24 +264,24 @@ impl WindowOp {
             .iter()
             .map(|(_, n)| n.as_str())
             .collect();
-        let end_key = names
-            .iter()
-            .position(|n| *n == planner::WINDOW_END)
-            .map(EndKey::End)
-            .or_else(|| {
-                names
-                    .iter()
-                    .position(|n| *n == planner::WINDOW_START)
-                    .map(EndKey::Start)
-            })
-            .ok_or_else(|| internal("windowed aggregate does not group by the window"))?;
+        let start_at = names.iter().position(|n| *n == planner::WINDOW_START);
+        let end_at = names.iter().position(|n| *n == planner::WINDOW_END);
+        if start_at.is_none() && end_at.is_none() {
+            return Err(internal("windowed aggregate does not group by the window"));
+        }
         let pre_schema = agg.input().schema();
-        let sort_fields = group_exprs
+        let mut key_fields = group_exprs
             .iter()
-            .map(|e| e.data_type(&pre_schema).map(SortField::new))
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != start_at && Some(*i) != end_at)
+            .map(|(_, e)| e.data_type(&pre_schema).map(SortField::new))
             .collect::<Result<Vec<_>, _>>()
             .map_err(df)?;
-        let converter = RowConverter::new(sort_fields).map_err(arrow)?;
+        if key_fields.is_empty() {
+            // A global window: one constant key column.
+            key_fields.push(SortField::new(DataType::Boolean));
+        }
+        let converter = RowConverter::new(key_fields).map_err(arrow)?;
         let agg_schema = top.schema();
         let output_slot = Slot::default();
         let scan: Arc<dyn ExecutionPlan> =
@@ -249,6 +290,10 @@ impl WindowOp {
         let time_col = input_schema
             .index_of(&timing.time_field)
             .map_err(|_| internal(format!("no time column `{}`", timing.time_field)))?;
+        let state = match timing.shape {
+            Shape::Session { .. } => State::Sessions(BTreeMap::new()),
+            _ => State::Fixed(BTreeMap::new()),
+        };
         Ok(Self {
             shape: timing.shape,
             allowed: timing.allowed,
@@ -257,11 +302,12 @@ impl WindowOp {
             input_slot,
             pre: agg.input().clone(),
             group_exprs,
+            start_at,
+            end_at,
             converter,
             aggs: agg.aggr_expr().to_vec(),
             filters: agg.filter_expr().to_vec(),
-            end_key,
-            state: BTreeMap::new(),
+            state,
             agg_schema,
             output_slot,
             post,
@@ -289,9 +335,12 @@ impl WindowOp {
         wm
     }
 
-    /// Windows waiting for the watermark.
+    /// Windows (for sessions: sessions) waiting for the watermark.
     pub fn open_windows(&self) -> usize {
-        self.state.len()
+        match &self.state {
+            State::Fixed(m) => m.values().map(BTreeMap::len).sum(),
+            State::Sessions(m) => m.values().map(Vec::len).sum(),
+        }
     }
 
     /// Folds one batch of `partition`'s rows (in offset order) into the windows and emits
@@ -310,8 +359,8 @@ impl WindowOp {
         let times = times.as_primitive::<TimestampMillisecondType>();
         let mut indices: Vec<u32> = Vec::with_capacity(batch.num_rows());
         let mut starts: Vec<i64> = Vec::with_capacity(batch.num_rows());
-        let mut window_starts = Vec::new();
-        let size = self.shape.size();
+        let mut ends: Vec<i64> = Vec::with_capacity(batch.num_rows());
+        let mut windows = Vec::new();
         let stream_time = self.stream_time.entry(partition).or_insert(None);
         for row in 0..batch.num_rows() {
             if times.is_null(row) {
@@ -320,15 +369,16 @@ impl WindowOp {
             }
             let ts = times.value(row);
             let threshold = stream_time.map(|t| t - self.allowed);
-            self.shape.starts(ts, &mut window_starts);
+            self.shape.windows(ts, &mut windows);
             let mut any = false;
-            for start in &window_starts {
-                if threshold.is_some_and(|th| start + size <= th) {
+            for (start, end) in &windows {
+                if threshold.is_some_and(|th| *end <= th) {
                     continue;
                 }
                 any = true;
                 indices.push(row as u32);
                 starts.push(*start);
+                ends.push(*end);
             }
             if !any {
                 out.late.push((row, "late: its windows had closed"));
@@ -336,7 +386,28 @@ impl WindowOp {
             *stream_time = Some(stream_time.map_or(ts, |t| t.max(ts)));
         }
         if !indices.is_empty() {
-            self.fold(batch, indices, starts).await?;
+            let take_idx = UInt32Array::from(indices);
+            let mut columns: Vec<ArrayRef> = batch
+                .columns()
+                .iter()
+                .map(|c| take(c, &take_idx, None))
+                .collect::<Result<_, _>>()
+                .map_err(arrow)?;
+            columns.push(Arc::new(
+                TimestampMillisecondArray::from(starts).with_timezone("UTC"),
+            ));
+            columns.push(Arc::new(
+                TimestampMillisecondArray::from(ends).with_timezone("UTC"),
+            ));
+            let augmented =
+                RecordBatch::try_new(self.input_schema.clone(), columns).map_err(arrow)?;
+            self.input_slot.set(vec![augmented]);
+            let rows = collect(self.pre.clone(), self.ctx.clone())
+                .await
+                .map_err(df)?;
+            for rb in rows {
+                self.fold_rows(&rb)?;
+            }
         }
         out.emitted = self.emit(self.watermark()).await?;
         Ok(out)
@@ -347,56 +418,91 @@ impl WindowOp {
         self.emit(Some(i64::MAX)).await
     }
 
-    async fn fold(
-        &mut self,
-        batch: &RecordBatch,
-        indices: Vec<u32>,
-        starts: Vec<i64>,
-    ) -> Result<(), RuntimeError> {
-        let size = self.shape.size();
-        let take_idx = UInt32Array::from(indices);
-        let mut columns: Vec<ArrayRef> = batch
-            .columns()
+    fn new_accs(&self) -> Result<Accs, RuntimeError> {
+        self.aggs
             .iter()
-            .map(|c| take(c, &take_idx, None))
-            .collect::<Result<_, _>>()
-            .map_err(arrow)?;
-        let ends: Vec<i64> = starts.iter().map(|s| s + size).collect();
-        columns.push(Arc::new(
-            TimestampMillisecondArray::from(starts).with_timezone("UTC"),
-        ));
-        columns.push(Arc::new(
-            TimestampMillisecondArray::from(ends).with_timezone("UTC"),
-        ));
-        let augmented = RecordBatch::try_new(self.input_schema.clone(), columns).map_err(arrow)?;
-        self.input_slot.set(vec![augmented]);
-        let rows = collect(self.pre.clone(), self.ctx.clone())
-            .await
-            .map_err(df)?;
-        for rb in rows {
-            self.fold_rows(&rb)?;
+            .map(|a| a.create_accumulator())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(df)
+    }
+
+    /// Feeds the rows `members` of the evaluated arguments into `accs`.
+    fn update(
+        accs: &mut Accs,
+        args: &[Vec<ArrayRef>],
+        filters: &[Option<BooleanArray>],
+        members: &[u32],
+    ) -> Result<(), RuntimeError> {
+        let idx = UInt32Array::from(members.to_vec());
+        for (i, acc) in accs.iter_mut().enumerate() {
+            let mut values: Vec<ArrayRef> = args[i]
+                .iter()
+                .map(|a| take(a, &idx, None))
+                .collect::<Result<_, _>>()
+                .map_err(arrow)?;
+            if let Some(mask) = &filters[i] {
+                let mask = take(mask, &idx, None).map_err(arrow)?;
+                let mask = mask.as_boolean();
+                values = values
+                    .iter()
+                    .map(|v| filter(v, mask))
+                    .collect::<Result<_, _>>()
+                    .map_err(arrow)?;
+            }
+            acc.update_batch(&values).map_err(df)?;
         }
         Ok(())
     }
 
     fn fold_rows(&mut self, rb: &RecordBatch) -> Result<(), RuntimeError> {
-        if rb.num_rows() == 0 {
+        let n = rb.num_rows();
+        if n == 0 {
             return Ok(());
         }
-        let keys: Vec<ArrayRef> = self
+        let groups: Vec<ArrayRef> = self
             .group_exprs
             .iter()
-            .map(|e| e.evaluate(rb).and_then(|v| v.into_array(rb.num_rows())))
+            .map(|e| e.evaluate(rb).and_then(|v| v.into_array(n)))
             .collect::<Result<_, _>>()
             .map_err(df)?;
-        let rows = self.converter.convert_columns(&keys).map_err(arrow)?;
+        let mut key_columns: Vec<ArrayRef> = groups
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != self.start_at && Some(*i) != self.end_at)
+            .map(|(_, a)| a.clone())
+            .collect();
+        if key_columns.is_empty() {
+            key_columns.push(Arc::new(BooleanArray::from(vec![true; n])));
+        }
+        let keys = self
+            .converter
+            .convert_columns(&key_columns)
+            .map_err(arrow)?;
+        let starts = self.start_at.map(|i| ms_values(&groups[i])).transpose()?;
+        let ends = self.end_at.map(|i| ms_values(&groups[i])).transpose()?;
+        let shape = self.shape;
+        let bounds = |row: usize| -> Result<(i64, i64), RuntimeError> {
+            let s = starts.as_ref().and_then(|s| s[row]);
+            let e = ends.as_ref().and_then(|e| e[row]);
+            match (s, e, shape) {
+                (Some(s), Some(e), _) => Ok((s, e)),
+                (Some(s), None, Shape::Tumbling { size } | Shape::Hopping { size, .. }) => {
+                    Ok((s, s + size))
+                }
+                (None, Some(e), Shape::Tumbling { size } | Shape::Hopping { size, .. }) => {
+                    Ok((e - size, e))
+                }
+                (None, Some(e), Shape::Session { gap }) => Ok((e - gap, e)),
+                _ => Err(internal("null or missing window bound")),
+            }
+        };
         let args: Vec<Vec<ArrayRef>> = self
             .aggs
             .iter()
             .map(|a| {
                 a.expressions()
                     .iter()
-                    .map(|e| e.evaluate(rb).and_then(|v| v.into_array(rb.num_rows())))
+                    .map(|e| e.evaluate(rb).and_then(|v| v.into_array(n)))
                     .collect::<Result<Vec<_>, _>>()
             })
             .collect::<Result<_, _>>()
@@ -407,55 +513,101 @@ impl WindowOp {
             .map(|f| match f {
                 Some(f) => f
                     .evaluate(rb)
-                    .and_then(|v| v.into_array(rb.num_rows()))
+                    .and_then(|v| v.into_array(n))
                     .map(|a| Some(a.as_boolean().clone())),
                 None => Ok(None),
             })
             .collect::<Result<_, _>>()
             .map_err(df)?;
-        let mut groups: HashMap<_, Vec<u32>> = HashMap::new();
-        for i in 0..rb.num_rows() {
-            groups.entry(rows.row(i)).or_default().push(i as u32);
+        // Group the rows by (window, key) for fixed windows, by key for sessions.
+        let mut by_group: HashMap<(i64, i64, _), Vec<u32>> = HashMap::new();
+        for row in 0..n {
+            let (s, e) = bounds(row)?;
+            let window = if matches!(self.shape, Shape::Session { .. }) {
+                (0, 0)
+            } else {
+                (s, e)
+            };
+            by_group
+                .entry((window.0, window.1, keys.row(row)))
+                .or_default()
+                .push(row as u32);
         }
-        let size = self.shape.size();
-        for (row, members) in groups {
-            let first = members[0] as usize;
-            let end = match self.end_key {
-                EndKey::End(k) => timestamp_ms(&keys[k], first)?,
-                EndKey::Start(k) => timestamp_ms(&keys[k], first)? + size,
-            };
-            let window = self.state.entry(end).or_default();
-            let accs = match window.get_mut(&row.owned()) {
-                Some(accs) => accs,
-                None => {
-                    let accs = self
-                        .aggs
+        for ((s, e, key), members) in by_group {
+            match self.shape {
+                Shape::Session { gap } => {
+                    // Local sessions of this batch: rows sorted by time, split at gaps.
+                    let mut rows: Vec<(i64, u32)> = members
                         .iter()
-                        .map(|a| a.create_accumulator())
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(df)?;
-                    window.entry(row.owned()).or_insert(accs)
+                        .map(|r| bounds(*r as usize).map(|(s, _)| (s, *r)))
+                        .collect::<Result<_, _>>()?;
+                    rows.sort_unstable();
+                    let mut run: Vec<u32> = Vec::new();
+                    let mut run_start = rows[0].0;
+                    let mut run_last = rows[0].0;
+                    for (i, (ts, r)) in rows.iter().enumerate() {
+                        if i > 0 && *ts >= run_last + gap {
+                            let mut accs = self.new_accs()?;
+                            Self::update(&mut accs, &args, &filters, &run)?;
+                            self.add_session(key.owned(), run_start, run_last + gap, accs)?;
+                            run.clear();
+                            run_start = *ts;
+                        }
+                        run.push(*r);
+                        run_last = *ts;
+                    }
+                    let mut accs = self.new_accs()?;
+                    Self::update(&mut accs, &args, &filters, &run)?;
+                    self.add_session(key.owned(), run_start, run_last + gap, accs)?;
                 }
-            };
-            let idx = UInt32Array::from(members);
-            for (i, acc) in accs.iter_mut().enumerate() {
-                let mut values: Vec<ArrayRef> = args[i]
-                    .iter()
-                    .map(|a| take(a, &idx, None))
-                    .collect::<Result<_, _>>()
-                    .map_err(arrow)?;
-                if let Some(mask) = &filters[i] {
-                    let mask = take(mask, &idx, None).map_err(arrow)?;
-                    let mask = mask.as_boolean();
-                    values = values
-                        .iter()
-                        .map(|v| filter(v, mask))
-                        .collect::<Result<_, _>>()
-                        .map_err(arrow)?;
+                _ => {
+                    let accs = match &mut self.state {
+                        State::Fixed(m) => m.entry(e).or_default().get_mut(&(s, key.owned())),
+                        State::Sessions(_) => None,
+                    };
+                    match accs {
+                        Some(accs) => Self::update(accs, &args, &filters, &members)?,
+                        None => {
+                            let mut accs = self.new_accs()?;
+                            Self::update(&mut accs, &args, &filters, &members)?;
+                            if let State::Fixed(m) = &mut self.state {
+                                m.entry(e).or_default().insert((s, key.owned()), accs);
+                            }
+                        }
+                    }
                 }
-                acc.update_batch(&values).map_err(df)?;
             }
         }
+        Ok(())
+    }
+
+    /// Adds session `[start, end)` of `key`, merging every session it overlaps or touches.
+    fn add_session(
+        &mut self,
+        key: OwnedRow,
+        start: i64,
+        end: i64,
+        accs: Accs,
+    ) -> Result<(), RuntimeError> {
+        let State::Sessions(map) = &mut self.state else {
+            return Err(internal("not a session window"));
+        };
+        let sessions = map.entry(key).or_default();
+        let mut merged = Session { start, end, accs };
+        let mut kept = Vec::with_capacity(sessions.len() + 1);
+        for s in sessions.drain(..) {
+            // Sessions are [first, last + gap): they merge when one starts before the other ends.
+            if s.start < merged.end && merged.start < s.end {
+                merged.start = merged.start.min(s.start);
+                merged.end = merged.end.max(s.end);
+                merge_into(&mut merged.accs, s.accs)?;
+            } else {
+                kept.push(s);
+            }
+        }
+        kept.push(merged);
+        kept.sort_by_key(|s| s.start);
+        *sessions = kept;
         Ok(())
     }
 
@@ -464,50 +616,82 @@ impl WindowOp {
         let Some(wm) = watermark else {
             return Ok(Vec::new());
         };
-        let keep = if wm == i64::MAX {
-            BTreeMap::new()
-        } else {
-            self.state.split_off(&(wm + 1))
-        };
-        let closed = std::mem::replace(&mut self.state, keep);
+        // (end, start, key, accumulators) of every closed window, in output order.
+        let mut closed: Vec<(i64, i64, OwnedRow, Accs)> = Vec::new();
+        match &mut self.state {
+            State::Fixed(m) => {
+                let keep = if wm == i64::MAX {
+                    BTreeMap::new()
+                } else {
+                    m.split_off(&(wm + 1))
+                };
+                for (end, groups) in std::mem::replace(m, keep) {
+                    for ((start, key), accs) in groups {
+                        closed.push((end, start, key, accs));
+                    }
+                }
+            }
+            State::Sessions(m) => {
+                for (key, sessions) in m.iter_mut() {
+                    let (done, open): (Vec<Session>, Vec<Session>) =
+                        sessions.drain(..).partition(|s| s.end <= wm);
+                    *sessions = open;
+                    closed.extend(
+                        done.into_iter()
+                            .map(|s| (s.end, s.start, key.clone(), s.accs)),
+                    );
+                }
+                m.retain(|_, s| !s.is_empty());
+                closed.sort_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
+            }
+        }
         if closed.is_empty() {
             return Ok(Vec::new());
         }
-        let mut key_rows = Vec::new();
-        let mut values: Vec<Vec<ScalarValue>> = vec![Vec::new(); self.aggs.len()];
-        for (_, groups) in closed {
-            for (key, mut accs) in groups {
-                for (i, acc) in accs.iter_mut().enumerate() {
-                    values[i].push(acc.evaluate().map_err(df)?);
-                }
-                key_rows.push(key);
+        let mut values: Vec<Vec<ScalarValue>> =
+            vec![Vec::with_capacity(closed.len()); self.aggs.len()];
+        let mut starts = Vec::with_capacity(closed.len());
+        let mut ends = Vec::with_capacity(closed.len());
+        let mut keys = Vec::with_capacity(closed.len());
+        for (end, start, key, mut accs) in closed {
+            for (i, acc) in accs.iter_mut().enumerate() {
+                values[i].push(acc.evaluate().map_err(df)?);
             }
+            starts.push(start);
+            ends.push(end);
+            keys.push(key);
         }
-        let mut columns = self
+        let mut key_columns = self
             .converter
-            .convert_rows(key_rows.iter().map(|r| r.row()))
-            .map_err(arrow)?;
-        let n_keys = columns.len();
-        for (i, vals) in values.into_iter().enumerate() {
-            let array = ScalarValue::iter_to_array(vals).map_err(df)?;
-            let want = self.agg_schema.field(n_keys + i).data_type();
-            let array = if array.data_type() == want {
-                array
+            .convert_rows(keys.iter().map(|r| r.row()))
+            .map_err(arrow)?
+            .into_iter();
+        let starts: ArrayRef =
+            Arc::new(TimestampMillisecondArray::from(starts).with_timezone("UTC"));
+        let ends: ArrayRef = Arc::new(TimestampMillisecondArray::from(ends).with_timezone("UTC"));
+        let mut columns = Vec::with_capacity(self.agg_schema.fields().len());
+        for i in 0..self.group_exprs.len() {
+            let column = if Some(i) == self.start_at {
+                starts.clone()
+            } else if Some(i) == self.end_at {
+                ends.clone()
             } else {
-                cast(&array, want).map_err(arrow)?
+                key_columns.next().ok_or_else(|| internal("key columns"))?
             };
-            columns.push(array);
+            columns.push(column);
         }
-        // Group columns may differ from the aggregate's output types only in nullability.
+        for vals in values {
+            columns.push(ScalarValue::iter_to_array(vals).map_err(df)?);
+        }
+        // Match the aggregate's output types exactly (time zones, nullability of casts).
         let columns = columns
             .into_iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let want = self.agg_schema.field(i).data_type();
-                if c.data_type() == want {
+            .zip(self.agg_schema.fields())
+            .map(|(c, f)| {
+                if c.data_type() == f.data_type() {
                     Ok(c)
                 } else {
-                    cast(&c, want)
+                    cast(&c, f.data_type())
                 }
             })
             .collect::<Result<Vec<_>, _>>()
@@ -521,43 +705,30 @@ impl WindowOp {
     }
 }
 
-fn timestamp_ms(array: &ArrayRef, row: usize) -> Result<i64, RuntimeError> {
-    let ms = cast(array, &DataType::Timestamp(TimeUnit::Millisecond, None)).map_err(arrow)?;
-    let ms = ms.as_primitive::<TimestampMillisecondType>();
-    if ms.is_null(row) {
-        return Err(internal("null window bound"));
-    }
-    Ok(ms.value(row))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn window_starts() {
+    fn window_bounds() {
         let mut out = Vec::new();
-        Shape::Tumbling { size: 60 }.starts(125, &mut out);
-        assert_eq!(out, vec![120]);
-        Shape::Tumbling { size: 60 }.starts(-1, &mut out);
-        assert_eq!(out, vec![-60]);
+        Shape::Tumbling { size: 60 }.windows(125, &mut out);
+        assert_eq!(out, vec![(120, 180)]);
+        Shape::Tumbling { size: 60 }.windows(-1, &mut out);
+        assert_eq!(out, vec![(-60, 0)]);
         Shape::Hopping {
             size: 60,
             slide: 20,
         }
-        .starts(125, &mut out);
-        assert_eq!(out, vec![80, 100, 120]);
+        .windows(125, &mut out);
+        assert_eq!(out, vec![(80, 140), (100, 160), (120, 180)]);
         Shape::Hopping {
             size: 60,
             slide: 20,
         }
-        .starts(120, &mut out);
-        assert_eq!(out, vec![80, 100, 120]);
-        Shape::Hopping {
-            size: 60,
-            slide: 60,
-        }
-        .starts(59, &mut out);
-        assert_eq!(out, vec![0]);
+        .windows(120, &mut out);
+        assert_eq!(out, vec![(80, 140), (100, 160), (120, 180)]);
+        Shape::Session { gap: 30 }.windows(100, &mut out);
+        assert_eq!(out, vec![(100, 130)]);
     }
 }
