@@ -166,10 +166,13 @@ async fn main() -> Result<(), BenchError> {
             spec,
             time_field,
             inputs,
+            roles,
             ..
         } = &n.kind
         {
-            ops.push(TransformOp::build(spec, time_field.as_deref(), inputs, &[0], 5_000).await?);
+            ops.push(
+                TransformOp::build(spec, time_field.as_deref(), inputs, roles, &[0], 5_000).await?,
+            );
         }
     }
     let started = Instant::now();
@@ -179,7 +182,7 @@ async fn main() -> Result<(), BenchError> {
         for op in ops.iter_mut() {
             let mut next = Vec::new();
             for c in current {
-                next.extend(op.process(c, 0).await?.rows);
+                next.extend(op.process(c, 0, 0).await?.rows);
             }
             current = next;
         }

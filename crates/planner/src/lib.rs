@@ -49,6 +49,21 @@ pub struct PlannedNode {
     pub kind: NodeKind,
 }
 
+/// How a transform reads one of its inputs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InputRole {
+    /// A stream of events, with the column holding their event time when known.
+    Stream {
+        /// Event-time column of the input.
+        time_field: Option<String>,
+    },
+    /// A table: the latest row per key of a compacted topic.
+    Table {
+        /// The key column.
+        key: String,
+    },
+}
+
 /// The kinds of node, each with what the runtime needs.
 #[derive(Debug)]
 pub enum NodeKind {
@@ -70,6 +85,8 @@ pub enum NodeKind {
         /// Each input table as the SQL was planned against it (with `window_start` and
         /// `window_end` for windowed transforms).
         inputs: Vec<sql::InputTable>,
+        /// What each input is: a stream (with its event-time column, if known) or a table.
+        roles: Vec<InputRole>,
         /// DataFusion's optimized logical plan.
         plan: LogicalPlan,
         /// Output rows.
@@ -131,6 +148,8 @@ struct Table {
     /// For the default window time column: the source's event-time field this table carries,
     /// if it traces back to exactly one source.
     event_time: Option<String>,
+    /// The key column when this is a changelog table rather than a stream.
+    table_key: Option<String>,
 }
 
 struct Planner<'a> {
@@ -236,11 +255,27 @@ impl Planner<'_> {
                 }
             }
         }
+        let table_key = s.table.as_ref().map(|t| t.key.clone());
+        if let Some(key) = &table_key
+            && schema.field_with_name(key).is_err()
+        {
+            let columns = column_names(&schema);
+            self.error(
+                format!("{path}.table.key"),
+                format!(
+                    "no field `{key}` in schema `{}`{} (fields: {})",
+                    s.schema,
+                    suggestion(key, columns.iter().map(String::as_str)),
+                    one_of(columns.iter().map(String::as_str))
+                ),
+            );
+        }
         self.tables.insert(
             s.name.clone(),
             Table {
                 schema: schema.clone(),
                 event_time,
+                table_key,
             },
         );
         self.nodes.push(PlannedNode {
@@ -428,6 +463,49 @@ impl Planner<'_> {
             return;
         };
         let wpath = format!("spec.transforms[{}].window", t.index);
+        let roles: Vec<InputRole> = tables
+            .iter()
+            .map(|(_, table)| match &table.table_key {
+                Some(key) => InputRole::Table { key: key.clone() },
+                None => InputRole::Stream {
+                    time_field: table.event_time.clone(),
+                },
+            })
+            .collect();
+        let streams = roles
+            .iter()
+            .filter(|r| matches!(r, InputRole::Stream { .. }))
+            .count();
+        let sql_path = spec::validate::sql_path(t);
+        let shape_error = if t.window.is_some() && streams == 0 {
+            Some("a table cannot be windowed: windows need a stream of events".to_string())
+        } else if streams == 0 && !tables.is_empty() {
+            Some(
+                "this transform reads only tables; a transform needs a stream to run on"
+                    .to_string(),
+            )
+        } else if streams == 2 && t.join.is_none() {
+            Some("joining two streams needs `join: { within: DURATION }` on the transform, so the engine knows how long to keep each side (an interval join)".to_string())
+        } else if streams == 2
+            && roles
+                .iter()
+                .any(|r| matches!(r, InputRole::Stream { time_field: None }))
+        {
+            Some("an interval join needs the event time of both streams: give both sources `event_time.field` and keep that column".to_string())
+        } else if streams > 2 {
+            Some(format!(
+                "this transform joins {streams} streams; join two at a time"
+            ))
+        } else if t.join.is_some() && streams != 2 {
+            Some("`join` is for a transform that joins exactly two streams".to_string())
+        } else {
+            None
+        };
+        if let Some(message) = shape_error {
+            self.error(sql_path, message);
+            self.failed.insert(t.name.clone());
+            return;
+        }
         let mut time_field = None;
         let mut registered: Vec<sql::InputTable> = Vec::new();
         for (name, table) in &tables {
@@ -480,22 +558,22 @@ impl Planner<'_> {
         }
         let schema: SchemaRef = Arc::new(optimized.schema().as_arrow().clone());
         // The event time carries through when the output keeps the column.
-        let event_time = if t.window.is_some() {
+        // The event time carries through from the one stream input when the output keeps it.
+        let event_time = if t.window.is_some() || streams != 1 {
             None
         } else {
-            match tables.as_slice() {
-                [(_, table)] => table
-                    .event_time
-                    .clone()
-                    .filter(|f| schema.field_with_name(f).is_ok()),
-                _ => None,
-            }
+            tables
+                .iter()
+                .find(|(_, table)| table.table_key.is_none())
+                .and_then(|(_, table)| table.event_time.clone())
+                .filter(|f| schema.field_with_name(f).is_ok())
         };
         self.tables.insert(
             t.name.clone(),
             Table {
                 schema: schema.clone(),
                 event_time,
+                table_key: None,
             },
         );
         self.nodes.push(PlannedNode {
@@ -504,6 +582,7 @@ impl Planner<'_> {
             kind: NodeKind::Transform {
                 spec: t.clone(),
                 time_field,
+                roles,
                 inputs: registered,
                 plan: optimized,
                 schema,
@@ -596,6 +675,17 @@ impl Planner<'_> {
             self.failed.insert(m.name.clone());
             return;
         };
+        if table.table_key.is_some() {
+            self.error(
+                format!("{path}.input"),
+                format!(
+                    "`{}` is a table; a model learns from a stream of events",
+                    m.input
+                ),
+            );
+            self.failed.insert(m.name.clone());
+            return;
+        }
         let schema = &table.schema;
         let before = self.doc.diagnostics().len();
         let columns = column_names(schema);
@@ -727,6 +817,7 @@ impl Planner<'_> {
                 Table {
                     schema: schema.clone(),
                     event_time: Some(EVENT_TIME.to_string()),
+                    table_key: None,
                 },
             );
         }

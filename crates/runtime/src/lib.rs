@@ -15,6 +15,7 @@
 //! from the last commit and may emit a window twice, but never loses one.
 
 pub mod slot;
+pub mod table;
 pub mod transform;
 pub mod window;
 
@@ -32,6 +33,7 @@ use formats::json::{JsonDecoder, encode_rows};
 use planner::{NodeKind, PipelinePlan};
 use spec::model::{Format, OnError, OnLate, StartFrom};
 
+use crate::table::TableState;
 use crate::transform::TransformOp;
 
 /// Why a pipeline stopped.
@@ -125,6 +127,8 @@ enum Op {
         on_late: OnLate,
         /// Index of the source whose dead-letter topic takes late rows.
         root: usize,
+        /// Stream or table, per input.
+        roles: Vec<planner::InputRole>,
     },
     Sink {
         sink: KafkaSink,
@@ -181,6 +185,8 @@ fn framing(format: Format) -> Option<Framing> {
 struct Node {
     name: String,
     op: Op,
+    /// Nodes this one reads, in the order of its inputs.
+    inputs: Vec<usize>,
     readers: Vec<usize>,
 }
 
@@ -207,6 +213,8 @@ pub struct Runner {
     config: RunConfig,
     stats: Arc<Stats>,
     dead_letters: Vec<Vec<DeadLetter>>,
+    /// Changelog tables, by source node.
+    tables: HashMap<usize, TableState>,
     windowed: bool,
     summary: Summary,
 }
@@ -341,6 +349,7 @@ impl Runner {
                     spec,
                     time_field,
                     inputs: tables,
+                    roles,
                     ..
                 } => {
                     let from = inputs
@@ -377,6 +386,7 @@ impl Runner {
                         spec,
                         time_field.as_deref(),
                         tables,
+                        roles,
                         &partitions,
                         allowed,
                     )
@@ -385,6 +395,7 @@ impl Runner {
                         op,
                         on_late: spec.window.as_ref().map(|w| w.on_late).unwrap_or_default(),
                         root,
+                        roles: roles.clone(),
                     }
                 }
                 NodeKind::Model { spec, .. } => {
@@ -424,6 +435,7 @@ impl Runner {
             nodes.push(Node {
                 name: n.name.clone(),
                 op,
+                inputs: inputs.clone(),
                 readers: Vec::new(),
             });
         }
@@ -433,6 +445,20 @@ impl Runner {
         });
         stats.watermark_ms.store(i64::MIN, Ordering::Relaxed);
         let dead_letters = sources.iter().map(|_| Vec::new()).collect();
+        let mut tables = HashMap::new();
+        for n in plan.nodes.iter().enumerate() {
+            if let (
+                i,
+                planner::PlannedNode {
+                    kind: NodeKind::Source { spec, schema, .. },
+                    ..
+                },
+            ) = n
+                && let Some(t) = &spec.table
+            {
+                tables.insert(i, TableState::new(schema.clone(), &t.key)?);
+            }
+        }
         Ok(Self {
             pipeline: plan.name.clone(),
             nodes,
@@ -440,6 +466,7 @@ impl Runner {
             config,
             stats,
             dead_letters,
+            tables,
             windowed,
             summary,
         })
@@ -517,7 +544,7 @@ impl Runner {
                 if let Op::Transform { op, .. } = &mut self.nodes[i].op {
                     for b in op.flush().await? {
                         for r in self.nodes[i].readers.clone() {
-                            queue.push_back((r, b.clone(), -1));
+                            queue.push_back((r, b.clone(), -1, i));
                         }
                     }
                 }
@@ -626,6 +653,9 @@ impl Runner {
                 .push(row as u32);
         }
         let node = self.sources[s].node;
+        if let Some(table) = self.tables.get_mut(&node) {
+            table.upsert(&decoded.batch)?;
+        }
         let mut queue = VecDeque::new();
         for (p, rows) in by_partition {
             let batch = if rows.len() == decoded.batch.num_rows() {
@@ -634,7 +664,7 @@ impl Runner {
                 take_rows(&decoded.batch, rows)?
             };
             for r in self.nodes[node].readers.clone() {
-                queue.push_back((r, batch.clone(), p));
+                queue.push_back((r, batch.clone(), p, node));
             }
         }
         self.drain(&mut queue, Some(s)).await
@@ -643,17 +673,40 @@ impl Runner {
     /// Pushes batches through the graph until no work is left.
     async fn drain(
         &mut self,
-        queue: &mut VecDeque<(usize, RecordBatch, i32)>,
+        queue: &mut VecDeque<(usize, RecordBatch, i32, usize)>,
         _source: Option<usize>,
     ) -> Result<(), RuntimeError> {
-        while let Some((i, batch, partition)) = queue.pop_front() {
+        while let Some((i, batch, partition, from)) = queue.pop_front() {
             let readers = self.nodes[i].readers.clone();
+            let input = self.nodes[i]
+                .inputs
+                .iter()
+                .position(|x| *x == from)
+                .unwrap_or(0);
+            let node_inputs = self.nodes[i].inputs.clone();
             let mut outputs: Vec<(RecordBatch, i32)> = Vec::new();
             match &mut self.nodes[i].op {
                 Op::Skipped | Op::Source => {}
-                Op::Transform { op, on_late, root } => {
+                Op::Transform {
+                    op,
+                    on_late,
+                    root,
+                    roles,
+                } => {
+                    // Table rows only update the table; lookups read it with each stream batch.
+                    if matches!(roles.get(input), Some(planner::InputRole::Table { .. })) {
+                        continue;
+                    }
+                    for (j, role) in roles.iter().enumerate() {
+                        if matches!(role, planner::InputRole::Table { .. })
+                            && let Some(table) =
+                                node_inputs.get(j).and_then(|n| self.tables.get_mut(n))
+                        {
+                            op.set_table(j, vec![table.snapshot()?]);
+                        }
+                    }
                     let windowed = op.window().is_some();
-                    let out = op.process(batch.clone(), partition).await?;
+                    let out = op.process(batch.clone(), partition, input).await?;
                     if !out.late.is_empty() {
                         self.stats
                             .late
@@ -701,7 +754,7 @@ impl Runner {
             }
             for (b, p) in outputs {
                 for r in &readers {
-                    queue.push_back((*r, b.clone(), p));
+                    queue.push_back((*r, b.clone(), p, i));
                 }
             }
         }

@@ -81,8 +81,6 @@ impl TableProvider for SlotTable {
 #[derive(Debug)]
 pub struct SlotExec {
     slot: Slot,
-    /// Schema of the slot's batches.
-    source_schema: SchemaRef,
     projection: Option<Vec<usize>>,
     properties: Arc<PlanProperties>,
 }
@@ -102,7 +100,6 @@ impl SlotExec {
         ));
         Ok(Self {
             slot,
-            source_schema: schema,
             projection,
             properties,
         })
@@ -148,9 +145,10 @@ impl ExecutionPlan for SlotExec {
         _partition: usize,
         _context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
+        // The stream advertises the projected schema: it emits projected batches.
         Ok(Box::pin(MemoryStream::try_new(
             self.slot.get(),
-            self.source_schema.clone(),
+            self.properties.eq_properties.schema().clone(),
             self.projection.clone(),
         )?))
     }

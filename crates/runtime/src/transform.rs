@@ -1,13 +1,25 @@
-//! A transform ready to run: stateless SQL (a DataFusion physical plan executed per batch) or
-//! a windowed aggregation ([`WindowOp`]). Needs no Kafka: the runner drives it from topics,
-//! benchmarks and tests from in-memory batches.
+//! A transform ready to run. Needs no Kafka: the runner drives it from topics, benchmarks and
+//! tests from in-memory batches.
+//!
+//! - **Stateless** SQL (filters, projections, scalar functions, and lookup joins of one stream
+//!   with tables): a DataFusion physical plan, planned once, executed per micro-batch with the
+//!   stream batch in its input slot and each table's current contents in its slot.
+//! - **Window** aggregations: a [`WindowOp`].
+//! - **Interval joins** of two streams: each side's rows are buffered; a new batch of one side
+//!   is joined (by the SQL, planned once) with the other side's buffer and then buffered
+//!   itself, so every pair meets exactly once. A side's rows are dropped once the other side's
+//!   stream time is more than `within` + `max_out_of_order` past them.
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::compute::{cast, filter_record_batch};
+use datafusion::arrow::datatypes::{DataType, TimeUnit, TimestampMillisecondType};
 use datafusion::catalog::TableProvider;
 use datafusion::execution::TaskContext;
+use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_plan::{ExecutionPlan, collect};
+use planner::InputRole;
 use planner::sql::InputTable;
 use spec::model::Transform;
 
@@ -17,10 +29,10 @@ use crate::window::{Shape, Timing, WindowOp};
 
 /// A planned transform with its state.
 pub enum TransformOp {
-    /// Filters, projections, scalar functions.
+    /// Filters, projections, scalar functions, lookup joins.
     Stateless {
-        /// The input table's current contents.
-        slot: Slot,
+        /// One slot per input, in input order.
+        slots: Vec<Slot>,
         /// The physical plan, planned once.
         plan: Arc<dyn ExecutionPlan>,
         /// Execution context.
@@ -28,6 +40,20 @@ pub enum TransformOp {
     },
     /// An event-time window aggregation.
     Window(Box<WindowOp>),
+    /// An interval join of two streams.
+    IntervalJoin(Box<IntervalJoin>),
+}
+
+/// State of an interval join.
+#[derive(Debug)]
+pub struct IntervalJoin {
+    slots: [Slot; 2],
+    plan: Arc<dyn ExecutionPlan>,
+    task: Arc<TaskContext>,
+    buffers: [Vec<RecordBatch>; 2],
+    time_cols: [usize; 2],
+    stream_time: [Option<i64>; 2],
+    keep: i64,
 }
 
 impl std::fmt::Debug for TransformOp {
@@ -35,6 +61,18 @@ impl std::fmt::Debug for TransformOp {
         match self {
             TransformOp::Stateless { .. } => f.write_str("Stateless"),
             TransformOp::Window(w) => w.fmt(f),
+            TransformOp::IntervalJoin(j) => write!(
+                f,
+                "IntervalJoin({} + {} buffered rows)",
+                j.buffers[0]
+                    .iter()
+                    .map(RecordBatch::num_rows)
+                    .sum::<usize>(),
+                j.buffers[1]
+                    .iter()
+                    .map(RecordBatch::num_rows)
+                    .sum::<usize>()
+            ),
         }
     }
 }
@@ -52,39 +90,74 @@ fn internal(e: impl std::fmt::Display) -> RuntimeError {
     RuntimeError::Internal(e.to_string())
 }
 
+fn times(batch: &RecordBatch, col: usize) -> Result<Vec<Option<i64>>, RuntimeError> {
+    let ms = cast(
+        batch.column(col),
+        &DataType::Timestamp(TimeUnit::Millisecond, None),
+    )
+    .map_err(internal)?;
+    Ok(ms
+        .as_primitive::<TimestampMillisecondType>()
+        .iter()
+        .collect())
+}
+
 impl TransformOp {
-    /// Plans `spec` against its one input table. Windowed transforms track stream time for
-    /// `partitions` with `allowed` ms of disorder.
+    /// Plans `spec` against its input tables (`roles` says which are streams and which are
+    /// tables). Windowed transforms track stream time for `partitions` with `allowed` ms of
+    /// disorder.
     pub async fn build(
         spec: &Transform,
         time_field: Option<&str>,
         tables: &[InputTable],
+        roles: &[InputRole],
         partitions: &[i32],
         allowed: i64,
     ) -> Result<Self, RuntimeError> {
-        let [table] = tables else {
-            return Err(RuntimeError::Unsupported(format!(
-                "transform `{}` reads {} tables: stream joins come with interval and lookup joins",
-                spec.name,
-                tables.len()
-            )));
-        };
-        let slot = Slot::default();
-        let provider: Arc<dyn TableProvider> =
-            Arc::new(SlotTable::new(table.arrow.clone(), slot.clone()));
+        let slots: Vec<Slot> = tables.iter().map(|_| Slot::default()).collect();
+        let providers: Vec<(InputTable, Arc<dyn TableProvider>)> = tables
+            .iter()
+            .zip(&slots)
+            .map(|(t, s)| {
+                let p: Arc<dyn TableProvider> =
+                    Arc::new(SlotTable::new(t.arrow.clone(), s.clone()));
+                (t.clone(), p)
+            })
+            .collect();
         let parsed = planner::sql::parse(&spec.sql).map_err(|e| internal(e.message))?;
-        let (ctx, _, optimized) =
-            planner::sql::plan_with_tables(&parsed, &[(table.clone(), provider)])
-                .await
-                .map_err(|e| internal(e.message))?;
+        let (ctx, _, optimized) = planner::sql::plan_with_tables(&parsed, &providers)
+            .await
+            .map_err(|e| internal(e.message))?;
         let state = ctx.state();
         let plan = state
             .create_physical_plan(&optimized)
             .await
             .map_err(internal)?;
         let task = Arc::new(TaskContext::from(&state));
+        if let Some(join) = &spec.join {
+            let time_col = |i: usize| -> Result<usize, RuntimeError> {
+                match roles.get(i) {
+                    Some(InputRole::Stream {
+                        time_field: Some(f),
+                    }) => tables[i].arrow.index_of(f).map_err(internal),
+                    _ => Err(internal("interval join input without event time")),
+                }
+            };
+            let [a, b] = slots.as_slice() else {
+                return Err(internal("an interval join has two inputs"));
+            };
+            return Ok(TransformOp::IntervalJoin(Box::new(IntervalJoin {
+                slots: [a.clone(), b.clone()],
+                plan,
+                task,
+                buffers: [Vec::new(), Vec::new()],
+                time_cols: [time_col(0)?, time_col(1)?],
+                stream_time: [None, None],
+                keep: join.within.as_millis() as i64 + allowed,
+            })));
+        }
         let (Some(w), Some(time_field)) = (&spec.window, time_field) else {
-            return Ok(TransformOp::Stateless { slot, plan, task });
+            return Ok(TransformOp::Stateless { slots, plan, task });
         };
         let shape = if let Some(size) = w.tumbling {
             Shape::Tumbling {
@@ -107,25 +180,42 @@ impl TransformOp {
             allowed,
             time_field: time_field.to_string(),
         };
-        let op = WindowOp::new(timing, table.arrow.clone(), slot, plan, partitions, task)?;
+        let slot = slots
+            .into_iter()
+            .next()
+            .ok_or_else(|| internal("no input"))?;
+        let op = WindowOp::new(
+            timing,
+            tables[0].arrow.clone(),
+            slot,
+            plan,
+            partitions,
+            task,
+        )?;
         Ok(TransformOp::Window(Box::new(op)))
     }
 
-    /// Runs one batch of `partition`'s rows (in offset order).
+    /// Sets the contents of input `input` (a table) for the next batches.
+    pub fn set_table(&mut self, input: usize, rows: Vec<RecordBatch>) {
+        if let TransformOp::Stateless { slots, .. } = self
+            && let Some(slot) = slots.get(input)
+        {
+            slot.set(rows);
+        }
+    }
+
+    /// Runs one batch of `partition`'s rows (in offset order) arriving on input `input`.
     pub async fn process(
         &mut self,
         batch: RecordBatch,
         partition: i32,
+        input: usize,
     ) -> Result<TransformOutput, RuntimeError> {
         match self {
-            TransformOp::Stateless { slot, plan, task } => {
+            TransformOp::Stateless { slots, plan, task } => {
+                let slot = slots.get(input).ok_or_else(|| internal("no such input"))?;
                 slot.set(vec![batch]);
-                let rows = collect(plan.clone(), task.clone())
-                    .await
-                    .map_err(internal)?
-                    .into_iter()
-                    .filter(|b| b.num_rows() > 0)
-                    .collect();
+                let rows = run(plan, task, slots.len()).await?;
                 Ok(TransformOutput {
                     rows,
                     late: Vec::new(),
@@ -138,14 +228,34 @@ impl TransformOp {
                     late: out.late,
                 })
             }
+            TransformOp::IntervalJoin(j) => {
+                let side = input.min(1);
+                let other = 1 - side;
+                j.slots[side].set(vec![batch.clone()]);
+                j.slots[other].set(j.buffers[other].clone());
+                let rows = run(&j.plan, &j.task, 2).await?;
+                if let Some(max) = times(&batch, j.time_cols[side])?
+                    .into_iter()
+                    .flatten()
+                    .max()
+                {
+                    j.stream_time[side] = Some(j.stream_time[side].map_or(max, |t| t.max(max)));
+                }
+                j.buffers[side].push(batch);
+                j.evict()?;
+                Ok(TransformOutput {
+                    rows,
+                    late: Vec::new(),
+                })
+            }
         }
     }
 
     /// Emits all open windows (the input has ended).
     pub async fn flush(&mut self) -> Result<Vec<RecordBatch>, RuntimeError> {
         match self {
-            TransformOp::Stateless { .. } => Ok(Vec::new()),
             TransformOp::Window(op) => op.flush().await,
+            _ => Ok(Vec::new()),
         }
     }
 
@@ -153,7 +263,57 @@ impl TransformOp {
     pub fn window(&mut self) -> Option<&mut WindowOp> {
         match self {
             TransformOp::Window(op) => Some(op),
-            TransformOp::Stateless { .. } => None,
+            _ => None,
         }
+    }
+}
+
+/// Executes `plan` once. Plans with several inputs (joins) are reset first: a hash join keeps
+/// its build side between executions, and each micro-batch must be joined afresh.
+async fn run(
+    plan: &Arc<dyn ExecutionPlan>,
+    task: &Arc<TaskContext>,
+    inputs: usize,
+) -> Result<Vec<RecordBatch>, RuntimeError> {
+    let plan = if inputs > 1 {
+        reset_plan_states(plan.clone()).map_err(internal)?
+    } else {
+        plan.clone()
+    };
+    Ok(collect(plan, task.clone())
+        .await
+        .map_err(internal)?
+        .into_iter()
+        .filter(|b| b.num_rows() > 0)
+        .collect())
+}
+
+impl IntervalJoin {
+    /// Drops rows no future row of the other side can match.
+    fn evict(&mut self) -> Result<(), RuntimeError> {
+        for side in 0..2 {
+            let Some(other_time) = self.stream_time[1 - side] else {
+                continue;
+            };
+            let threshold = other_time - self.keep;
+            let mut kept = Vec::with_capacity(self.buffers[side].len());
+            for b in self.buffers[side].drain(..) {
+                let ts = times(&b, self.time_cols[side])?;
+                if ts.iter().all(|t| t.is_some_and(|t| t >= threshold)) {
+                    kept.push(b);
+                    continue;
+                }
+                let mask: BooleanArray = ts
+                    .iter()
+                    .map(|t| Some(t.is_some_and(|t| t >= threshold)))
+                    .collect();
+                let b = filter_record_batch(&b, &mask).map_err(internal)?;
+                if b.num_rows() > 0 {
+                    kept.push(b);
+                }
+            }
+            self.buffers[side] = kept;
+        }
+        Ok(())
     }
 }

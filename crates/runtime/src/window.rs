@@ -108,6 +108,15 @@ pub struct Output {
 
 type Accs = Vec<Box<dyn Accumulator>>;
 
+/// A window operator's state between two micro-batches.
+#[derive(Debug, Clone)]
+pub struct WindowSnapshot {
+    /// Largest event time seen per partition.
+    pub stream_time: Vec<(i32, Option<i64>)>,
+    /// Open windows: start, end, key columns, aggregate state columns.
+    pub state: RecordBatch,
+}
+
 /// One session of one key.
 struct Session {
     start: i64,
@@ -411,6 +420,155 @@ impl WindowOp {
         }
         out.emitted = self.emit(self.watermark()).await?;
         Ok(out)
+    }
+
+    /// The operator's state: stream time per partition, and every open window as one row of
+    /// an Arrow batch (window start, window end, key columns, then each aggregate's state
+    /// columns, as DataFusion's partial aggregates have them). Restoring merges those states
+    /// into fresh accumulators, so a snapshot taken between two micro-batches and restored
+    /// into a new operator continues exactly.
+    pub fn snapshot(&mut self) -> Result<WindowSnapshot, RuntimeError> {
+        let mut rows: Vec<(i64, i64, OwnedRow)> = Vec::new();
+        let mut states: Vec<Vec<Vec<ScalarValue>>> = vec![Vec::new(); self.aggs.len()];
+        let aggs = self.aggs.clone();
+        let mut take_state = |accs: &mut Accs| -> Result<(), RuntimeError> {
+            for (i, acc) in accs.iter_mut().enumerate() {
+                let state = acc.state().map_err(df)?;
+                // `state()` may consume: rebuild the accumulator from its own state.
+                let mut fresh = aggs[i].create_accumulator().map_err(df)?;
+                let arrays: Vec<ArrayRef> = state
+                    .iter()
+                    .map(|v| v.to_array())
+                    .collect::<Result<_, _>>()
+                    .map_err(df)?;
+                fresh.merge_batch(&arrays).map_err(df)?;
+                *acc = fresh;
+                states[i].push(state);
+            }
+            Ok(())
+        };
+        match &mut self.state {
+            State::Fixed(m) => {
+                for (end, groups) in m.iter_mut() {
+                    for ((start, key), accs) in groups.iter_mut() {
+                        take_state(accs)?;
+                        rows.push((*start, *end, key.clone()));
+                    }
+                }
+            }
+            State::Sessions(m) => {
+                for (key, sessions) in m.iter_mut() {
+                    for session in sessions.iter_mut() {
+                        take_state(&mut session.accs)?;
+                        rows.push((session.start, session.end, key.clone()));
+                    }
+                }
+            }
+        }
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(TimestampMillisecondArray::from(
+                rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+            )),
+            Arc::new(TimestampMillisecondArray::from(
+                rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+            )),
+        ];
+        columns.extend(
+            self.converter
+                .convert_rows(rows.iter().map(|r| r.2.row()))
+                .map_err(arrow)?,
+        );
+        let mut fields: Vec<datafusion::arrow::datatypes::Field> = vec![
+            datafusion::arrow::datatypes::Field::new(
+                "__start",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ),
+            datafusion::arrow::datatypes::Field::new(
+                "__end",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ),
+        ];
+        for (i, c) in columns[2..].iter().enumerate() {
+            fields.push(datafusion::arrow::datatypes::Field::new(
+                format!("__key{i}"),
+                c.data_type().clone(),
+                true,
+            ));
+        }
+        for (i, agg) in self.aggs.iter().enumerate() {
+            let state_fields = agg.state_fields().map_err(df)?;
+            for (j, f) in state_fields.iter().enumerate() {
+                let values: Vec<ScalarValue> = states[i].iter().map(|s| s[j].clone()).collect();
+                let array = if values.is_empty() {
+                    datafusion::arrow::array::new_empty_array(f.data_type())
+                } else {
+                    ScalarValue::iter_to_array(values).map_err(df)?
+                };
+                fields.push(datafusion::arrow::datatypes::Field::new(
+                    format!("__agg{i}_{j}"),
+                    array.data_type().clone(),
+                    true,
+                ));
+                columns.push(array);
+            }
+        }
+        let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
+        let state = RecordBatch::try_new(schema, columns).map_err(arrow)?;
+        Ok(WindowSnapshot {
+            stream_time: self.stream_time.iter().map(|(p, t)| (*p, *t)).collect(),
+            state,
+        })
+    }
+
+    /// Replaces the operator's state with `snapshot` (taken from an operator of the same
+    /// transform).
+    pub fn restore(&mut self, snapshot: &WindowSnapshot) -> Result<(), RuntimeError> {
+        self.stream_time = snapshot.stream_time.iter().copied().collect();
+        let batch = &snapshot.state;
+        let key_count = batch
+            .schema()
+            .fields()
+            .iter()
+            .filter(|f| f.name().starts_with("__key"))
+            .count();
+        let starts = ms_values(batch.column(0))?;
+        let ends = ms_values(batch.column(1))?;
+        let keys = self
+            .converter
+            .convert_columns(&batch.columns()[2..2 + key_count])
+            .map_err(arrow)?;
+        let state_columns = &batch.columns()[2 + key_count..];
+        self.state = match self.shape {
+            Shape::Session { .. } => State::Sessions(BTreeMap::new()),
+            _ => State::Fixed(BTreeMap::new()),
+        };
+        for row in 0..batch.num_rows() {
+            let mut accs = self.new_accs()?;
+            let mut col = 0;
+            for (i, acc) in accs.iter_mut().enumerate() {
+                let width = self.aggs[i].state_fields().map_err(df)?.len();
+                let slice: Vec<ArrayRef> = state_columns[col..col + width]
+                    .iter()
+                    .map(|c| c.slice(row, 1))
+                    .collect();
+                acc.merge_batch(&slice).map_err(df)?;
+                col += width;
+            }
+            let (start, end) = (
+                starts[row].ok_or_else(|| internal("null start in snapshot"))?,
+                ends[row].ok_or_else(|| internal("null end in snapshot"))?,
+            );
+            let key = keys.row(row).owned();
+            match &mut self.state {
+                State::Fixed(m) => {
+                    m.entry(end).or_default().insert((start, key), accs);
+                }
+                State::Sessions(m) => m.entry(key).or_default().push(Session { start, end, accs }),
+            }
+        }
+        Ok(())
     }
 
     /// Emits every open window, as at the end of a bounded input.

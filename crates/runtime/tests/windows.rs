@@ -37,12 +37,13 @@ async fn operator(plan: &PipelinePlan, partitions: &[i32]) -> TransformOp {
         spec,
         time_field,
         inputs,
+        roles,
         ..
     } = &plan.nodes[1].kind
     else {
         panic!("not a transform")
     };
-    TransformOp::build(spec, time_field.as_deref(), inputs, partitions, 10)
+    TransformOp::build(spec, time_field.as_deref(), inputs, roles, partitions, 10)
         .await
         .expect("builds")
 }
@@ -120,15 +121,15 @@ async fn sessions_merge_and_close_as_derived_by_hand() {
         ("a", 50, 4.0),
         ("b", 70, 20.0),
     ]);
-    emitted.extend(op.process(b1, 0).await.expect("ok").rows);
+    emitted.extend(op.process(b1, 0, 0).await.expect("ok").rows);
     // Stream time 70, watermark 60: [0,30) of b and [0,40) of a close.
     // Batch 2: b at 35 is late? Its own window [35,65) ends after 60: on time, a new session.
     // Then b at 50 bridges [35,65) and [70,100) into [35,100).
     let b2 = clicks(&[("b", 35, 30.0), ("b", 50, 40.0)]);
-    emitted.extend(op.process(b2, 0).await.expect("ok").rows);
+    emitted.extend(op.process(b2, 0, 0).await.expect("ok").rows);
     // b at 20: its window [20,50) ended before the watermark 60: late.
     let b3 = clicks(&[("b", 20, 99.0)]);
-    let out = op.process(b3, 0).await.expect("ok");
+    let out = op.process(b3, 0, 0).await.expect("ok");
     assert_eq!(out.late, vec![(0, "late: its windows had closed")]);
     emitted.extend(out.rows);
     emitted.extend(op.flush().await.expect("ok"));
@@ -200,7 +201,12 @@ async fn results_do_not_depend_on_batch_boundaries() {
                         .collect();
                     cursors[p] = end;
                     progressed = true;
-                    emitted.extend(op.process(clicks(&slice), p as i32).await.expect("ok").rows);
+                    emitted.extend(
+                        op.process(clicks(&slice), p as i32, 0)
+                            .await
+                            .expect("ok")
+                            .rows,
+                    );
                 }
                 if !progressed {
                     break;
@@ -241,5 +247,80 @@ async fn results_do_not_depend_on_batch_boundaries() {
                 "{window}: {total} rows counted"
             );
         }
+    }
+}
+
+#[tokio::test]
+async fn a_snapshot_restored_into_a_new_operator_continues_exactly() {
+    let mut rows: Vec<(String, i64, f64)> = Vec::new();
+    for i in 0..2000i64 {
+        rows.push((
+            format!("u{}", i % 7),
+            i * 5 - (i * 13 % 9),
+            (i % 17) as f64 * 1.5,
+        ));
+    }
+    for window in [
+        "{ tumbling: 100ms }",
+        "{ session: { gap: 30ms } }",
+        "{ hopping: { size: 60ms, slide: 20ms } }",
+    ] {
+        let plan = plan(
+            window,
+            "SELECT user, window_start, window_end, count(*) AS n, sum(amount) AS s, avg(amount) AS a, max(ts) AS last FROM clicks GROUP BY user, window_start, window_end",
+        )
+        .await;
+        let batches: Vec<RecordBatch> = rows
+            .chunks(50)
+            .map(|c| {
+                clicks(
+                    &c.iter()
+                        .map(|r| (r.0.as_str(), r.1, r.2))
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        // Uninterrupted.
+        let mut whole = operator(&plan, &[0]).await;
+        let mut want = Vec::new();
+        for b in &batches {
+            want.extend(whole.process(b.clone(), 0, 0).await.expect("ok").rows);
+        }
+        want.extend(whole.flush().await.expect("ok"));
+        // Interrupted half way: snapshot, a new operator restores it, then the rest.
+        let mut first = operator(&plan, &[0]).await;
+        let mut got = Vec::new();
+        let half = batches.len() / 2;
+        for b in &batches[..half] {
+            got.extend(first.process(b.clone(), 0, 0).await.expect("ok").rows);
+        }
+        let snapshot = first
+            .window()
+            .expect("window")
+            .snapshot()
+            .expect("snapshot");
+        assert!(
+            snapshot.state.num_rows() > 0,
+            "{window}: open windows at the snapshot"
+        );
+        drop(first);
+        let mut second = operator(&plan, &[0]).await;
+        second
+            .window()
+            .expect("window")
+            .restore(&snapshot)
+            .expect("restore");
+        for b in &batches[half..] {
+            got.extend(second.process(b.clone(), 0, 0).await.expect("ok").rows);
+        }
+        got.extend(second.flush().await.expect("ok"));
+        let (want, got) = (lines(&want), lines(&got));
+        assert!(want.len() > 20, "{window}");
+        assert!(
+            same_rows(&got, &want),
+            "{window}: restored run differs\n got {:?}\nwant {:?}",
+            &got[..3.min(got.len())],
+            &want[..3]
+        );
     }
 }

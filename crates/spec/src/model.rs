@@ -104,6 +104,29 @@ pub struct Source {
     /// `<pipeline>.<source>.dead_letter`.
     #[serde(default)]
     pub dead_letter_topic: Option<String>,
+    /// Read the topic as a table (a compacted changelog): the latest row per key. Stream
+    /// transforms join it as a lookup table; it cannot be windowed.
+    #[serde(default)]
+    pub table: Option<TableSource>,
+}
+
+/// A source read as a table.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct TableSource {
+    /// Column whose value identifies a row; a newer row with the same key replaces it.
+    pub key: String,
+}
+
+/// How a transform joins two streams.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct Join {
+    /// Rows of the two streams can match while their event times are at most this far apart;
+    /// each side's rows are kept this long (plus `max_out_of_order`) past the other side's
+    /// stream time. Write the same bound in the SQL condition to make results independent of
+    /// timing.
+    pub within: Duration,
 }
 
 /// The Kafka side of a source.
@@ -213,6 +236,9 @@ pub struct Transform {
     /// watermark passes `window_end`.
     #[serde(default)]
     pub window: Option<Window>,
+    /// Required when the SQL joins two streams (an interval join).
+    #[serde(default)]
+    pub join: Option<Join>,
 }
 
 /// An event-time window. Give exactly one of `tumbling`, `hopping` or `session`.

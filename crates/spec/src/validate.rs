@@ -60,6 +60,21 @@ pub fn check(p: &Pipeline, doc: &Document, out: &mut Vec<Diagnostic>) {
         if let Some(w) = &t.window {
             check_window(w, &format!("spec.transforms[{}].window", t.index), out);
         }
+        if let Some(j) = &t.join {
+            let path = format!("spec.transforms[{}].join", t.index);
+            if j.within.is_zero() {
+                out.push(Diagnostic::at_path(
+                    format!("{path}.within"),
+                    "`within` must be greater than zero",
+                ));
+            }
+            if t.window.is_some() {
+                out.push(Diagnostic::at_path(
+                    path,
+                    "a transform cannot both join two streams and window them; join first, then window in another transform",
+                ));
+            }
+        }
     }
     for m in &p.spec.models {
         check_model(m, &names, &known, out);

@@ -1,0 +1,251 @@
+//! Lookup joins (a stream with a changelog table) and interval joins (two streams), on
+//! in-memory batches, against results derived by hand.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Float64Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+};
+use datafusion::arrow::util::display::array_value_to_string;
+use planner::{NodeKind, PipelinePlan};
+use runtime::table::TableState;
+use runtime::transform::TransformOp;
+
+const ORDER: &str = r#"{"type":"record","name":"Order","fields":[
+  {"name":"order_id","type":"string"},{"name":"sku","type":"string"},
+  {"name":"ts","type":{"type":"long","logicalType":"timestamp-millis"}},{"name":"qty","type":"long"}]}"#;
+const PRODUCT: &str = r#"{"type":"record","name":"Product","fields":[
+  {"name":"sku","type":"string"},{"name":"name","type":"string"},{"name":"price","type":"double"}]}"#;
+const SHIPMENT: &str = r#"{"type":"record","name":"Shipment","fields":[
+  {"name":"order_id","type":"string"},{"name":"carrier","type":"string"},
+  {"name":"ts","type":{"type":"long","logicalType":"timestamp-millis"}}]}"#;
+
+const MIN: i64 = 60_000;
+
+fn schemas_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("joins-test-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("shop")).expect("dir");
+    for (name, text) in [
+        ("order", ORDER),
+        ("product", PRODUCT),
+        ("shipment", SHIPMENT),
+    ] {
+        std::fs::write(dir.join(format!("shop/{name}.avsc")), text).expect("schema");
+    }
+    dir
+}
+
+async fn plan() -> PipelinePlan {
+    let yaml = r#"
+apiVersion: pipelines/v1
+kind: Pipeline
+metadata: { name: shop }
+spec:
+  sources:
+    - { name: orders, kafka: { topic: o }, format: json, schema: shop/order, event_time: { field: ts, max_out_of_order: 1m } }
+    - { name: products, kafka: { topic: p }, format: json, schema: shop/product, table: { key: sku } }
+    - { name: shipments, kafka: { topic: s }, format: json, schema: shop/shipment, event_time: { field: ts, max_out_of_order: 1m } }
+  transforms:
+    - name: enriched
+      sql: SELECT o.order_id, p.name, o.qty * p.price AS value FROM orders o JOIN products p ON o.sku = p.sku
+    - name: shipped
+      join: { within: 1h }
+      sql: |
+        SELECT o.order_id, s.carrier, (s.ts - o.ts) AS took
+        FROM orders o JOIN shipments s
+          ON o.order_id = s.order_id AND s.ts BETWEEN o.ts AND o.ts + INTERVAL '1' HOUR
+"#;
+    let registry = event_schema::SchemaRegistry::new(schemas_dir());
+    match planner::check("shop.yaml", yaml, &registry, &|_| None).await {
+        (_, Some(p)) => p,
+        (doc, None) => panic!("{:?}", doc.diagnostics()),
+    }
+}
+
+async fn op(plan: &PipelinePlan, name: &str) -> (TransformOp, Vec<String>) {
+    let node = plan.nodes.iter().find(|n| n.name == name).expect("node");
+    let NodeKind::Transform {
+        spec,
+        time_field,
+        inputs,
+        roles,
+        ..
+    } = &node.kind
+    else {
+        panic!("not a transform")
+    };
+    let op = TransformOp::build(spec, time_field.as_deref(), inputs, roles, &[0], MIN)
+        .await
+        .expect("builds");
+    (op, node.inputs.clone())
+}
+
+fn orders(rows: &[(&str, &str, i64, i64)]) -> RecordBatch {
+    RecordBatch::try_new(
+        event_schema::parse_avsc(ORDER).expect("schema"),
+        vec![
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+            )),
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+            )),
+            Arc::new(
+                TimestampMillisecondArray::from(rows.iter().map(|r| r.2).collect::<Vec<_>>())
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(Int64Array::from(
+                rows.iter().map(|r| r.3).collect::<Vec<_>>(),
+            )),
+        ],
+    )
+    .expect("batch")
+}
+
+fn products(rows: &[(&str, &str, f64)]) -> RecordBatch {
+    RecordBatch::try_new(
+        event_schema::parse_avsc(PRODUCT).expect("schema"),
+        vec![
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+            )),
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+            )),
+            Arc::new(Float64Array::from(
+                rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+            )),
+        ],
+    )
+    .expect("batch")
+}
+
+fn shipments(rows: &[(&str, &str, i64)]) -> RecordBatch {
+    RecordBatch::try_new(
+        event_schema::parse_avsc(SHIPMENT).expect("schema"),
+        vec![
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+            )),
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+            )),
+            Arc::new(
+                TimestampMillisecondArray::from(rows.iter().map(|r| r.2).collect::<Vec<_>>())
+                    .with_timezone("UTC"),
+            ),
+        ],
+    )
+    .expect("batch")
+}
+
+fn lines(batches: &[RecordBatch]) -> Vec<String> {
+    let mut out = Vec::new();
+    for b in batches {
+        for row in 0..b.num_rows() {
+            let cells: Vec<String> = b
+                .columns()
+                .iter()
+                .map(|c| array_value_to_string(c, row).expect("displays"))
+                .collect();
+            out.push(cells.join(" | "));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn lookup_join_reads_the_latest_row_per_key() {
+    let plan = plan().await;
+    let (mut op, inputs) = op(&plan, "enriched").await;
+    assert_eq!(inputs, vec!["orders", "products"]);
+    let product_schema = event_schema::parse_avsc(PRODUCT).expect("schema");
+    let mut table = TableState::new(product_schema, "sku").expect("table");
+    table
+        .upsert(&products(&[
+            ("A", "anvil", 10.0),
+            ("B", "bolt", 0.5),
+            ("A", "anvil v2", 12.0),
+        ]))
+        .expect("upsert");
+    assert_eq!(table.len(), 2);
+    op.set_table(1, vec![table.snapshot().expect("snapshot")]);
+    let out = op
+        .process(
+            orders(&[("o1", "A", 0, 2), ("o2", "B", 0, 10), ("o3", "C", 0, 1)]),
+            0,
+            0,
+        )
+        .await
+        .expect("runs");
+    // A is the newer row (12.0); C has no product: an inner join drops it.
+    assert_eq!(
+        lines(&out.rows),
+        vec!["o1 | anvil v2 | 24.0", "o2 | bolt | 5.0"]
+    );
+    table
+        .upsert(&products(&[("B", "bolt", 0.75), ("C", "clamp", 3.0)]))
+        .expect("upsert");
+    op.set_table(1, vec![table.snapshot().expect("snapshot")]);
+    let out = op
+        .process(orders(&[("o4", "B", 1, 4), ("o5", "C", 1, 1)]), 0, 0)
+        .await
+        .expect("runs");
+    assert_eq!(
+        lines(&out.rows),
+        vec!["o4 | bolt | 3.0", "o5 | clamp | 3.0"]
+    );
+}
+
+#[tokio::test]
+async fn interval_join_matches_each_pair_once_and_forgets_old_rows() {
+    let plan = plan().await;
+    let (mut op, inputs) = op(&plan, "shipped").await;
+    assert_eq!(inputs, vec!["orders", "shipments"]);
+    let mut got = Vec::new();
+    // Orders o1 at 0 and o2 at 10 min.
+    got.extend(
+        op.process(orders(&[("o1", "A", 0, 1), ("o2", "A", 10 * MIN, 1)]), 0, 0)
+            .await
+            .expect("ok")
+            .rows,
+    );
+    // s1 ships o1 after 30 min (matches); s2 ships o2 after 3 h (outside the SQL bound).
+    got.extend(
+        op.process(
+            shipments(&[("o1", "DHL", 30 * MIN), ("o2", "UPS", 190 * MIN)]),
+            0,
+            1,
+        )
+        .await
+        .expect("ok")
+        .rows,
+    );
+    // Shipments' stream time is now 190 min: orders older than 190 - 60 - 1 = 129 min are
+    // forgotten, so a shipment for o1 at 50 min, arriving now, no longer finds it.
+    got.extend(
+        op.process(shipments(&[("o1", "GLS", 50 * MIN)]), 0, 1)
+            .await
+            .expect("ok")
+            .rows,
+    );
+    // A later order and its shipment, the shipment first: pairs meet whichever comes first.
+    got.extend(
+        op.process(shipments(&[("o3", "DPD", 330 * MIN)]), 0, 1)
+            .await
+            .expect("ok")
+            .rows,
+    );
+    got.extend(
+        op.process(orders(&[("o3", "A", 300 * MIN, 1)]), 0, 0)
+            .await
+            .expect("ok")
+            .rows,
+    );
+    assert_eq!(
+        lines(&got),
+        vec!["o1 | DHL | PT1800S", "o3 | DPD | PT1800S",]
+    );
+}
