@@ -1,0 +1,9 @@
+//! Incremental models: pure Rust, no I/O. Every state here updates per row, merges exactly
+//! with another state of the same model (for checkpoints and for several instances sharing
+//! the work), and never retrains from scratch.
+
+pub mod regression;
+pub mod welford;
+
+pub use regression::{RegressionState, Solution, SolveError};
+pub use welford::Welford;

@@ -1,0 +1,139 @@
+//! The models against independent oracles: scikit-learn and numpy results written by
+//! `tests/oracle/ml_fixtures.py` into `tests/fixtures/`.
+
+use ml::{RegressionState, Welford};
+use serde_json::Value;
+
+fn fixture(name: &str) -> Value {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("json")
+}
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("number"))
+        .collect()
+}
+
+fn rows(v: &Value) -> (Vec<Vec<f64>>, Vec<f64>) {
+    let x = v["x"].as_array().expect("x").iter().map(floats).collect();
+    (x, floats(&v["y"]))
+}
+
+fn relative(a: f64, b: f64) -> f64 {
+    (a - b).abs() / a.abs().max(b.abs()).max(f64::MIN_POSITIVE)
+}
+
+fn learn(x: &[Vec<f64>], y: &[f64]) -> RegressionState {
+    let mut s = RegressionState::new(x[0].len());
+    for (row, target) in x.iter().zip(y) {
+        s.update(row, *target, 1.0);
+    }
+    s
+}
+
+#[test]
+fn least_squares_equals_scikit_learn() {
+    let f = fixture("ols.json");
+    let (x, y) = rows(&f);
+    let sol = learn(&x, &y).solve(0.0).expect("solves");
+    assert!(!sol.raised);
+    for (got, want) in sol.coefficients.iter().zip(floats(&f["coefficients"])) {
+        assert!(
+            relative(*got, want) < 1e-8,
+            "coefficient {got} vs sklearn {want}"
+        );
+    }
+    let want = f["intercept"].as_f64().expect("intercept");
+    assert!(
+        relative(sol.intercept, want) < 1e-8,
+        "intercept {} vs sklearn {want}",
+        sol.intercept
+    );
+}
+
+#[test]
+fn scale_free_ridge_equals_the_closed_form() {
+    let f = fixture("ridge.json");
+    let (x, y) = rows(&f);
+    let rho = f["rho"].as_f64().expect("rho");
+    let sol = learn(&x, &y).solve(rho).expect("solves");
+    for (got, want) in sol.coefficients.iter().zip(floats(&f["coefficients"])) {
+        assert!(
+            relative(*got, want) < 1e-8,
+            "coefficient {got} vs numpy {want}"
+        );
+    }
+    let want = f["intercept"].as_f64().expect("intercept");
+    assert!(relative(sol.intercept, want) < 1e-8);
+}
+
+#[test]
+fn merging_four_partitions_equals_one_pass() {
+    let f = fixture("ols.json");
+    let (x, y) = rows(&f);
+    let whole = learn(&x, &y);
+    let mut parts: Vec<RegressionState> =
+        (0..4).map(|_| RegressionState::new(x[0].len())).collect();
+    for (i, (row, target)) in x.iter().zip(&y).enumerate() {
+        parts[(i * 7 + i / 13) % 4].update(row, *target, 1.0);
+    }
+    let mut merged = RegressionState::new(x[0].len());
+    for p in &parts {
+        merged.merge(p);
+    }
+    assert_eq!(merged.samples(), whole.samples());
+    assert!(relative(merged.weight(), whole.weight()) < 1e-12);
+    for (a, b) in merged.means().iter().zip(whole.means()) {
+        assert!(relative(*a, *b) < 1e-12, "mean {a} vs {b}");
+    }
+    let k = x[0].len() + 1;
+    for i in 0..k {
+        for j in 0..k {
+            let (a, b) = (merged.comoment(i, j), whole.comoment(i, j));
+            // Off-diagonal co-moments of nearly independent variables are near zero; compare
+            // against the scale of the diagonal.
+            let scale = (whole.comoment(i, i) * whole.comoment(j, j)).sqrt();
+            assert!((a - b).abs() <= 1e-12 * scale, "C[{i}][{j}] {a} vs {b}");
+        }
+    }
+    let (m, w) = (
+        merged.solve(0.0).expect("solves"),
+        whole.solve(0.0).expect("solves"),
+    );
+    for (a, b) in m.coefficients.iter().zip(&w.coefficients) {
+        assert!(relative(*a, *b) < 1e-9, "{a} vs {b}");
+    }
+}
+
+#[test]
+fn one_half_life_ages_a_sample_to_half_weight() {
+    let mut s = RegressionState::new(1);
+    s.decay_to(1_000, 3_600_000.0);
+    s.update(&[1.0], 2.0, 1.0);
+    s.decay_to(1_000 + 3_600_000, 3_600_000.0);
+    assert!((s.weight() - 0.5).abs() < 1e-12, "{}", s.weight());
+}
+
+#[test]
+fn welford_on_values_offset_by_1e9_matches_numpy() {
+    let f = fixture("welford.json");
+    let mut w = Welford::default();
+    for v in floats(&f["values"]) {
+        w.update(v, 1.0);
+    }
+    let mean = f["mean"].as_f64().expect("mean");
+    let variance = f["variance"].as_f64().expect("variance");
+    assert!(
+        relative(w.mean(), mean) < 1e-9,
+        "mean {} vs numpy {mean}",
+        w.mean()
+    );
+    assert!(
+        relative(w.variance(), variance) < 1e-9,
+        "variance {} vs numpy {variance}",
+        w.variance()
+    );
+}
