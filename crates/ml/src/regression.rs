@@ -193,8 +193,8 @@ impl RegressionState {
                     other.comoment[i * k + j] + factor * delta[i] * delta[j];
             }
         }
-        for i in 0..k {
-            self.mean[i] += delta[i] * other.weight / total;
+        for (m, dm) in self.mean.iter_mut().zip(&delta) {
+            *m += dm * other.weight / total;
         }
         self.weight = total;
         self.samples += other.samples;
@@ -291,7 +291,8 @@ fn cholesky_solve(a: &mut [f64], b: &[f64], n: usize) -> Option<Vec<f64>> {
             diag -= a[j * n + k] * a[j * n + k];
         }
         // Relative tolerance: a pivot that cancelled to (near) zero means singular.
-        if !(diag > 1e-13 * a[j * n + j].abs().max(f64::MIN_POSITIVE)) || !diag.is_finite() {
+        let floor = 1e-13 * a[j * n + j].abs().max(f64::MIN_POSITIVE);
+        if diag.is_nan() || diag <= floor || diag.is_infinite() {
             return None;
         }
         let l = diag.sqrt();
