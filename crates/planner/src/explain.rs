@@ -63,6 +63,7 @@ pub(crate) fn explain(plan: &PipelinePlan) -> String {
                 spec,
                 predictions,
                 snapshots,
+                ..
             } => {
                 let _ = writeln!(out, "model {}", node.name);
                 let _ = writeln!(out, "  learns from {}", spec.input);

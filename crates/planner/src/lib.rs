@@ -96,6 +96,8 @@ pub enum NodeKind {
     Model {
         /// The spec.
         spec: Model,
+        /// The input's event-time column, when it has one.
+        time_field: Option<String>,
         /// `<model>.predictions`.
         predictions: SchemaRef,
         /// `<model>.snapshots`.
@@ -108,6 +110,18 @@ pub enum NodeKind {
         /// Rows written.
         schema: SchemaRef,
     },
+}
+
+impl PlannedNode {
+    /// The rows this node outputs (a model's predictions).
+    pub fn output_schema(&self) -> Option<SchemaRef> {
+        match &self.kind {
+            NodeKind::Source { schema, .. }
+            | NodeKind::Transform { schema, .. }
+            | NodeKind::Sink { schema, .. } => Some(schema.clone()),
+            NodeKind::Model { predictions, .. } => Some(predictions.clone()),
+        }
+    }
 }
 
 impl PipelinePlan {
@@ -826,6 +840,7 @@ impl Planner<'_> {
             inputs: vec![m.input.clone()],
             kind: NodeKind::Model {
                 spec: m.clone(),
+                time_field: table.event_time.clone(),
                 predictions,
                 snapshots,
             },

@@ -14,6 +14,7 @@
 //! bounded run), because open-window state is not checkpointed yet; a restart then replays
 //! from the last commit and may emit a window twice, but never loses one.
 
+pub mod model;
 pub mod slot;
 pub mod table;
 pub mod transform;
@@ -138,6 +139,8 @@ enum Op {
     },
     /// A source: its rows enter the graph here.
     Source,
+    /// A regression model: port 0 carries predictions, port 1 snapshots.
+    Model(Box<model::RegressionOp>),
     Skipped,
 }
 
@@ -187,7 +190,8 @@ struct Node {
     op: Op,
     /// Nodes this one reads, in the order of its inputs.
     inputs: Vec<usize>,
-    readers: Vec<usize>,
+    /// Nodes reading this one, with the output port they read (models have two).
+    readers: Vec<(usize, u8)>,
 }
 
 struct SourceRt {
@@ -253,16 +257,16 @@ impl Runner {
         stats: Arc<Stats>,
     ) -> Result<Self, RuntimeError> {
         let mut summary = Summary::default();
-        let index: HashMap<String, usize> = plan
+        let index: HashMap<String, (usize, u8)> = plan
             .nodes
             .iter()
             .enumerate()
             .flat_map(|(i, n)| match &n.kind {
                 NodeKind::Model { .. } => vec![
-                    (format!("{}.predictions", n.name), i),
-                    (format!("{}.snapshots", n.name), i),
+                    (format!("{}.predictions", n.name), (i, 0)),
+                    (format!("{}.snapshots", n.name), (i, 1)),
                 ],
-                _ => vec![(n.name.clone(), i)],
+                _ => vec![(n.name.clone(), (i, 0))],
             })
             .collect();
         let headers = vec![
@@ -276,11 +280,12 @@ impl Runner {
         let mut origin: Vec<Option<usize>> = Vec::with_capacity(plan.nodes.len());
         let mut source_of_node: HashMap<usize, usize> = HashMap::new();
         for (i, n) in plan.nodes.iter().enumerate() {
-            let inputs: Vec<usize> = n
+            let ports: Vec<(usize, u8)> = n
                 .inputs
                 .iter()
                 .filter_map(|x| index.get(x).copied())
                 .collect();
+            let inputs: Vec<usize> = ports.iter().map(|(x, _)| *x).collect();
             let skipped_input = inputs.iter().any(|x| matches!(nodes[*x].op, Op::Skipped));
             let op = match &n.kind {
                 NodeKind::Source {
@@ -398,9 +403,31 @@ impl Runner {
                         roles: roles.clone(),
                     }
                 }
+                NodeKind::Model {
+                    spec,
+                    time_field,
+                    predictions,
+                    snapshots,
+                } if spec.regression.is_some() => {
+                    let from = inputs
+                        .first()
+                        .copied()
+                        .ok_or_else(|| internal("input not found"))?;
+                    let input_schema = plan.nodes[from]
+                        .output_schema()
+                        .ok_or_else(|| internal("model input schema"))?;
+                    origin.push(None);
+                    Op::Model(Box::new(model::RegressionOp::new(
+                        spec,
+                        &input_schema,
+                        time_field.as_deref(),
+                        predictions.clone(),
+                        snapshots.clone(),
+                    )?))
+                }
                 NodeKind::Model { spec, .. } => {
                     summary.warnings.push(format!(
-                        "model `{}` is skipped: incremental models are not in this version of the runtime",
+                        "model `{}` is skipped: clustering models are not in this version of the runtime",
                         spec.name
                     ));
                     origin.push(None);
@@ -429,8 +456,8 @@ impl Runner {
                     }
                 }
             };
-            for x in &inputs {
-                nodes[*x].readers.push(i);
+            for (x, port) in &ports {
+                nodes[*x].readers.push((i, *port));
             }
             nodes.push(Node {
                 name: n.name.clone(),
@@ -543,7 +570,16 @@ impl Runner {
             for i in 0..self.nodes.len() {
                 if let Op::Transform { op, .. } = &mut self.nodes[i].op {
                     for b in op.flush().await? {
-                        for r in self.nodes[i].readers.clone() {
+                        for (r, _) in self.nodes[i].readers.clone() {
+                            queue.push_back((r, b.clone(), -1, i));
+                        }
+                    }
+                }
+                if let Op::Model(op) = &mut self.nodes[i].op
+                    && let Some(b) = op.snapshot_all()?
+                {
+                    for (r, port) in self.nodes[i].readers.clone() {
+                        if port == 1 {
                             queue.push_back((r, b.clone(), -1, i));
                         }
                     }
@@ -663,7 +699,7 @@ impl Runner {
             } else {
                 take_rows(&decoded.batch, rows)?
             };
-            for r in self.nodes[node].readers.clone() {
+            for (r, _) in self.nodes[node].readers.clone() {
                 queue.push_back((r, batch.clone(), p, node));
             }
         }
@@ -684,9 +720,18 @@ impl Runner {
                 .position(|x| *x == from)
                 .unwrap_or(0);
             let node_inputs = self.nodes[i].inputs.clone();
-            let mut outputs: Vec<(RecordBatch, i32)> = Vec::new();
+            let mut outputs: Vec<(RecordBatch, i32, u8)> = Vec::new();
             match &mut self.nodes[i].op {
                 Op::Skipped | Op::Source => {}
+                Op::Model(op) => {
+                    let (predictions, snapshots) = op.process(&batch)?;
+                    if let Some(b) = predictions {
+                        outputs.push((b, -1, 0));
+                    }
+                    if let Some(b) = snapshots {
+                        outputs.push((b, -1, 1));
+                    }
+                }
                 Op::Transform {
                     op,
                     on_late,
@@ -733,7 +778,7 @@ impl Runner {
                         }
                     }
                     let p = if windowed { -1 } else { partition };
-                    outputs.extend(out.rows.into_iter().map(|b| (b, p)));
+                    outputs.extend(out.rows.into_iter().map(|b| (b, p, 0)));
                 }
                 Op::Sink {
                     key,
@@ -752,9 +797,11 @@ impl Runner {
                     }
                 }
             }
-            for (b, p) in outputs {
-                for r in &readers {
-                    queue.push_back((*r, b.clone(), p, i));
+            for (b, p, port) in outputs {
+                for (r, wants) in &readers {
+                    if *wants == port {
+                        queue.push_back((*r, b.clone(), p, i));
+                    }
                 }
             }
         }

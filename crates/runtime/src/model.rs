@@ -1,0 +1,481 @@
+//! The regression model operator: one [`RegressionState`] per key, prequential (each row is
+//! predicted with the model as it was, then learnt), with predictions per row and periodic
+//! snapshots of coefficients and metrics.
+//!
+//! Features are numeric columns as they are, one-hot columns as one 0/1 input per declared
+//! value (`name=value`), and hashed columns as one 0/1 input per bucket (`name#bucket`, FNV-1a).
+//! A row with a null or non-finite feature is neither predicted nor learnt (counted as
+//! skipped); a row with a null target is predicted but not learnt.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Float64Array, Float64Builder, MapBuilder, MapFieldNames, RecordBatch,
+    StringBuilder, TimestampMillisecondArray, UInt32Array, UInt64Array,
+};
+use datafusion::arrow::compute::{cast, take};
+use datafusion::arrow::datatypes::{
+    DataType, Float64Type, SchemaRef, TimeUnit, TimestampMillisecondType,
+};
+use ml::{RegressionState, Welford};
+use spec::model::{Feature, Model};
+
+use crate::RuntimeError;
+
+/// Predictions kept for the rolling metrics.
+const ROLLING: usize = 1000;
+
+fn internal(e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Internal(e.to_string())
+}
+
+enum Input {
+    Numeric(usize),
+    OneHot(usize, Vec<String>),
+    Hashed(usize, u32),
+}
+
+#[derive(Default)]
+struct Metrics {
+    n: u64,
+    abs: f64,
+    sq: f64,
+    actual: Welford,
+    rolling: VecDeque<(f64, f64)>,
+}
+
+impl Metrics {
+    fn add(&mut self, actual: f64, residual: f64) {
+        self.n += 1;
+        self.abs += residual.abs();
+        self.sq += residual * residual;
+        self.actual.update(actual, 1.0);
+        if self.rolling.len() == ROLLING {
+            self.rolling.pop_front();
+        }
+        self.rolling.push_back((actual, residual));
+    }
+
+    fn cumulative(&self) -> (Option<f64>, Option<f64>, Option<f64>) {
+        if self.n == 0 {
+            return (None, None, None);
+        }
+        let n = self.n as f64;
+        let sst = self.actual.variance() * self.actual.weight();
+        let r2 = (sst > 0.0).then(|| 1.0 - self.sq / sst);
+        (Some(self.abs / n), Some((self.sq / n).sqrt()), r2)
+    }
+
+    fn rolling(&self) -> (Option<f64>, Option<f64>, Option<f64>) {
+        if self.rolling.is_empty() {
+            return (None, None, None);
+        }
+        let n = self.rolling.len() as f64;
+        let mut w = Welford::default();
+        let (mut abs, mut sq) = (0.0, 0.0);
+        for (a, r) in &self.rolling {
+            w.update(*a, 1.0);
+            abs += r.abs();
+            sq += r * r;
+        }
+        let sst = w.variance() * n;
+        (
+            Some(abs / n),
+            Some((sq / n).sqrt()),
+            (sst > 0.0).then(|| 1.0 - sq / sst),
+        )
+    }
+}
+
+struct KeyState {
+    state: RegressionState,
+    metrics: Metrics,
+    version: u64,
+    since_snapshot: u64,
+    last_snapshot_ms: Option<i64>,
+    last_ms: i64,
+}
+
+/// An incremental regression over one input.
+pub struct RegressionOp {
+    inputs: Vec<Input>,
+    names: Vec<String>,
+    target: usize,
+    key: Option<usize>,
+    time: Option<usize>,
+    passthrough: Vec<usize>,
+    half_life_ms: Option<f64>,
+    ridge: f64,
+    every_events: Option<u64>,
+    every_ms: Option<i64>,
+    keys: BTreeMap<String, KeyState>,
+    predictions: SchemaRef,
+    snapshots: SchemaRef,
+    /// Rows skipped for a null or non-finite feature.
+    pub skipped: u64,
+    x: Vec<f64>,
+}
+
+impl std::fmt::Debug for RegressionOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RegressionOp({} keys)", self.keys.len())
+    }
+}
+
+/// FNV-1a, for feature hashing (stable across runs and platforms).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+impl RegressionOp {
+    /// Builds the operator for `model` over rows of `input`.
+    pub fn new(
+        model: &Model,
+        input: &SchemaRef,
+        time_field: Option<&str>,
+        predictions: SchemaRef,
+        snapshots: SchemaRef,
+    ) -> Result<Self, RuntimeError> {
+        let r = model
+            .regression
+            .as_ref()
+            .ok_or_else(|| internal("not a regression model"))?;
+        let col = |name: &str| input.index_of(name).map_err(internal);
+        let mut inputs = Vec::new();
+        let mut names = Vec::new();
+        for f in &r.features {
+            match f {
+                Feature::Numeric(name) => {
+                    inputs.push(Input::Numeric(col(name)?));
+                    names.push(name.clone());
+                }
+                Feature::Categorical(c) => match (&c.one_hot, c.hash_buckets) {
+                    (Some(vocab), _) => {
+                        inputs.push(Input::OneHot(col(&c.name)?, vocab.clone()));
+                        names.extend(vocab.iter().map(|v| format!("{}={v}", c.name)));
+                    }
+                    (None, Some(n)) => {
+                        inputs.push(Input::Hashed(col(&c.name)?, n));
+                        names.extend((0..n).map(|b| format!("{}#{b}", c.name)));
+                    }
+                    _ => return Err(internal("categorical feature without encoding")),
+                },
+            }
+        }
+        let every = model.snapshot_every.as_ref();
+        Ok(Self {
+            x: vec![0.0; names.len()],
+            inputs,
+            names,
+            target: col(&r.target)?,
+            key: model.key.as_deref().map(col).transpose()?,
+            time: time_field.map(col).transpose()?,
+            passthrough: model
+                .passthrough
+                .iter()
+                .map(|p| col(p))
+                .collect::<Result<_, _>>()?,
+            half_life_ms: r.half_life.map(|h| h.as_millis() as f64),
+            ridge: r.ridge,
+            every_events: every.and_then(|e| e.events).or(if every.is_none() {
+                Some(1000)
+            } else {
+                None
+            }),
+            every_ms: every.and_then(|e| e.time).map(|t| t.as_millis() as i64),
+            keys: BTreeMap::new(),
+            predictions,
+            snapshots,
+            skipped: 0,
+        })
+    }
+
+    /// Predicts, then learns, every row of `batch`. Returns the predictions and any snapshots
+    /// that became due.
+    pub fn process(
+        &mut self,
+        batch: &RecordBatch,
+    ) -> Result<(Option<RecordBatch>, Option<RecordBatch>), RuntimeError> {
+        let n = batch.num_rows();
+        let numeric = |c: usize| -> Result<Float64Array, RuntimeError> {
+            Ok(cast(batch.column(c), &DataType::Float64)
+                .map_err(internal)?
+                .as_primitive::<Float64Type>()
+                .clone())
+        };
+        let text = |c: usize| -> Result<ArrayRef, RuntimeError> {
+            cast(batch.column(c), &DataType::Utf8).map_err(internal)
+        };
+        let mut numeric_cols = Vec::new();
+        let mut text_cols = Vec::new();
+        for input in &self.inputs {
+            match input {
+                Input::Numeric(c) => numeric_cols.push(numeric(*c)?),
+                Input::OneHot(c, _) | Input::Hashed(c, _) => text_cols.push(text(*c)?),
+            }
+        }
+        let target = numeric(self.target)?;
+        let keys = self.key.map(text).transpose()?;
+        let times: Option<Vec<Option<i64>>> = match self.time {
+            Some(c) => Some(
+                cast(
+                    batch.column(c),
+                    &DataType::Timestamp(TimeUnit::Millisecond, None),
+                )
+                .map_err(internal)?
+                .as_primitive::<TimestampMillisecondType>()
+                .iter()
+                .collect(),
+            ),
+            None => None,
+        };
+        let now = chrono_now_ms();
+        let mut rows: Vec<u32> = Vec::with_capacity(n);
+        let (mut pred, mut actual, mut resid) = (
+            Float64Builder::with_capacity(n),
+            Float64Builder::with_capacity(n),
+            Float64Builder::with_capacity(n),
+        );
+        let (mut out_ms, mut versions) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let mut due: Vec<String> = Vec::new();
+        let d = self.names.len();
+        'rows: for row in 0..n {
+            // Features into the reused buffer.
+            let (mut ni, mut ti, mut at) = (0, 0, 0);
+            for input in &self.inputs {
+                match input {
+                    Input::Numeric(_) => {
+                        let a = &numeric_cols[ni];
+                        ni += 1;
+                        if a.is_null(row) || !a.value(row).is_finite() {
+                            self.skipped += 1;
+                            continue 'rows;
+                        }
+                        self.x[at] = a.value(row);
+                        at += 1;
+                    }
+                    Input::OneHot(_, vocab) => {
+                        let a = text_cols[ti].as_string::<i32>();
+                        ti += 1;
+                        let v = if a.is_null(row) {
+                            None
+                        } else {
+                            Some(a.value(row))
+                        };
+                        for word in vocab {
+                            self.x[at] = if v == Some(word.as_str()) { 1.0 } else { 0.0 };
+                            at += 1;
+                        }
+                    }
+                    Input::Hashed(_, buckets) => {
+                        let a = text_cols[ti].as_string::<i32>();
+                        ti += 1;
+                        let hit = (!a.is_null(row)).then(|| {
+                            (fnv1a(a.value(row).as_bytes()) % u64::from(*buckets)) as usize
+                        });
+                        for b in 0..*buckets as usize {
+                            self.x[at] = if hit == Some(b) { 1.0 } else { 0.0 };
+                            at += 1;
+                        }
+                    }
+                }
+            }
+            let key = match &keys {
+                Some(k) => {
+                    let k = k.as_string::<i32>();
+                    if k.is_null(row) { "" } else { k.value(row) }
+                }
+                None => "",
+            };
+            let ms = times.as_ref().and_then(|t| t[row]).unwrap_or(now);
+            if !self.keys.contains_key(key) {
+                self.keys.insert(
+                    key.to_string(),
+                    KeyState {
+                        state: RegressionState::new(d),
+                        metrics: Metrics::default(),
+                        version: 0,
+                        since_snapshot: 0,
+                        last_snapshot_ms: None,
+                        last_ms: ms,
+                    },
+                );
+            }
+            let Some(ks) = self.keys.get_mut(key) else {
+                continue;
+            };
+            if let Some(h) = self.half_life_ms {
+                ks.state.decay_to(ms, h);
+            }
+            let prediction = ks.state.solve(self.ridge).ok().map(|s| {
+                s.intercept
+                    + s.coefficients
+                        .iter()
+                        .zip(&self.x)
+                        .map(|(b, x)| b * x)
+                        .sum::<f64>()
+            });
+            let y =
+                (!target.is_null(row) && target.value(row).is_finite()).then(|| target.value(row));
+            rows.push(row as u32);
+            pred.append_option(prediction);
+            actual.append_option(y);
+            let residual = prediction.zip(y).map(|(p, y)| y - p);
+            resid.append_option(residual);
+            if let (Some(y), Some(r)) = (y, residual) {
+                ks.metrics.add(y, r);
+            }
+            if let Some(y) = y {
+                ks.state.update(&self.x, y, 1.0);
+                ks.version += 1;
+                ks.since_snapshot += 1;
+            }
+            ks.last_ms = ks.last_ms.max(ms);
+            out_ms.push(ms);
+            versions.push(ks.version);
+            let by_events = self.every_events.is_some_and(|e| ks.since_snapshot >= e);
+            let by_time = self
+                .every_ms
+                .is_some_and(|t| ms - *ks.last_snapshot_ms.get_or_insert(ms) >= t);
+            if (by_events || by_time) && !due.iter().any(|k| k == key) {
+                due.push(key.to_string());
+            }
+        }
+        let predictions = if rows.is_empty() {
+            None
+        } else {
+            let idx = UInt32Array::from(rows);
+            let mut columns: Vec<ArrayRef> = Vec::new();
+            if let Some(k) = self.key {
+                columns.push(take(batch.column(k), &idx, None).map_err(internal)?);
+            }
+            columns.push(Arc::new(
+                TimestampMillisecondArray::from(out_ms).with_timezone("UTC"),
+            ));
+            for p in &self.passthrough {
+                columns.push(take(batch.column(*p), &idx, None).map_err(internal)?);
+            }
+            columns.push(Arc::new(pred.finish()));
+            columns.push(Arc::new(actual.finish()));
+            columns.push(Arc::new(resid.finish()));
+            columns.push(Arc::new(UInt64Array::from(versions)));
+            Some(
+                RecordBatch::try_new(
+                    self.predictions.clone(),
+                    cast_to(columns, &self.predictions)?,
+                )
+                .map_err(internal)?,
+            )
+        };
+        let snapshots = if due.is_empty() {
+            None
+        } else {
+            Some(self.snapshot_rows(&due)?)
+        };
+        Ok((predictions, snapshots))
+    }
+
+    /// Snapshot rows for every key (the end of a bounded run).
+    pub fn snapshot_all(&mut self) -> Result<Option<RecordBatch>, RuntimeError> {
+        let keys: Vec<String> = self.keys.keys().cloned().collect();
+        if keys.is_empty() {
+            return Ok(None);
+        }
+        self.snapshot_rows(&keys).map(Some)
+    }
+
+    fn snapshot_rows(&mut self, keys: &[String]) -> Result<RecordBatch, RuntimeError> {
+        let mut key_values = StringBuilder::new();
+        let (mut ms, mut version, mut samples, mut weight) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut intercept = Float64Builder::new();
+        let mut coefficients = MapBuilder::new(
+            Some(MapFieldNames {
+                entry: "entries".into(),
+                key: "key".into(),
+                value: "value".into(),
+            }),
+            StringBuilder::new(),
+            Float64Builder::new(),
+        );
+        let mut metrics: Vec<Float64Builder> = (0..6).map(|_| Float64Builder::new()).collect();
+        for key in keys {
+            let Some(ks) = self.keys.get_mut(key) else {
+                continue;
+            };
+            key_values.append_value(key);
+            ms.push(ks.last_ms);
+            version.push(ks.version);
+            samples.push(ks.state.samples());
+            weight.push(ks.state.weight());
+            match ks.state.solve(self.ridge) {
+                Ok(sol) => {
+                    intercept.append_value(sol.intercept);
+                    for (name, b) in self.names.iter().zip(&sol.coefficients) {
+                        coefficients.keys().append_value(name);
+                        coefficients.values().append_value(*b);
+                    }
+                    coefficients.append(true).map_err(internal)?;
+                }
+                Err(_) => {
+                    intercept.append_null();
+                    coefficients.append(false).map_err(internal)?;
+                }
+            }
+            let (c, r) = (ks.metrics.cumulative(), ks.metrics.rolling());
+            for (b, v) in metrics.iter_mut().zip([c.0, c.1, c.2, r.0, r.1, r.2]) {
+                b.append_option(v);
+            }
+            ks.since_snapshot = 0;
+            ks.last_snapshot_ms = Some(ks.last_ms);
+        }
+        let n = version.len();
+        let mut columns: Vec<ArrayRef> = Vec::new();
+        if self.key.is_some() {
+            columns.push(Arc::new(key_values.finish()));
+        }
+        columns.push(Arc::new(
+            TimestampMillisecondArray::from(ms).with_timezone("UTC"),
+        ));
+        columns.push(Arc::new(UInt64Array::from(version)));
+        columns.push(Arc::new(UInt64Array::from(samples)));
+        columns.push(Arc::new(Float64Array::from(weight)));
+        columns.push(Arc::new(intercept.finish()));
+        columns.push(Arc::new(coefficients.finish()));
+        for mut b in metrics {
+            columns.push(Arc::new(b.finish()));
+        }
+        // Drift detection is not implemented yet: no alarms.
+        columns.push(Arc::new(UInt64Array::from(vec![0u64; n])));
+        RecordBatch::try_new(self.snapshots.clone(), cast_to(columns, &self.snapshots)?)
+            .map_err(internal)
+    }
+}
+
+/// Casts columns to the schema's types (key columns were read as text).
+fn cast_to(columns: Vec<ArrayRef>, schema: &SchemaRef) -> Result<Vec<ArrayRef>, RuntimeError> {
+    columns
+        .into_iter()
+        .zip(schema.fields())
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() || matches!(f.data_type(), DataType::Map(_, _)) {
+                Ok(c)
+            } else {
+                cast(&c, f.data_type()).map_err(internal)
+            }
+        })
+        .collect()
+}
+
+fn chrono_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
