@@ -7,6 +7,9 @@ The expected values come from scikit-learn and numpy, independent of the engine:
   ridge.json     the closed form of the scale-free ridge on the same data:
                  beta = (Sxx + rho * diag(Sxx))^-1 Sxy with centred co-moments, solved by numpy.
   welford.json   mean and variance of 10,000 values offset by 1e9, by numpy (two-pass).
+  kmeans.json    8,000 points from 4 separated segments in 6 dimensions (different scales),
+                 1% replaced by outliers 8 standard deviations from their segment's centre;
+                 true segments, outlier flags, and scikit-learn KMeans(k=4, n_init=10) centres.
 
 Run: $(scripts/python-env) tests/oracle/ml_fixtures.py   (rewrites crates/ml/tests/fixtures/)
 """
@@ -15,6 +18,7 @@ import json
 import pathlib
 
 import numpy as np
+from sklearn.cluster import KMeans
 from sklearn.linear_model import LinearRegression
 
 OUT = pathlib.Path(__file__).resolve().parents[2] / "crates" / "ml" / "tests" / "fixtures"
@@ -58,5 +62,26 @@ v = 1e9 + rng.normal(0, 1, 10_000)
     "values": v.tolist(),
     "mean": float(np.mean(v)),
     "variance": float(np.var(v)),
+}))
+centers = np.array([
+    [0, 0, 0, 0, 0, 0],
+    [40, 5, -30, 10, 0, 200],
+    [-35, 20, 25, -15, 8, 100],
+    [10, -25, 40, 30, -12, 300],
+], dtype=float)
+spread = np.array([2.0, 1.0, 3.0, 1.5, 0.5, 10.0])
+m = 8000
+labels = rng.integers(0, 4, m)
+points = centers[labels] + rng.normal(0, 1, (m, 6)) * spread
+outlier = rng.random(m) < 0.01
+direction = rng.normal(0, 1, (m, 6))
+direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+points[outlier] = centers[labels[outlier]] + 8.0 * direction[outlier] * spread * np.sqrt(6)
+km = KMeans(n_clusters=4, n_init=10, random_state=0).fit(points)
+(OUT / "kmeans.json").write_text(json.dumps({
+    "x": points.tolist(),
+    "labels": labels.tolist(),
+    "outlier": outlier.tolist(),
+    "sklearn_centers": km.cluster_centers_.tolist(),
 }))
 print(f"wrote {OUT}")

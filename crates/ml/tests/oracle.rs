@@ -137,3 +137,108 @@ fn welford_on_values_offset_by_1e9_matches_numpy() {
         w.variance()
     );
 }
+
+/// Adjusted Rand index of two labellings (Hubert and Arabie).
+fn adjusted_rand_index(a: &[usize], b: &[usize]) -> f64 {
+    let ka = a.iter().max().map_or(0, |m| m + 1);
+    let kb = b.iter().max().map_or(0, |m| m + 1);
+    let mut table = vec![vec![0f64; kb]; ka];
+    for (x, y) in a.iter().zip(b) {
+        table[*x][*y] += 1.0;
+    }
+    let c2 = |n: f64| n * (n - 1.0) / 2.0;
+    let index: f64 = table.iter().flatten().map(|n| c2(*n)).sum();
+    let rows: f64 = table.iter().map(|r| c2(r.iter().sum())).sum();
+    let cols: f64 = (0..kb).map(|j| c2(table.iter().map(|r| r[j]).sum())).sum();
+    let expected = rows * cols / c2(a.len() as f64);
+    (index - expected) / ((rows + cols) / 2.0 - expected)
+}
+
+/// Area under the ROC curve of `scores` for `positives` (ties count half).
+fn auc(scores: &[f64], positives: &[bool]) -> f64 {
+    let (mut wins, mut pairs) = (0.0, 0.0);
+    for (s, p) in scores.iter().zip(positives) {
+        if !p {
+            continue;
+        }
+        for (t, q) in scores.iter().zip(positives) {
+            if *q {
+                continue;
+            }
+            pairs += 1.0;
+            wins += if s > t {
+                1.0
+            } else if s == t {
+                0.5
+            } else {
+                0.0
+            };
+        }
+    }
+    wins / pairs
+}
+
+#[test]
+fn kmeans_finds_the_segments_scikit_learn_finds_and_scores_outliers() {
+    let f = fixture("kmeans.json");
+    let x: Vec<Vec<f64>> = f["x"].as_array().expect("x").iter().map(floats).collect();
+    let truth: Vec<usize> = f["labels"]
+        .as_array()
+        .expect("labels")
+        .iter()
+        .map(|v| v.as_u64().expect("label") as usize)
+        .collect();
+    let outlier: Vec<bool> = f["outlier"]
+        .as_array()
+        .expect("outlier")
+        .iter()
+        .map(|v| v.as_bool().expect("flag"))
+        .collect();
+    let sklearn: Vec<Vec<f64>> = f["sklearn_centers"]
+        .as_array()
+        .expect("centers")
+        .iter()
+        .map(floats)
+        .collect();
+    let mut model = ml::KMeans::new(
+        6,
+        ml::KMeansConfig {
+            k: 4,
+            seed_sample: 500,
+            seed_tries: 5,
+            half_life_ms: None,
+            reseed_below: 0.0,
+            standardize: false,
+            random_seed: 42,
+        },
+    );
+    for (i, batch) in x.chunks(100).enumerate() {
+        model.update(batch, i as i64);
+    }
+    assert_eq!(model.samples(), x.len() as u64);
+    let assignments: Vec<ml::Assignment> =
+        x.iter().map(|p| model.assign(p).expect("seeded")).collect();
+    let labels: Vec<usize> = assignments.iter().map(|a| a.cluster).collect();
+    let ari = adjusted_rand_index(&labels, &truth);
+    assert!(ari >= 0.98, "ARI {ari}");
+    // Each of our centres is within 1e-3 of one of scikit-learn's.
+    for c in 0..4 {
+        let ours = model.center_in_input_units(c);
+        let nearest = sklearn
+            .iter()
+            .map(|s| {
+                s.iter()
+                    .zip(&ours)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f64::max)
+            })
+            .fold(f64::INFINITY, f64::min);
+        assert!(
+            nearest < 1e-3,
+            "centre {c} is {nearest} from scikit-learn's"
+        );
+    }
+    let scores: Vec<f64> = assignments.iter().map(|a| a.outlier_score).collect();
+    let area = auc(&scores, &outlier);
+    assert!(area >= 0.99, "outlier AUC {area}");
+}
