@@ -14,6 +14,7 @@
 //! bounded run), because open-window state is not checkpointed yet; a restart then replays
 //! from the last commit and may emit a window twice, but never loses one.
 
+pub mod cluster;
 pub mod model;
 pub mod slot;
 pub mod table;
@@ -141,6 +142,8 @@ enum Op {
     Source,
     /// A regression model: port 0 carries predictions, port 1 snapshots.
     Model(Box<model::RegressionOp>),
+    /// A clustering model, with the same ports.
+    Clustering(Box<cluster::ClusteringOp>),
     Skipped,
 }
 
@@ -425,13 +428,27 @@ impl Runner {
                         snapshots.clone(),
                     )?))
                 }
-                NodeKind::Model { spec, .. } => {
-                    summary.warnings.push(format!(
-                        "model `{}` is skipped: clustering models are not in this version of the runtime",
-                        spec.name
-                    ));
+                NodeKind::Model {
+                    spec,
+                    time_field,
+                    predictions,
+                    snapshots,
+                } => {
+                    let from = inputs
+                        .first()
+                        .copied()
+                        .ok_or_else(|| internal("input not found"))?;
+                    let input_schema = plan.nodes[from]
+                        .output_schema()
+                        .ok_or_else(|| internal("model input schema"))?;
                     origin.push(None);
-                    Op::Skipped
+                    Op::Clustering(Box::new(cluster::ClusteringOp::new(
+                        spec,
+                        &input_schema,
+                        time_field.as_deref(),
+                        predictions.clone(),
+                        snapshots.clone(),
+                    )?))
                 }
                 NodeKind::Sink { spec, schema } => {
                     let encoder = match framing(spec.format) {
@@ -575,9 +592,12 @@ impl Runner {
                         }
                     }
                 }
-                if let Op::Model(op) = &mut self.nodes[i].op
-                    && let Some(b) = op.snapshot_all()?
-                {
+                let last = match &mut self.nodes[i].op {
+                    Op::Model(op) => op.snapshot_all()?,
+                    Op::Clustering(op) => op.snapshot_all()?,
+                    _ => None,
+                };
+                if let Some(b) = last {
                     for (r, port) in self.nodes[i].readers.clone() {
                         if port == 1 {
                             queue.push_back((r, b.clone(), -1, i));
@@ -723,8 +743,12 @@ impl Runner {
             let mut outputs: Vec<(RecordBatch, i32, u8)> = Vec::new();
             match &mut self.nodes[i].op {
                 Op::Skipped | Op::Source => {}
-                Op::Model(op) => {
-                    let (predictions, snapshots) = op.process(&batch)?;
+                Op::Model(_) | Op::Clustering(_) => {
+                    let (predictions, snapshots) = match &mut self.nodes[i].op {
+                        Op::Model(op) => op.process(&batch)?,
+                        Op::Clustering(op) => op.process(&batch)?,
+                        _ => (None, None),
+                    };
                     if let Some(b) = predictions {
                         outputs.push((b, -1, 0));
                     }

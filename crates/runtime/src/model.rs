@@ -30,10 +30,114 @@ fn internal(e: impl std::fmt::Display) -> RuntimeError {
     RuntimeError::Internal(e.to_string())
 }
 
+#[derive(Debug)]
 enum Input {
     Numeric(usize),
     OneHot(usize, Vec<String>),
     Hashed(usize, u32),
+}
+
+/// A model's input columns, expanded to numbers.
+#[derive(Debug)]
+pub struct Features {
+    inputs: Vec<Input>,
+    /// Names of the expanded inputs (`temperature`, `carrier=DHL`, `sku#3`).
+    pub names: Vec<String>,
+}
+
+/// The feature columns of one batch, cast once.
+#[derive(Debug)]
+pub struct FeatureColumns {
+    numeric: Vec<Float64Array>,
+    text: Vec<ArrayRef>,
+}
+
+impl Features {
+    /// The features of `features` read from rows of `input`.
+    pub fn new(features: &[Feature], input: &SchemaRef) -> Result<Self, RuntimeError> {
+        let col = |name: &str| input.index_of(name).map_err(internal);
+        let mut inputs = Vec::new();
+        let mut names = Vec::new();
+        for f in features {
+            match f {
+                Feature::Numeric(name) => {
+                    inputs.push(Input::Numeric(col(name)?));
+                    names.push(name.clone());
+                }
+                Feature::Categorical(c) => match (&c.one_hot, c.hash_buckets) {
+                    (Some(vocab), _) => {
+                        inputs.push(Input::OneHot(col(&c.name)?, vocab.clone()));
+                        names.extend(vocab.iter().map(|v| format!("{}={v}", c.name)));
+                    }
+                    (None, Some(n)) => {
+                        inputs.push(Input::Hashed(col(&c.name)?, n));
+                        names.extend((0..n).map(|b| format!("{}#{b}", c.name)));
+                    }
+                    _ => return Err(internal("categorical feature without encoding")),
+                },
+            }
+        }
+        Ok(Self { inputs, names })
+    }
+
+    /// Casts the feature columns of `batch`.
+    pub fn columns(&self, batch: &RecordBatch) -> Result<FeatureColumns, RuntimeError> {
+        let mut numeric = Vec::new();
+        let mut text = Vec::new();
+        for input in &self.inputs {
+            match input {
+                Input::Numeric(c) => numeric.push(
+                    cast(batch.column(*c), &DataType::Float64)
+                        .map_err(internal)?
+                        .as_primitive::<Float64Type>()
+                        .clone(),
+                ),
+                Input::OneHot(c, _) | Input::Hashed(c, _) => {
+                    text.push(cast(batch.column(*c), &DataType::Utf8).map_err(internal)?)
+                }
+            }
+        }
+        Ok(FeatureColumns { numeric, text })
+    }
+
+    /// Writes row `row`'s features into `out`; false when a numeric feature is null or not
+    /// finite (the row is then skipped).
+    pub fn row(&self, cols: &FeatureColumns, row: usize, out: &mut [f64]) -> bool {
+        let (mut ni, mut ti, mut at) = (0, 0, 0);
+        for input in &self.inputs {
+            match input {
+                Input::Numeric(_) => {
+                    let a = &cols.numeric[ni];
+                    ni += 1;
+                    if a.is_null(row) || !a.value(row).is_finite() {
+                        return false;
+                    }
+                    out[at] = a.value(row);
+                    at += 1;
+                }
+                Input::OneHot(_, vocab) => {
+                    let a = cols.text[ti].as_string::<i32>();
+                    ti += 1;
+                    let v = (!a.is_null(row)).then(|| a.value(row));
+                    for word in vocab {
+                        out[at] = if v == Some(word.as_str()) { 1.0 } else { 0.0 };
+                        at += 1;
+                    }
+                }
+                Input::Hashed(_, buckets) => {
+                    let a = cols.text[ti].as_string::<i32>();
+                    ti += 1;
+                    let hit = (!a.is_null(row))
+                        .then(|| (fnv1a(a.value(row).as_bytes()) % u64::from(*buckets)) as usize);
+                    for b in 0..*buckets as usize {
+                        out[at] = if hit == Some(b) { 1.0 } else { 0.0 };
+                        at += 1;
+                    }
+                }
+            }
+        }
+        true
+    }
 }
 
 #[derive(Default)]
@@ -99,8 +203,7 @@ struct KeyState {
 
 /// An incremental regression over one input.
 pub struct RegressionOp {
-    inputs: Vec<Input>,
-    names: Vec<String>,
+    features: Features,
     target: usize,
     key: Option<usize>,
     time: Option<usize>,
@@ -147,32 +250,11 @@ impl RegressionOp {
             .as_ref()
             .ok_or_else(|| internal("not a regression model"))?;
         let col = |name: &str| input.index_of(name).map_err(internal);
-        let mut inputs = Vec::new();
-        let mut names = Vec::new();
-        for f in &r.features {
-            match f {
-                Feature::Numeric(name) => {
-                    inputs.push(Input::Numeric(col(name)?));
-                    names.push(name.clone());
-                }
-                Feature::Categorical(c) => match (&c.one_hot, c.hash_buckets) {
-                    (Some(vocab), _) => {
-                        inputs.push(Input::OneHot(col(&c.name)?, vocab.clone()));
-                        names.extend(vocab.iter().map(|v| format!("{}={v}", c.name)));
-                    }
-                    (None, Some(n)) => {
-                        inputs.push(Input::Hashed(col(&c.name)?, n));
-                        names.extend((0..n).map(|b| format!("{}#{b}", c.name)));
-                    }
-                    _ => return Err(internal("categorical feature without encoding")),
-                },
-            }
-        }
+        let features = Features::new(&r.features, input)?;
         let every = model.snapshot_every.as_ref();
         Ok(Self {
-            x: vec![0.0; names.len()],
-            inputs,
-            names,
+            x: vec![0.0; features.names.len()],
+            features,
             target: col(&r.target)?,
             key: model.key.as_deref().map(col).transpose()?,
             time: time_field.map(col).transpose()?,
@@ -212,14 +294,7 @@ impl RegressionOp {
         let text = |c: usize| -> Result<ArrayRef, RuntimeError> {
             cast(batch.column(c), &DataType::Utf8).map_err(internal)
         };
-        let mut numeric_cols = Vec::new();
-        let mut text_cols = Vec::new();
-        for input in &self.inputs {
-            match input {
-                Input::Numeric(c) => numeric_cols.push(numeric(*c)?),
-                Input::OneHot(c, _) | Input::Hashed(c, _) => text_cols.push(text(*c)?),
-            }
-        }
+        let cols = self.features.columns(batch)?;
         let target = numeric(self.target)?;
         let keys = self.key.map(text).transpose()?;
         let times: Option<Vec<Option<i64>>> = match self.time {
@@ -244,47 +319,11 @@ impl RegressionOp {
         );
         let (mut out_ms, mut versions) = (Vec::with_capacity(n), Vec::with_capacity(n));
         let mut due: Vec<String> = Vec::new();
-        let d = self.names.len();
-        'rows: for row in 0..n {
-            // Features into the reused buffer.
-            let (mut ni, mut ti, mut at) = (0, 0, 0);
-            for input in &self.inputs {
-                match input {
-                    Input::Numeric(_) => {
-                        let a = &numeric_cols[ni];
-                        ni += 1;
-                        if a.is_null(row) || !a.value(row).is_finite() {
-                            self.skipped += 1;
-                            continue 'rows;
-                        }
-                        self.x[at] = a.value(row);
-                        at += 1;
-                    }
-                    Input::OneHot(_, vocab) => {
-                        let a = text_cols[ti].as_string::<i32>();
-                        ti += 1;
-                        let v = if a.is_null(row) {
-                            None
-                        } else {
-                            Some(a.value(row))
-                        };
-                        for word in vocab {
-                            self.x[at] = if v == Some(word.as_str()) { 1.0 } else { 0.0 };
-                            at += 1;
-                        }
-                    }
-                    Input::Hashed(_, buckets) => {
-                        let a = text_cols[ti].as_string::<i32>();
-                        ti += 1;
-                        let hit = (!a.is_null(row)).then(|| {
-                            (fnv1a(a.value(row).as_bytes()) % u64::from(*buckets)) as usize
-                        });
-                        for b in 0..*buckets as usize {
-                            self.x[at] = if hit == Some(b) { 1.0 } else { 0.0 };
-                            at += 1;
-                        }
-                    }
-                }
+        let d = self.features.names.len();
+        for row in 0..n {
+            if !self.features.row(&cols, row, &mut self.x) {
+                self.skipped += 1;
+                continue;
             }
             let key = match &keys {
                 Some(k) => {
@@ -417,7 +456,7 @@ impl RegressionOp {
             match ks.state.solve(self.ridge) {
                 Ok(sol) => {
                     intercept.append_value(sol.intercept);
-                    for (name, b) in self.names.iter().zip(&sol.coefficients) {
+                    for (name, b) in self.features.names.iter().zip(&sol.coefficients) {
                         coefficients.keys().append_value(name);
                         coefficients.values().append_value(*b);
                     }

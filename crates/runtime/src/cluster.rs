@@ -1,0 +1,348 @@
+//! The clustering model operator: one [`KMeans`] per key. Each row is assigned with the model
+//! as it was (null while the model buffers its seed sample), then the rows of the batch are
+//! learnt per key as one mini-batch. Snapshots list the centroids (in input units), their
+//! weights and radii, and the inertia.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Float64Array, Float64Builder, ListArray, MapBuilder, MapFieldNames,
+    RecordBatch, StringBuilder, StructArray, TimestampMillisecondArray, UInt32Array, UInt32Builder,
+    UInt64Array,
+};
+use datafusion::arrow::buffer::OffsetBuffer;
+use datafusion::arrow::compute::{cast, take};
+use datafusion::arrow::datatypes::{
+    DataType, Fields, SchemaRef, TimeUnit, TimestampMillisecondType,
+};
+use ml::{KMeans, KMeansConfig};
+use spec::model::Model;
+
+use crate::RuntimeError;
+use crate::model::Features;
+
+fn internal(e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Internal(e.to_string())
+}
+
+struct KeyState {
+    model: KMeans,
+    version: u64,
+    since_snapshot: u64,
+    last_snapshot_ms: Option<i64>,
+    last_ms: i64,
+}
+
+/// An incremental k-means over one input.
+pub struct ClusteringOp {
+    features: Features,
+    config: KMeansConfig,
+    key: Option<usize>,
+    time: Option<usize>,
+    passthrough: Vec<usize>,
+    every_events: Option<u64>,
+    every_ms: Option<i64>,
+    keys: BTreeMap<String, KeyState>,
+    predictions: SchemaRef,
+    snapshots: SchemaRef,
+    /// Rows skipped for a null or non-finite feature.
+    pub skipped: u64,
+}
+
+impl std::fmt::Debug for ClusteringOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClusteringOp({} keys)", self.keys.len())
+    }
+}
+
+impl ClusteringOp {
+    /// Builds the operator for `model` over rows of `input`.
+    pub fn new(
+        model: &Model,
+        input: &SchemaRef,
+        time_field: Option<&str>,
+        predictions: SchemaRef,
+        snapshots: SchemaRef,
+    ) -> Result<Self, RuntimeError> {
+        let c = model
+            .clustering
+            .as_ref()
+            .ok_or_else(|| internal("not a clustering model"))?;
+        let col = |name: &str| input.index_of(name).map_err(internal);
+        let every = model.snapshot_every.as_ref();
+        Ok(Self {
+            features: Features::new(&c.features, input)?,
+            config: KMeansConfig {
+                k: c.k as usize,
+                seed_sample: c.seed_sample as usize,
+                seed_tries: c.seed_tries as usize,
+                half_life_ms: c.half_life.map(|h| h.as_millis() as f64),
+                reseed_below: c.reseed_below,
+                standardize: c.standardize,
+                random_seed: c.random_seed,
+            },
+            key: model.key.as_deref().map(col).transpose()?,
+            time: time_field.map(col).transpose()?,
+            passthrough: model
+                .passthrough
+                .iter()
+                .map(|p| col(p))
+                .collect::<Result<_, _>>()?,
+            every_events: every.and_then(|e| e.events).or(if every.is_none() {
+                Some(1000)
+            } else {
+                None
+            }),
+            every_ms: every.and_then(|e| e.time).map(|t| t.as_millis() as i64),
+            keys: BTreeMap::new(),
+            predictions,
+            snapshots,
+            skipped: 0,
+        })
+    }
+
+    /// Assigns, then learns, every row of `batch`; returns assignments and due snapshots.
+    pub fn process(
+        &mut self,
+        batch: &RecordBatch,
+    ) -> Result<(Option<RecordBatch>, Option<RecordBatch>), RuntimeError> {
+        let n = batch.num_rows();
+        let cols = self.features.columns(batch)?;
+        let keys = self
+            .key
+            .map(|k| cast(batch.column(k), &DataType::Utf8).map_err(internal))
+            .transpose()?;
+        let times: Option<Vec<Option<i64>>> = match self.time {
+            Some(c) => Some(
+                cast(
+                    batch.column(c),
+                    &DataType::Timestamp(TimeUnit::Millisecond, None),
+                )
+                .map_err(internal)?
+                .as_primitive::<TimestampMillisecondType>()
+                .iter()
+                .collect(),
+            ),
+            None => None,
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let d = self.features.names.len();
+        let mut rows: Vec<u32> = Vec::with_capacity(n);
+        let (mut cluster, mut distance, mut score) = (
+            UInt32Builder::with_capacity(n),
+            Float64Builder::with_capacity(n),
+            Float64Builder::with_capacity(n),
+        );
+        let (mut out_ms, mut versions) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        // Rows to learn, per key, in order, with the batch's latest event time.
+        let mut learn: BTreeMap<String, (Vec<Vec<f64>>, i64)> = BTreeMap::new();
+        let mut x = vec![0.0; d];
+        for row in 0..n {
+            if !self.features.row(&cols, row, &mut x) {
+                self.skipped += 1;
+                continue;
+            }
+            let key = match &keys {
+                Some(k) => {
+                    let k = k.as_string::<i32>();
+                    if k.is_null(row) { "" } else { k.value(row) }
+                }
+                None => "",
+            };
+            let ms = times.as_ref().and_then(|t| t[row]).unwrap_or(now);
+            if !self.keys.contains_key(key) {
+                self.keys.insert(
+                    key.to_string(),
+                    KeyState {
+                        model: KMeans::new(d, self.config.clone()),
+                        version: 0,
+                        since_snapshot: 0,
+                        last_snapshot_ms: None,
+                        last_ms: ms,
+                    },
+                );
+            }
+            let Some(ks) = self.keys.get_mut(key) else {
+                continue;
+            };
+            let a = ks.model.assign(&x);
+            cluster.append_option(a.map(|a| a.cluster as u32));
+            distance.append_option(a.map(|a| a.distance));
+            score.append_option(a.map(|a| a.outlier_score).filter(|s| s.is_finite()));
+            rows.push(row as u32);
+            out_ms.push(ms);
+            versions.push(ks.version);
+            let entry = learn
+                .entry(key.to_string())
+                .or_insert_with(|| (Vec::new(), ms));
+            entry.0.push(x.clone());
+            entry.1 = entry.1.max(ms);
+        }
+        let mut due = Vec::new();
+        for (key, (batch_rows, ms)) in learn {
+            let Some(ks) = self.keys.get_mut(&key) else {
+                continue;
+            };
+            ks.since_snapshot += batch_rows.len() as u64;
+            ks.version += batch_rows.len() as u64;
+            ks.model.update(&batch_rows, ms);
+            ks.last_ms = ks.last_ms.max(ms);
+            let by_events = self.every_events.is_some_and(|e| ks.since_snapshot >= e);
+            let by_time = self
+                .every_ms
+                .is_some_and(|t| ms - *ks.last_snapshot_ms.get_or_insert(ms) >= t);
+            if (by_events || by_time) && ks.model.is_seeded() {
+                due.push(key);
+            }
+        }
+        let predictions = if rows.is_empty() {
+            None
+        } else {
+            let idx = UInt32Array::from(rows);
+            let mut columns: Vec<ArrayRef> = Vec::new();
+            if let Some(k) = self.key {
+                columns.push(take(batch.column(k), &idx, None).map_err(internal)?);
+            }
+            columns.push(Arc::new(
+                TimestampMillisecondArray::from(out_ms).with_timezone("UTC"),
+            ));
+            for p in &self.passthrough {
+                columns.push(take(batch.column(*p), &idx, None).map_err(internal)?);
+            }
+            columns.push(Arc::new(cluster.finish()));
+            columns.push(Arc::new(distance.finish()));
+            columns.push(Arc::new(score.finish()));
+            columns.push(Arc::new(UInt64Array::from(versions)));
+            Some(RecordBatch::try_new(self.predictions.clone(), columns).map_err(internal)?)
+        };
+        let snapshots = if due.is_empty() {
+            None
+        } else {
+            Some(self.snapshot_rows(&due)?)
+        };
+        Ok((predictions, snapshots))
+    }
+
+    /// Snapshot rows for every seeded key (the end of a bounded run).
+    pub fn snapshot_all(&mut self) -> Result<Option<RecordBatch>, RuntimeError> {
+        let keys: Vec<String> = self
+            .keys
+            .iter()
+            .filter(|(_, k)| k.model.is_seeded())
+            .map(|(k, _)| k.clone())
+            .collect();
+        if keys.is_empty() {
+            return Ok(None);
+        }
+        self.snapshot_rows(&keys).map(Some)
+    }
+
+    fn snapshot_rows(&mut self, keys: &[String]) -> Result<RecordBatch, RuntimeError> {
+        let mut key_values = StringBuilder::new();
+        let (mut ms, mut version, mut samples, mut weight, mut inertia) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut offsets = vec![0i32];
+        let (mut ids, mut weights, mut radii) = (Vec::new(), Vec::new(), Vec::new());
+        let mut centers = MapBuilder::new(
+            Some(MapFieldNames {
+                entry: "entries".into(),
+                key: "key".into(),
+                value: "value".into(),
+            }),
+            StringBuilder::new(),
+            Float64Builder::new(),
+        );
+        for key in keys {
+            let Some(ks) = self.keys.get_mut(key) else {
+                continue;
+            };
+            key_values.append_value(key);
+            ms.push(ks.last_ms);
+            version.push(ks.version);
+            samples.push(ks.model.samples());
+            let cs = ks.model.centroids();
+            weight.push(cs.iter().map(|c| c.weight).sum::<f64>());
+            inertia.push(ks.model.inertia());
+            for (i, c) in cs.iter().enumerate() {
+                ids.push(i as u32);
+                weights.push(c.weight);
+                radii.push(c.rms_radius());
+                for (name, v) in self
+                    .features
+                    .names
+                    .iter()
+                    .zip(ks.model.center_in_input_units(i))
+                {
+                    centers.keys().append_value(name);
+                    centers.values().append_value(v);
+                }
+                centers.append(true).map_err(internal)?;
+            }
+            offsets.push(ids.len() as i32);
+            ks.since_snapshot = 0;
+            ks.last_snapshot_ms = Some(ks.last_ms);
+        }
+        let centroid_type = self
+            .snapshots
+            .field_with_name("centroids")
+            .map_err(internal)?
+            .data_type()
+            .clone();
+        let DataType::List(item) = &centroid_type else {
+            return Err(internal("centroids is not a list"));
+        };
+        let DataType::Struct(fields) = item.data_type() else {
+            return Err(internal("centroid is not a struct"));
+        };
+        let fields: Fields = fields.clone();
+        let map_type = fields[3].data_type().clone();
+        let center_array: ArrayRef = Arc::new(centers.finish());
+        let center_array = if center_array.data_type() == &map_type {
+            center_array
+        } else {
+            cast(&center_array, &map_type).map_err(internal)?
+        };
+        let structs = StructArray::try_new(
+            fields,
+            vec![
+                Arc::new(UInt32Array::from(ids)),
+                Arc::new(Float64Array::from(weights)),
+                Arc::new(Float64Array::from(radii)),
+                center_array,
+            ],
+            None,
+        )
+        .map_err(internal)?;
+        let list = ListArray::try_new(
+            item.clone(),
+            OffsetBuffer::new(offsets.into()),
+            Arc::new(structs),
+            None,
+        )
+        .map_err(internal)?;
+        let mut columns: Vec<ArrayRef> = Vec::new();
+        if let Some(k) = self.key {
+            let want = self.snapshots.field(0).data_type();
+            let keys: ArrayRef = Arc::new(key_values.finish());
+            let _ = k;
+            columns.push(if keys.data_type() == want {
+                keys
+            } else {
+                cast(&keys, want).map_err(internal)?
+            });
+        }
+        columns.push(Arc::new(
+            TimestampMillisecondArray::from(ms).with_timezone("UTC"),
+        ));
+        columns.push(Arc::new(UInt64Array::from(version)));
+        columns.push(Arc::new(UInt64Array::from(samples)));
+        columns.push(Arc::new(Float64Array::from(weight)));
+        columns.push(Arc::new(Float64Array::from(inertia)));
+        columns.push(Arc::new(list));
+        RecordBatch::try_new(self.snapshots.clone(), columns).map_err(internal)
+    }
+}
