@@ -244,3 +244,27 @@ fn usage_errors_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stdout).contains("line-throughput.yaml: valid"));
 }
+
+#[test]
+fn the_demo_runs_on_the_in_process_broker_and_prints_live_results() {
+    let out = pipectl(&["demo", "--duration", "10s"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A window result, a model prediction and a masked analytics record reached their topics.
+    for topic in [
+        "maintenance.line_health_1m:",
+        "maintenance.failure_predictions:",
+        "analytics.customer_activity:",
+    ] {
+        assert!(
+            stdout.contains(topic),
+            "no live result from {topic}\n{stdout}"
+        );
+    }
+    assert!(stdout.contains("demo: stopped after"), "{stdout}");
+}

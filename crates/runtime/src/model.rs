@@ -18,8 +18,8 @@ use datafusion::arrow::compute::{cast, take};
 use datafusion::arrow::datatypes::{
     DataType, Float64Type, SchemaRef, TimeUnit, TimestampMillisecondType,
 };
-use ml::{RegressionState, Welford};
-use spec::model::{Feature, Model};
+use ml::{PageHinkley, RegressionState, Welford};
+use spec::model::{Drift, Feature, Model, OnDrift};
 
 use crate::RuntimeError;
 
@@ -195,6 +195,10 @@ impl Metrics {
 struct KeyState {
     state: RegressionState,
     metrics: Metrics,
+    drift: Option<PageHinkley>,
+    alarms: u64,
+    /// This key's half-life, shortened by a drift alarm when configured so.
+    half_life_ms: Option<f64>,
     version: u64,
     since_snapshot: u64,
     last_snapshot_ms: Option<i64>,
@@ -210,6 +214,7 @@ pub struct RegressionOp {
     passthrough: Vec<usize>,
     half_life_ms: Option<f64>,
     ridge: f64,
+    drift: Option<Drift>,
     every_events: Option<u64>,
     every_ms: Option<i64>,
     keys: BTreeMap<String, KeyState>,
@@ -265,6 +270,7 @@ impl RegressionOp {
                 .collect::<Result<_, _>>()?,
             half_life_ms: r.half_life.map(|h| h.as_millis() as f64),
             ridge: r.ridge,
+            drift: r.drift.clone(),
             every_events: every.and_then(|e| e.events).or(if every.is_none() {
                 Some(1000)
             } else {
@@ -339,6 +345,12 @@ impl RegressionOp {
                     KeyState {
                         state: RegressionState::new(d),
                         metrics: Metrics::default(),
+                        drift: self
+                            .drift
+                            .as_ref()
+                            .map(|c| PageHinkley::new(c.threshold, c.tolerance)),
+                        alarms: 0,
+                        half_life_ms: self.half_life_ms,
                         version: 0,
                         since_snapshot: 0,
                         last_snapshot_ms: None,
@@ -349,7 +361,7 @@ impl RegressionOp {
             let Some(ks) = self.keys.get_mut(key) else {
                 continue;
             };
-            if let Some(h) = self.half_life_ms {
+            if let Some(h) = ks.half_life_ms {
                 ks.state.decay_to(ms, h);
             }
             let prediction = ks.state.solve(self.ridge).ok().map(|s| {
@@ -369,6 +381,16 @@ impl RegressionOp {
             resid.append_option(residual);
             if let (Some(y), Some(r)) = (y, residual) {
                 ks.metrics.add(y, r);
+                if ks.drift.as_mut().is_some_and(|ph| ph.update(r.abs())) {
+                    ks.alarms += 1;
+                    match self.drift.as_ref().map(|c| &c.on_drift) {
+                        Some(OnDrift::ShortenHalfLife(h)) => {
+                            ks.half_life_ms = Some(h.as_millis() as f64);
+                        }
+                        Some(OnDrift::Reset) => ks.state = RegressionState::new(d),
+                        _ => {}
+                    }
+                }
             }
             if let Some(y) = y {
                 ks.state.update(&self.x, y, 1.0);
@@ -444,6 +466,7 @@ impl RegressionOp {
             Float64Builder::new(),
         );
         let mut metrics: Vec<Float64Builder> = (0..6).map(|_| Float64Builder::new()).collect();
+        let mut alarms = Vec::new();
         for key in keys {
             let Some(ks) = self.keys.get_mut(key) else {
                 continue;
@@ -471,10 +494,10 @@ impl RegressionOp {
             for (b, v) in metrics.iter_mut().zip([c.0, c.1, c.2, r.0, r.1, r.2]) {
                 b.append_option(v);
             }
+            alarms.push(ks.alarms);
             ks.since_snapshot = 0;
             ks.last_snapshot_ms = Some(ks.last_ms);
         }
-        let n = version.len();
         let mut columns: Vec<ArrayRef> = Vec::new();
         if self.key.is_some() {
             columns.push(Arc::new(key_values.finish()));
@@ -490,8 +513,7 @@ impl RegressionOp {
         for mut b in metrics {
             columns.push(Arc::new(b.finish()));
         }
-        // Drift detection is not implemented yet: no alarms.
-        columns.push(Arc::new(UInt64Array::from(vec![0u64; n])));
+        columns.push(Arc::new(UInt64Array::from(alarms)));
         RecordBatch::try_new(self.snapshots.clone(), cast_to(columns, &self.snapshots)?)
             .map_err(internal)
     }

@@ -338,9 +338,6 @@ pub struct Regression {
     /// before solving. 0 gives ordinary least squares.
     #[serde(default)]
     pub ridge: f64,
-    /// Standardise features online (mergeable Welford) before the update.
-    #[serde(default)]
-    pub standardize: bool,
     /// Drift detection on the prediction residuals.
     #[serde(default)]
     pub drift: Option<Drift>,
@@ -445,7 +442,8 @@ pub struct CategoricalFeature {
     pub hash_buckets: Option<u32>,
 }
 
-/// Page-Hinkley drift detection on residuals.
+/// Page-Hinkley drift detection on the absolute prediction residuals (no standardisation
+/// option exists for regression: with the scale-free ridge, scaling features changes nothing).
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub struct Drift {

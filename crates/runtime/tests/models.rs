@@ -1,0 +1,122 @@
+//! The regression operator on generated sensor readings: drift alarms on a shift, and none
+//! on a stable stream.
+
+use std::path::Path;
+
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{Float64Type, UInt64Type};
+use formats::json::JsonDecoder;
+use generator::{Generator, Settings};
+use planner::NodeKind;
+use runtime::model::RegressionOp;
+
+async fn operator(on_drift: &str) -> (RegressionOp, JsonDecoder) {
+    let yaml = format!(
+        "apiVersion: pipelines/v1\nkind: Pipeline\nmetadata: {{ name: m }}\nspec:\n  sources:\n    - {{ name: readings, kafka: {{ topic: t }}, format: json, schema: production/sensor_reading, event_time: {{ field: ts }} }}\n  models:\n    - name: f\n      input: readings\n      regression:\n        target: failure_rate\n        features: [temperature, humidity, pressure, speed, vibration]\n        drift: {{ threshold: 20.0, tolerance: 0.05, on_drift: {on_drift} }}\n      snapshot_every: {{ events: 1000000 }}\n"
+    );
+    let dir =
+        event_schema::find_schema_dir(Path::new(env!("CARGO_MANIFEST_DIR"))).expect("schemas");
+    let registry = event_schema::SchemaRegistry::new(dir);
+    let plan = match planner::check("m.yaml", &yaml, &registry, &|_| None).await {
+        (_, Some(p)) => p,
+        (doc, None) => panic!("{:?}", doc.diagnostics()),
+    };
+    let NodeKind::Source { schema, .. } = &plan.nodes[0].kind else {
+        panic!("source")
+    };
+    let NodeKind::Model {
+        spec,
+        time_field,
+        predictions,
+        snapshots,
+    } = &plan.nodes[1].kind
+    else {
+        panic!("model")
+    };
+    let op = RegressionOp::new(
+        spec,
+        schema,
+        time_field.as_deref(),
+        predictions.clone(),
+        snapshots.clone(),
+    )
+    .expect("op");
+    (op, JsonDecoder::new(schema.clone()).expect("decoder"))
+}
+
+fn readings(decoder: &mut JsonDecoder, seed: u64, n: usize, shift: f64) -> Vec<RecordBatch> {
+    let events: Vec<Vec<u8>> = Generator::new(Settings::new("production/sensor_reading", seed))
+        .expect("kind")
+        .take(n)
+        .map(|e| {
+            let mut v: serde_json::Value = serde_json::from_slice(&e.value).expect("json");
+            if let Some(f) = v["failure_rate"].as_f64() {
+                v["failure_rate"] = serde_json::json!(f + shift);
+            }
+            serde_json::to_vec(&v).expect("json")
+        })
+        .collect();
+    events
+        .chunks(500)
+        .map(|c| {
+            decoder
+                .decode(&c.iter().map(Vec::as_slice).collect::<Vec<_>>())
+                .expect("decodes")
+                .batch
+        })
+        .collect()
+}
+
+fn last_snapshot(op: &mut RegressionOp) -> RecordBatch {
+    op.snapshot_all().expect("snapshot").expect("a key")
+}
+
+fn column_u64(b: &RecordBatch, name: &str) -> u64 {
+    b.column_by_name(name)
+        .expect("column")
+        .as_primitive::<UInt64Type>()
+        .value(0)
+}
+
+fn column_f64(b: &RecordBatch, name: &str) -> f64 {
+    let c = b.column_by_name(name).expect("column");
+    assert!(!c.is_null(0), "{name} is null");
+    c.as_primitive::<Float64Type>().value(0)
+}
+
+#[tokio::test]
+async fn no_drift_alarm_on_a_stable_stream() {
+    let (mut op, mut decoder) = operator("signal").await;
+    for b in readings(&mut decoder, 1, 30_000, 0.0) {
+        op.process(&b).expect("runs");
+    }
+    let s = last_snapshot(&mut op);
+    assert_eq!(column_u64(&s, "drift_alarms"), 0);
+    assert!(column_f64(&s, "r2") > 0.92);
+}
+
+#[tokio::test]
+async fn a_shift_raises_an_alarm_and_reset_recovers() {
+    let (mut op, mut decoder) = operator("reset").await;
+    for b in readings(&mut decoder, 2, 20_000, 0.0) {
+        op.process(&b).expect("runs");
+    }
+    assert_eq!(column_u64(&last_snapshot(&mut op), "drift_alarms"), 0);
+    // The failure rate jumps by 3 per 1,000 units: residuals of the old model are ~3.
+    for b in readings(&mut decoder, 3, 20_000, 3.0) {
+        op.process(&b).expect("runs");
+    }
+    let s = last_snapshot(&mut op);
+    assert!(
+        column_u64(&s, "drift_alarms") >= 1,
+        "no alarm after the shift"
+    );
+    // After the reset the model learnt the new level: the rolling error is back to the noise.
+    let rolling = column_f64(&s, "rolling_rmse");
+    assert!(rolling < 0.35, "rolling RMSE {rolling} after reset");
+    let intercept = column_f64(&s, "intercept");
+    assert!(
+        (intercept - (-2.85 + 3.0)).abs() < 0.5,
+        "intercept {intercept} after the shift"
+    );
+}
