@@ -527,6 +527,7 @@ impl Runner {
         let mut pending_commits: Vec<BTreeMap<i32, i64>> =
             vec![BTreeMap::new(); self.sources.len()];
         let mut last_lag = Instant::now();
+        let started = Instant::now();
         loop {
             let mut got_any = false;
             for s in 0..self.sources.len() {
@@ -553,7 +554,7 @@ impl Runner {
             if got_any {
                 last_input = Instant::now();
             }
-            self.update_idle();
+            self.update_idle(started);
             if last_lag.elapsed() > Duration::from_secs(1) {
                 let lag: i64 = self
                     .sources
@@ -621,17 +622,17 @@ impl Runner {
         Ok(self.summary)
     }
 
-    fn update_idle(&mut self) {
+    fn update_idle(&mut self, started: Instant) {
         let now = Instant::now();
         let mut idle_by_source: Vec<BTreeSet<i32>> = Vec::new();
         for s in &self.sources {
             let mut idle = BTreeSet::new();
             if let Some(timeout) = s.idle_timeout {
                 for p in s.kafka.partitions() {
-                    let quiet = s
-                        .last_seen
-                        .get(p)
-                        .is_none_or(|t| now.duration_since(*t) >= timeout);
+                    // A partition that has sent nothing yet is measured from the start of
+                    // the run: its backlog may simply not have been fetched yet.
+                    let since = s.last_seen.get(p).copied().unwrap_or(started);
+                    let quiet = now.duration_since(since) >= timeout;
                     if quiet {
                         idle.insert(*p);
                     }
