@@ -295,22 +295,29 @@ impl KafkaSource {
             .map_err(kafka(format!("committing offsets of `{}`", self.topic)))
     }
 
-    /// Consumer lag per partition: high watermark minus the current position.
+    /// Consumer lag per assigned partition: high watermark minus the current position (a
+    /// partition not read yet counts from its low watermark). A partition whose watermarks
+    /// cannot be fetched is reported with lag -1 (unknown).
     pub fn lag(&self) -> BTreeMap<i32, i64> {
         let mut out = BTreeMap::new();
         let Ok(position) = self.consumer.position() else {
             return out;
         };
         for e in position.elements() {
-            if let Ok((_, high)) =
-                self.consumer
-                    .fetch_watermarks(&self.topic, e.partition(), Duration::from_secs(1))
+            match self
+                .consumer
+                .fetch_watermarks(&self.topic, e.partition(), Duration::from_secs(1))
             {
-                let pos = match e.offset() {
-                    Offset::Offset(o) => o,
-                    _ => 0,
-                };
-                out.insert(e.partition(), (high - pos).max(0));
+                Ok((low, high)) => {
+                    let pos = match e.offset() {
+                        Offset::Offset(o) => o.max(low),
+                        _ => low,
+                    };
+                    out.insert(e.partition(), (high - pos).max(0));
+                }
+                Err(_) => {
+                    out.insert(e.partition(), -1);
+                }
             }
         }
         out

@@ -29,6 +29,7 @@ pub async fn run(
     for w in runner.warnings() {
         eprintln!("warning: {w}");
     }
+    let shown = runner.warnings().len();
     let started = Instant::now();
     let status = {
         let stats = stats.clone();
@@ -73,7 +74,10 @@ pub async fn run(
     if std::io::stderr().is_terminal() && !quiet {
         eprintln!();
     }
-    result?;
+    let summary = result?;
+    for w in summary.warnings.iter().skip(shown) {
+        eprintln!("warning: {w}");
+    }
     eprintln!(
         "done in {:.1}s: {} in, {} out, {} errors, {} dead-lettered, {} late",
         started.elapsed().as_secs_f64(),

@@ -7,20 +7,18 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Float64Array, Float64Builder, ListArray, MapBuilder, MapFieldNames,
+    Array, ArrayRef, Float64Array, Float64Builder, ListArray, MapBuilder, MapFieldNames,
     RecordBatch, StringBuilder, StructArray, TimestampMillisecondArray, UInt32Array, UInt32Builder,
     UInt64Array,
 };
 use datafusion::arrow::buffer::OffsetBuffer;
-use datafusion::arrow::compute::{cast, take};
-use datafusion::arrow::datatypes::{
-    DataType, Fields, SchemaRef, TimeUnit, TimestampMillisecondType,
-};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Fields, SchemaRef};
 use ml::{KMeans, KMeansConfig};
 use spec::model::Model;
 
 use crate::RuntimeError;
-use crate::model::Features;
+use crate::model::{Features, RowContext, leading_columns};
 
 fn internal(e: impl std::fmt::Display) -> RuntimeError {
     RuntimeError::Internal(e.to_string())
@@ -109,27 +107,7 @@ impl ClusteringOp {
     ) -> Result<(Option<RecordBatch>, Option<RecordBatch>), RuntimeError> {
         let n = batch.num_rows();
         let cols = self.features.columns(batch)?;
-        let keys = self
-            .key
-            .map(|k| cast(batch.column(k), &DataType::Utf8).map_err(internal))
-            .transpose()?;
-        let times: Option<Vec<Option<i64>>> = match self.time {
-            Some(c) => Some(
-                cast(
-                    batch.column(c),
-                    &DataType::Timestamp(TimeUnit::Millisecond, None),
-                )
-                .map_err(internal)?
-                .as_primitive::<TimestampMillisecondType>()
-                .iter()
-                .collect(),
-            ),
-            None => None,
-        };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
+        let context = RowContext::new(batch, self.key, self.time)?;
         let d = self.features.names.len();
         let mut rows: Vec<u32> = Vec::with_capacity(n);
         let (mut cluster, mut distance, mut score) = (
@@ -146,14 +124,8 @@ impl ClusteringOp {
                 self.skipped += 1;
                 continue;
             }
-            let key = match &keys {
-                Some(k) => {
-                    let k = k.as_string::<i32>();
-                    if k.is_null(row) { "" } else { k.value(row) }
-                }
-                None => "",
-            };
-            let ms = times.as_ref().and_then(|t| t[row]).unwrap_or(now);
+            let key = context.key(row);
+            let ms = context.ms(row);
             if !self.keys.contains_key(key) {
                 self.keys.insert(
                     key.to_string(),
@@ -203,16 +175,7 @@ impl ClusteringOp {
             None
         } else {
             let idx = UInt32Array::from(rows);
-            let mut columns: Vec<ArrayRef> = Vec::new();
-            if let Some(k) = self.key {
-                columns.push(take(batch.column(k), &idx, None).map_err(internal)?);
-            }
-            columns.push(Arc::new(
-                TimestampMillisecondArray::from(out_ms).with_timezone("UTC"),
-            ));
-            for p in &self.passthrough {
-                columns.push(take(batch.column(*p), &idx, None).map_err(internal)?);
-            }
+            let mut columns = leading_columns(batch, &idx, self.key, out_ms, &self.passthrough)?;
             columns.push(Arc::new(cluster.finish()));
             columns.push(Arc::new(distance.finish()));
             columns.push(Arc::new(score.finish()));

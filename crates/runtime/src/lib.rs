@@ -411,44 +411,29 @@ impl Runner {
                     time_field,
                     predictions,
                     snapshots,
-                } if spec.regression.is_some() => {
-                    let from = inputs
-                        .first()
-                        .copied()
-                        .ok_or_else(|| internal("input not found"))?;
-                    let input_schema = plan.nodes[from]
-                        .output_schema()
-                        .ok_or_else(|| internal("model input schema"))?;
-                    origin.push(None);
-                    Op::Model(Box::new(model::RegressionOp::new(
-                        spec,
-                        &input_schema,
-                        time_field.as_deref(),
-                        predictions.clone(),
-                        snapshots.clone(),
-                    )?))
-                }
-                NodeKind::Model {
-                    spec,
-                    time_field,
-                    predictions,
-                    snapshots,
                 } => {
                     let from = inputs
                         .first()
                         .copied()
                         .ok_or_else(|| internal("input not found"))?;
-                    let input_schema = plan.nodes[from]
+                    let input = plan.nodes[from]
                         .output_schema()
                         .ok_or_else(|| internal("model input schema"))?;
-                    origin.push(None);
-                    Op::Clustering(Box::new(cluster::ClusteringOp::new(
-                        spec,
-                        &input_schema,
+                    let (time, p, s) = (
                         time_field.as_deref(),
                         predictions.clone(),
                         snapshots.clone(),
-                    )?))
+                    );
+                    origin.push(None);
+                    if spec.regression.is_some() {
+                        Op::Model(Box::new(model::RegressionOp::new(
+                            spec, &input, time, p, s,
+                        )?))
+                    } else {
+                        Op::Clustering(Box::new(cluster::ClusteringOp::new(
+                            spec, &input, time, p, s,
+                        )?))
+                    }
                 }
                 NodeKind::Sink { spec, schema } => {
                     let encoder = match framing(spec.format) {
@@ -560,6 +545,7 @@ impl Runner {
                     .sources
                     .iter()
                     .flat_map(|s| s.kafka.lag().into_values())
+                    .filter(|l| *l >= 0)
                     .sum();
                 self.stats.lag.store(lag, Ordering::Relaxed);
                 last_lag = Instant::now();
@@ -572,7 +558,22 @@ impl Runner {
             if let Some(idle) = self.config.until_idle
                 && last_input.elapsed() >= idle
             {
-                return self.finish(true, &mut pending_commits).await;
+                // The input has ended when nothing arrives and every partition has been read
+                // to its end; a consumer that is merely stalled (a slow broker) is waited for,
+                // up to six times the idle time.
+                let caught_up = self
+                    .sources
+                    .iter()
+                    .all(|s| s.kafka.lag().values().all(|l| *l == 0));
+                if caught_up || last_input.elapsed() >= idle * 6 {
+                    if !caught_up {
+                        self.summary.warnings.push(format!(
+                            "stopped after {:?} without input, before reading every partition to its end",
+                            idle * 6
+                        ));
+                    }
+                    return self.finish(true, &mut pending_commits).await;
+                }
             }
         }
     }

@@ -297,26 +297,9 @@ impl RegressionOp {
                 .as_primitive::<Float64Type>()
                 .clone())
         };
-        let text = |c: usize| -> Result<ArrayRef, RuntimeError> {
-            cast(batch.column(c), &DataType::Utf8).map_err(internal)
-        };
         let cols = self.features.columns(batch)?;
         let target = numeric(self.target)?;
-        let keys = self.key.map(text).transpose()?;
-        let times: Option<Vec<Option<i64>>> = match self.time {
-            Some(c) => Some(
-                cast(
-                    batch.column(c),
-                    &DataType::Timestamp(TimeUnit::Millisecond, None),
-                )
-                .map_err(internal)?
-                .as_primitive::<TimestampMillisecondType>()
-                .iter()
-                .collect(),
-            ),
-            None => None,
-        };
-        let now = chrono_now_ms();
+        let context = RowContext::new(batch, self.key, self.time)?;
         let mut rows: Vec<u32> = Vec::with_capacity(n);
         let (mut pred, mut actual, mut resid) = (
             Float64Builder::with_capacity(n),
@@ -331,14 +314,8 @@ impl RegressionOp {
                 self.skipped += 1;
                 continue;
             }
-            let key = match &keys {
-                Some(k) => {
-                    let k = k.as_string::<i32>();
-                    if k.is_null(row) { "" } else { k.value(row) }
-                }
-                None => "",
-            };
-            let ms = times.as_ref().and_then(|t| t[row]).unwrap_or(now);
+            let key = context.key(row);
+            let ms = context.ms(row);
             if !self.keys.contains_key(key) {
                 self.keys.insert(
                     key.to_string(),
@@ -412,16 +389,7 @@ impl RegressionOp {
             None
         } else {
             let idx = UInt32Array::from(rows);
-            let mut columns: Vec<ArrayRef> = Vec::new();
-            if let Some(k) = self.key {
-                columns.push(take(batch.column(k), &idx, None).map_err(internal)?);
-            }
-            columns.push(Arc::new(
-                TimestampMillisecondArray::from(out_ms).with_timezone("UTC"),
-            ));
-            for p in &self.passthrough {
-                columns.push(take(batch.column(*p), &idx, None).map_err(internal)?);
-            }
+            let mut columns = leading_columns(batch, &idx, self.key, out_ms, &self.passthrough)?;
             columns.push(Arc::new(pred.finish()));
             columns.push(Arc::new(actual.finish()));
             columns.push(Arc::new(resid.finish()));
@@ -517,6 +485,82 @@ impl RegressionOp {
         RecordBatch::try_new(self.snapshots.clone(), cast_to(columns, &self.snapshots)?)
             .map_err(internal)
     }
+}
+
+/// The key (as text) and event time (ms) of each row of a model's input batch.
+pub(crate) struct RowContext {
+    keys: Option<ArrayRef>,
+    times: Option<Vec<Option<i64>>>,
+    now: i64,
+}
+
+impl RowContext {
+    /// Reads the key column `key` and the event-time column `time` of `batch`.
+    pub(crate) fn new(
+        batch: &RecordBatch,
+        key: Option<usize>,
+        time: Option<usize>,
+    ) -> Result<Self, RuntimeError> {
+        let keys = key
+            .map(|k| cast(batch.column(k), &DataType::Utf8).map_err(internal))
+            .transpose()?;
+        let times = match time {
+            Some(c) => Some(
+                cast(
+                    batch.column(c),
+                    &DataType::Timestamp(TimeUnit::Millisecond, None),
+                )
+                .map_err(internal)?
+                .as_primitive::<TimestampMillisecondType>()
+                .iter()
+                .collect(),
+            ),
+            None => None,
+        };
+        Ok(Self {
+            keys,
+            times,
+            now: chrono_now_ms(),
+        })
+    }
+
+    /// The row's key; `""` for a global model or a null key.
+    pub(crate) fn key(&self, row: usize) -> &str {
+        match &self.keys {
+            Some(k) => {
+                let k = k.as_string::<i32>();
+                if k.is_null(row) { "" } else { k.value(row) }
+            }
+            None => "",
+        }
+    }
+
+    /// The row's event time, or the wall clock when the input has none.
+    pub(crate) fn ms(&self, row: usize) -> i64 {
+        self.times.as_ref().and_then(|t| t[row]).unwrap_or(self.now)
+    }
+}
+
+/// The leading columns of a predictions batch: the key, the event time, the passthrough
+/// columns, for the input rows `idx`.
+pub(crate) fn leading_columns(
+    batch: &RecordBatch,
+    idx: &UInt32Array,
+    key: Option<usize>,
+    ms: Vec<i64>,
+    passthrough: &[usize],
+) -> Result<Vec<ArrayRef>, RuntimeError> {
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    if let Some(k) = key {
+        columns.push(take(batch.column(k), idx, None).map_err(internal)?);
+    }
+    columns.push(Arc::new(
+        TimestampMillisecondArray::from(ms).with_timezone("UTC"),
+    ));
+    for p in passthrough {
+        columns.push(take(batch.column(*p), idx, None).map_err(internal)?);
+    }
+    Ok(columns)
 }
 
 /// Casts columns to the schema's types (key columns were read as text).
