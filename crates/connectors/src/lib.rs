@@ -533,32 +533,47 @@ pub fn read_all(
     timeout: Duration,
 ) -> Result<Vec<StoredMessage>, ConnectorError> {
     use rdkafka::consumer::BaseConsumer;
+    static READERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let reader = READERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("read-all-{}", std::process::id()))
+        .set(
+            "group.id",
+            format!("read-all-{}-{reader}", std::process::id()),
+        )
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
         .create()
         .map_err(kafka("creating the reader"))?;
     let partitions = topic_partitions(&consumer, topic)?;
+    let deadline = Instant::now() + timeout;
     let mut ends = BTreeMap::new();
     let mut tpl = TopicPartitionList::new();
-    for p in &partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, *p, METADATA_TIMEOUT)
-            .map_err(kafka(format!("reading the end of `{topic}`")))?;
-        if high > low {
-            ends.insert(*p, high);
-            tpl.add_partition_offset(topic, *p, Offset::Offset(low))
-                .map_err(kafka("building the assignment"))?;
+    // A topic that reports no messages at all is asked again for a few seconds: right after
+    // writes, watermarks have been seen to lag (once, on a freshly started broker under load).
+    for attempt in 0..10 {
+        ends.clear();
+        tpl = TopicPartitionList::new();
+        for p in &partitions {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, *p, METADATA_TIMEOUT)
+                .map_err(kafka(format!("reading the end of `{topic}`")))?;
+            if high > low {
+                ends.insert(*p, high);
+                tpl.add_partition_offset(topic, *p, Offset::Offset(low))
+                    .map_err(kafka("building the assignment"))?;
+            }
         }
+        if !ends.is_empty() || attempt == 9 || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
     let mut out = Vec::new();
     if ends.is_empty() {
         return Ok(out);
     }
     consumer.assign(&tpl).map_err(kafka("assigning"))?;
-    let deadline = Instant::now() + timeout;
     let mut done: BTreeMap<i32, bool> = ends.keys().map(|p| (*p, false)).collect();
     while done.values().any(|d| !d) {
         if Instant::now() > deadline {
