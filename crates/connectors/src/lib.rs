@@ -549,25 +549,15 @@ pub fn read_all(
     let deadline = Instant::now() + timeout;
     let mut ends = BTreeMap::new();
     let mut tpl = TopicPartitionList::new();
-    // A topic that reports no messages at all is asked again for a few seconds: right after
-    // writes, watermarks have been seen to lag (once, on a freshly started broker under load).
-    for attempt in 0..10 {
-        ends.clear();
-        tpl = TopicPartitionList::new();
-        for p in &partitions {
-            let (low, high) = consumer
-                .fetch_watermarks(topic, *p, METADATA_TIMEOUT)
-                .map_err(kafka(format!("reading the end of `{topic}`")))?;
-            if high > low {
-                ends.insert(*p, high);
-                tpl.add_partition_offset(topic, *p, Offset::Offset(low))
-                    .map_err(kafka("building the assignment"))?;
-            }
+    for p in &partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, *p, METADATA_TIMEOUT)
+            .map_err(kafka(format!("reading the end of `{topic}`")))?;
+        if high > low {
+            ends.insert(*p, high);
+            tpl.add_partition_offset(topic, *p, Offset::Offset(low))
+                .map_err(kafka("building the assignment"))?;
         }
-        if !ends.is_empty() || attempt == 9 || Instant::now() > deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(500));
     }
     let mut out = Vec::new();
     if ends.is_empty() {
