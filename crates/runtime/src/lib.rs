@@ -33,7 +33,7 @@ use datafusion::arrow::datatypes::DataType;
 use formats::avro::{AvroCodec, Framing};
 use formats::json::{JsonDecoder, encode_rows};
 use planner::{NodeKind, PipelinePlan};
-use spec::model::{Format, OnError, OnLate, StartFrom};
+use spec::model::{Delivery, Format, OnError, OnLate, StartFrom};
 
 use crate::table::TableState;
 use crate::transform::TransformOp;
@@ -259,6 +259,16 @@ impl Runner {
         config: RunConfig,
         stats: Arc<Stats>,
     ) -> Result<Self, RuntimeError> {
+        for n in &plan.nodes {
+            if let NodeKind::Sink { spec, .. } = &n.kind
+                && spec.delivery == Delivery::ExactlyOnce
+            {
+                return Err(RuntimeError::Unsupported(format!(
+                    "sink `{}`: `delivery: exactly_once` needs transactional sinks and checkpoints, which are not built yet; use `at_least_once`",
+                    spec.name
+                )));
+            }
+        }
         let mut summary = Summary::default();
         let index: HashMap<String, (usize, u8)> = plan
             .nodes
@@ -390,6 +400,23 @@ impl Runner {
                         }
                         None => (vec![-1], 0, 0),
                     };
+                    // Late rows asked to be dead-lettered need the source's dead-letter
+                    // topic even when its own bad records are failed or skipped.
+                    if spec
+                        .window
+                        .as_ref()
+                        .is_some_and(|w| w.on_late == OnLate::DeadLetter)
+                        && let Some(src) = sources.get_mut(root)
+                        && src.dead_letter.is_none()
+                        && let NodeKind::Source { spec: source, .. } = &plan.nodes[src.node].kind
+                    {
+                        src.dead_letter = Some(KafkaSink::new(
+                            &config.bootstrap,
+                            &dead_letter_topic(&plan.name, source),
+                            &BTreeMap::new(),
+                            headers.clone(),
+                        )?);
+                    }
                     let op = TransformOp::build(
                         spec,
                         time_field.as_deref(),
@@ -863,9 +890,11 @@ impl Runner {
             let sink = match &self.sources[s].dead_letter {
                 Some(sink) => sink,
                 None => {
-                    // Late rows of a source without a dead-letter topic: counted, dropped.
-                    letters.clear();
-                    continue;
+                    // Cannot happen: a dead-letter topic exists for every source that
+                    // produces dead letters (set up in `Runner::new`).
+                    return Err(internal(
+                        "dead letters for a source without a dead-letter topic",
+                    ));
                 }
             };
             let records: Vec<(OutRecord<'_>, connectors::RecordHeaders)> = letters
