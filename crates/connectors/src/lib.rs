@@ -470,15 +470,6 @@ impl KafkaSink {
     }
 }
 
-/// A header's value as text, for tests and tools.
-pub fn header_text<H: Headers>(headers: &H, key: &str) -> Option<String> {
-    headers
-        .iter()
-        .find(|h| h.key == key)
-        .and_then(|h| h.value)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-}
-
 /// Creates `topic` with `partitions` partitions (replication 1) unless it exists.
 pub async fn create_topic(
     bootstrap: &str,

@@ -6,7 +6,6 @@
 //! so that one malformed record is reported with its error and never costs its neighbours.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
 use arrow::compute::{concat_batches, filter_record_batch};
@@ -239,17 +238,13 @@ pub(crate) fn string_values(array: &dyn Array) -> Option<Vec<Option<&str>>> {
     }
 }
 
-/// For tests and tools: a schema reference from a JSON-decodable Arrow schema.
-pub fn schema_ref(schema: arrow::datatypes::Schema) -> SchemaRef {
-    Arc::new(schema)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use arrow::array::{Float64Array, StringArray, TimestampMillisecondArray};
     use arrow::datatypes::{Field, Schema, TimeUnit};
     use std::collections::HashMap;
+    use std::sync::Arc;
 
     fn schema() -> SchemaRef {
         let region = Field::new("region", DataType::Utf8, false).with_metadata(HashMap::from([(

@@ -51,8 +51,6 @@ pub struct RegressionState {
     shift: Vec<f64>,
     /// Means of `[x.., y] − shift`, length `d + 1`.
     mean: Vec<f64>,
-    /// Absolute means, maintained for readers.
-    absolute: Vec<f64>,
     /// Co-moments, `(d + 1) × (d + 1)`, row-major, symmetric.
     comoment: Vec<f64>,
     /// Event time of the last decay, ms.
@@ -69,7 +67,6 @@ impl RegressionState {
             weight: 0.0,
             shift: vec![0.0; k],
             mean: vec![0.0; k],
-            absolute: vec![0.0; k],
             comoment: vec![0.0; k * k],
             clock: None,
         }
@@ -91,14 +88,12 @@ impl RegressionState {
     }
 
     /// Means of the features and, last, the target.
-    pub fn means(&self) -> &[f64] {
-        &self.absolute
-    }
-
-    fn refresh_absolute(&mut self) {
-        for i in 0..self.mean.len() {
-            self.absolute[i] = self.shift[i] + self.mean[i];
-        }
+    pub fn means(&self) -> Vec<f64> {
+        self.shift
+            .iter()
+            .zip(&self.mean)
+            .map(|(s, m)| s + m)
+            .collect()
     }
 
     /// The co-moment of variables `i` and `j` (the target is index `d`).
@@ -143,7 +138,6 @@ impl RegressionState {
         }
         self.weight = total;
         self.samples += 1;
-        self.refresh_absolute();
     }
 
     /// `update` for more than 64 features (allocates a delta vector).
@@ -163,7 +157,6 @@ impl RegressionState {
         }
         self.weight = total;
         self.samples += 1;
-        self.refresh_absolute();
     }
 
     /// Combines `other` (statistics of other rows) into this state: the result equals one
@@ -198,7 +191,6 @@ impl RegressionState {
         }
         self.weight = total;
         self.samples += other.samples;
-        self.refresh_absolute();
         self.clock = match (self.clock, other.clock) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
@@ -256,8 +248,8 @@ impl RegressionState {
                 })
                 .collect();
             if let Some(beta) = cholesky_solve(&mut a, &sxy, d) {
-                let intercept =
-                    self.absolute[d] - (0..d).map(|i| self.absolute[i] * beta[i]).sum::<f64>();
+                let means = self.means();
+                let intercept = means[d] - (0..d).map(|i| means[i] * beta[i]).sum::<f64>();
                 return Ok(Solution {
                     coefficients: beta,
                     intercept,
@@ -272,7 +264,7 @@ impl RegressionState {
                 // Every feature constant: predict the mean.
                 return Ok(Solution {
                     coefficients: vec![0.0; d],
-                    intercept: self.absolute[d],
+                    intercept: self.shift[d] + self.mean[d],
                     ridge: rho,
                     raised,
                 });

@@ -86,7 +86,7 @@ fn merging_four_partitions_equals_one_pass() {
     }
     assert_eq!(merged.samples(), whole.samples());
     assert!(relative(merged.weight(), whole.weight()) < 1e-12);
-    for (a, b) in merged.means().iter().zip(whole.means()) {
+    for (a, b) in merged.means().iter().zip(whole.means().iter()) {
         assert!(relative(*a, *b) < 1e-12, "mean {a} vs {b}");
     }
     let k = x[0].len() + 1;

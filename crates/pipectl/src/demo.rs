@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use connectors::{KafkaSink, OutRecord};
+use connectors::KafkaSink;
 use generator::{Generator, Settings};
 use planner::{NodeKind, PipelinePlan};
 use rdkafka::config::ClientConfig;
@@ -18,7 +18,7 @@ use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use runtime::{RunConfig, Runner, Stats};
 
-use crate::generate::default_topic;
+use crate::generate::{default_topic, records};
 
 type DemoError = Box<dyn std::error::Error>;
 
@@ -139,14 +139,7 @@ pub async fn demo(dir: &Path, args: &DemoArgs) -> Result<(), DemoError> {
             while !*stop.borrow() {
                 let events: Vec<generator::Event> =
                     (0..tick).map(|_| generator.next_event()).collect();
-                let records: Vec<OutRecord<'_>> = events
-                    .iter()
-                    .map(|e| OutRecord {
-                        key: Some(e.key.as_bytes()),
-                        value: &e.value,
-                        timestamp: Some(e.ts_ms),
-                    })
-                    .collect();
+                let records = records(&events);
                 for sink in &sinks {
                     if sink.send_all(&records, &[]).await.is_err() {
                         return;

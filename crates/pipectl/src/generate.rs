@@ -21,6 +21,19 @@ pub fn default_topic(kind: &str) -> Option<&'static str> {
     })
 }
 
+/// Generated events as Kafka records: keyed by their natural key, with the event time as the
+/// message timestamp.
+pub fn records(events: &[generator::Event]) -> Vec<OutRecord<'_>> {
+    events
+        .iter()
+        .map(|e| OutRecord {
+            key: Some(e.key.as_bytes()),
+            value: &e.value,
+            timestamp: Some(e.ts_ms),
+        })
+        .collect()
+}
+
 /// What to generate and where.
 #[derive(Debug)]
 pub struct GenArgs {
@@ -103,15 +116,7 @@ pub async fn generate(args: GenArgs) -> Result<GenReport, Box<dyn std::error::Er
         if let Some(avro) = avro.as_mut() {
             avro.encode(&mut events)?;
         }
-        let records: Vec<OutRecord<'_>> = events
-            .iter()
-            .map(|e| OutRecord {
-                key: Some(e.key.as_bytes()),
-                value: &e.value,
-                timestamp: Some(e.ts_ms),
-            })
-            .collect();
-        sink.send_all(&records, &[]).await?;
+        sink.send_all(&records(&events), &[]).await?;
         report.events += n;
         report.malformed += events.iter().filter(|e| e.malformed).count() as u64;
         report.late += events.iter().filter(|e| e.late).count() as u64;

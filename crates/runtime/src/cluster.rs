@@ -18,7 +18,7 @@ use ml::{KMeans, KMeansConfig};
 use spec::model::Model;
 
 use crate::RuntimeError;
-use crate::model::{Features, RowContext, leading_columns};
+use crate::model::{Features, RowContext, SnapshotClock, SnapshotPolicy, leading_columns};
 
 fn internal(e: impl std::fmt::Display) -> RuntimeError {
     RuntimeError::Internal(e.to_string())
@@ -27,8 +27,7 @@ fn internal(e: impl std::fmt::Display) -> RuntimeError {
 struct KeyState {
     model: KMeans,
     version: u64,
-    since_snapshot: u64,
-    last_snapshot_ms: Option<i64>,
+    snapshot: SnapshotClock,
     last_ms: i64,
 }
 
@@ -39,8 +38,7 @@ pub struct ClusteringOp {
     key: Option<usize>,
     time: Option<usize>,
     passthrough: Vec<usize>,
-    every_events: Option<u64>,
-    every_ms: Option<i64>,
+    schedule: SnapshotPolicy,
     keys: BTreeMap<String, KeyState>,
     predictions: SchemaRef,
     snapshots: SchemaRef,
@@ -68,7 +66,6 @@ impl ClusteringOp {
             .as_ref()
             .ok_or_else(|| internal("not a clustering model"))?;
         let col = |name: &str| input.index_of(name).map_err(internal);
-        let every = model.snapshot_every.as_ref();
         Ok(Self {
             features: Features::new(&c.features, input)?,
             config: KMeansConfig {
@@ -87,12 +84,7 @@ impl ClusteringOp {
                 .iter()
                 .map(|p| col(p))
                 .collect::<Result<_, _>>()?,
-            every_events: every.and_then(|e| e.events).or(if every.is_none() {
-                Some(1000)
-            } else {
-                None
-            }),
-            every_ms: every.and_then(|e| e.time).map(|t| t.as_millis() as i64),
+            schedule: SnapshotPolicy::new(model),
             keys: BTreeMap::new(),
             predictions,
             snapshots,
@@ -132,8 +124,7 @@ impl ClusteringOp {
                     KeyState {
                         model: KMeans::new(d, self.config.clone()),
                         version: 0,
-                        since_snapshot: 0,
-                        last_snapshot_ms: None,
+                        snapshot: SnapshotClock::default(),
                         last_ms: ms,
                     },
                 );
@@ -159,15 +150,11 @@ impl ClusteringOp {
             let Some(ks) = self.keys.get_mut(&key) else {
                 continue;
             };
-            ks.since_snapshot += batch_rows.len() as u64;
+            ks.snapshot.learnt(batch_rows.len() as u64);
             ks.version += batch_rows.len() as u64;
             ks.model.update(&batch_rows, ms);
             ks.last_ms = ks.last_ms.max(ms);
-            let by_events = self.every_events.is_some_and(|e| ks.since_snapshot >= e);
-            let by_time = self
-                .every_ms
-                .is_some_and(|t| ms - *ks.last_snapshot_ms.get_or_insert(ms) >= t);
-            if (by_events || by_time) && ks.model.is_seeded() {
+            if ks.snapshot.due(&self.schedule, ms) && ks.model.is_seeded() {
                 due.push(key);
             }
         }
@@ -246,8 +233,7 @@ impl ClusteringOp {
                 centers.append(true).map_err(internal)?;
             }
             offsets.push(ids.len() as i32);
-            ks.since_snapshot = 0;
-            ks.last_snapshot_ms = Some(ks.last_ms);
+            ks.snapshot.taken(ks.last_ms);
         }
         let centroid_type = self
             .snapshots

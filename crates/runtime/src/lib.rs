@@ -199,7 +199,6 @@ struct Node {
 
 struct SourceRt {
     node: usize,
-    name: String,
     topic: String,
     kafka: KafkaSource,
     decoder: Decoder,
@@ -339,7 +338,6 @@ impl Runner {
                     source_of_node.insert(i, sources.len());
                     sources.push(SourceRt {
                         node: i,
-                        name: spec.name.clone(),
                         topic: spec.kafka.topic.clone(),
                         kafka,
                         decoder,
@@ -635,7 +633,7 @@ impl Runner {
                 }
                 // Windows downstream see the flushed rows before being flushed themselves,
                 // because nodes are in topological order.
-                self.drain(&mut queue, None).await?;
+                self.drain(&mut queue).await?;
             }
             self.flush_outputs().await?;
             for (s, offsets) in pending.iter_mut().enumerate() {
@@ -684,7 +682,7 @@ impl Runner {
         let n = raw.len();
         self.stats.events_in.fetch_add(n as u64, Ordering::Relaxed);
         let now = Instant::now();
-        for p in &raw.partitions {
+        for p in raw.next_offsets().keys() {
             self.sources[s].last_seen.insert(*p, now);
         }
         let decoded = self.sources[s]
@@ -752,14 +750,13 @@ impl Runner {
                 queue.push_back((r, batch.clone(), p, node));
             }
         }
-        self.drain(&mut queue, Some(s)).await
+        self.drain(&mut queue).await
     }
 
     /// Pushes batches through the graph until no work is left.
     async fn drain(
         &mut self,
         queue: &mut VecDeque<(usize, RecordBatch, i32, usize)>,
-        _source: Option<usize>,
     ) -> Result<(), RuntimeError> {
         while let Some((i, batch, partition, from)) = queue.pop_front() {
             let readers = self.nodes[i].readers.clone();
@@ -922,11 +919,6 @@ impl Runner {
     /// Parts of the pipeline this runtime skips, with why (print them before running).
     pub fn warnings(&self) -> &[String] {
         &self.summary.warnings
-    }
-
-    /// Names of the sources, for status lines.
-    pub fn source_names(&self) -> Vec<String> {
-        self.sources.iter().map(|s| s.name.clone()).collect()
     }
 }
 

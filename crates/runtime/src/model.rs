@@ -200,8 +200,7 @@ struct KeyState {
     /// This key's half-life, shortened by a drift alarm when configured so.
     half_life_ms: Option<f64>,
     version: u64,
-    since_snapshot: u64,
-    last_snapshot_ms: Option<i64>,
+    snapshot: SnapshotClock,
     last_ms: i64,
 }
 
@@ -215,8 +214,7 @@ pub struct RegressionOp {
     half_life_ms: Option<f64>,
     ridge: f64,
     drift: Option<Drift>,
-    every_events: Option<u64>,
-    every_ms: Option<i64>,
+    schedule: SnapshotPolicy,
     keys: BTreeMap<String, KeyState>,
     predictions: SchemaRef,
     snapshots: SchemaRef,
@@ -256,7 +254,6 @@ impl RegressionOp {
             .ok_or_else(|| internal("not a regression model"))?;
         let col = |name: &str| input.index_of(name).map_err(internal);
         let features = Features::new(&r.features, input)?;
-        let every = model.snapshot_every.as_ref();
         Ok(Self {
             x: vec![0.0; features.names.len()],
             features,
@@ -271,12 +268,7 @@ impl RegressionOp {
             half_life_ms: r.half_life.map(|h| h.as_millis() as f64),
             ridge: r.ridge,
             drift: r.drift.clone(),
-            every_events: every.and_then(|e| e.events).or(if every.is_none() {
-                Some(1000)
-            } else {
-                None
-            }),
-            every_ms: every.and_then(|e| e.time).map(|t| t.as_millis() as i64),
+            schedule: SnapshotPolicy::new(model),
             keys: BTreeMap::new(),
             predictions,
             snapshots,
@@ -329,8 +321,7 @@ impl RegressionOp {
                         alarms: 0,
                         half_life_ms: self.half_life_ms,
                         version: 0,
-                        since_snapshot: 0,
-                        last_snapshot_ms: None,
+                        snapshot: SnapshotClock::default(),
                         last_ms: ms,
                     },
                 );
@@ -372,16 +363,12 @@ impl RegressionOp {
             if let Some(y) = y {
                 ks.state.update(&self.x, y, 1.0);
                 ks.version += 1;
-                ks.since_snapshot += 1;
+                ks.snapshot.learnt(1);
             }
             ks.last_ms = ks.last_ms.max(ms);
             out_ms.push(ms);
             versions.push(ks.version);
-            let by_events = self.every_events.is_some_and(|e| ks.since_snapshot >= e);
-            let by_time = self
-                .every_ms
-                .is_some_and(|t| ms - *ks.last_snapshot_ms.get_or_insert(ms) >= t);
-            if (by_events || by_time) && !due.iter().any(|k| k == key) {
+            if ks.snapshot.due(&self.schedule, ms) && !due.iter().any(|k| k == key) {
                 due.push(key.to_string());
             }
         }
@@ -463,8 +450,7 @@ impl RegressionOp {
                 b.append_option(v);
             }
             alarms.push(ks.alarms);
-            ks.since_snapshot = 0;
-            ks.last_snapshot_ms = Some(ks.last_ms);
+            ks.snapshot.taken(ks.last_ms);
         }
         let mut columns: Vec<ArrayRef> = Vec::new();
         if self.key.is_some() {
@@ -484,6 +470,58 @@ impl RegressionOp {
         columns.push(Arc::new(UInt64Array::from(alarms)));
         RecordBatch::try_new(self.snapshots.clone(), cast_to(columns, &self.snapshots)?)
             .map_err(internal)
+    }
+}
+
+/// When snapshots of a key are due: after `events` learnt rows or `time` of event time,
+/// whichever comes first (every 1,000 rows when the model sets neither).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SnapshotPolicy {
+    every_events: Option<u64>,
+    every_ms: Option<i64>,
+}
+
+impl SnapshotPolicy {
+    pub(crate) fn new(model: &Model) -> Self {
+        match &model.snapshot_every {
+            None => Self {
+                every_events: Some(1000),
+                every_ms: None,
+            },
+            Some(e) => Self {
+                every_events: e.events,
+                every_ms: e.time.map(|t| t.as_millis() as i64),
+            },
+        }
+    }
+}
+
+/// One key's progress towards its next snapshot.
+#[derive(Debug, Default)]
+pub(crate) struct SnapshotClock {
+    since: u64,
+    last_ms: Option<i64>,
+}
+
+impl SnapshotClock {
+    /// Counts `n` learnt rows.
+    pub(crate) fn learnt(&mut self, n: u64) {
+        self.since += n;
+    }
+
+    /// Whether a snapshot is due at event time `ms`.
+    pub(crate) fn due(&mut self, policy: &SnapshotPolicy, ms: i64) -> bool {
+        let by_events = policy.every_events.is_some_and(|e| self.since >= e);
+        let by_time = policy
+            .every_ms
+            .is_some_and(|t| ms - *self.last_ms.get_or_insert(ms) >= t);
+        by_events || by_time
+    }
+
+    /// Records a snapshot taken at event time `ms`.
+    pub(crate) fn taken(&mut self, ms: i64) {
+        self.since = 0;
+        self.last_ms = Some(ms);
     }
 }
 

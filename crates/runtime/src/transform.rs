@@ -215,7 +215,7 @@ impl TransformOp {
             TransformOp::Stateless { slots, plan, task } => {
                 let slot = slots.get(input).ok_or_else(|| internal("no such input"))?;
                 slot.set(vec![batch]);
-                let rows = run(plan, task, slots.len()).await?;
+                let rows = run(plan, task).await?;
                 Ok(TransformOutput {
                     rows,
                     late: Vec::new(),
@@ -233,7 +233,7 @@ impl TransformOp {
                 let other = 1 - side;
                 j.slots[side].set(vec![batch.clone()]);
                 j.slots[other].set(j.buffers[other].clone());
-                let rows = run(&j.plan, &j.task, 2).await?;
+                let rows = run(&j.plan, &j.task).await?;
                 if let Some(max) = times(&batch, j.time_cols[side])?
                     .into_iter()
                     .flatten()
@@ -268,18 +268,13 @@ impl TransformOp {
     }
 }
 
-/// Executes `plan` once. Plans with several inputs (joins) are reset first: a hash join keeps
-/// its build side between executions, and each micro-batch must be joined afresh.
+/// Executes `plan` once, reset first: operators such as a hash join keep state between
+/// executions (its build side), and each micro-batch must run afresh.
 async fn run(
     plan: &Arc<dyn ExecutionPlan>,
     task: &Arc<TaskContext>,
-    inputs: usize,
 ) -> Result<Vec<RecordBatch>, RuntimeError> {
-    let plan = if inputs > 1 {
-        reset_plan_states(plan.clone()).map_err(internal)?
-    } else {
-        plan.clone()
-    };
+    let plan = reset_plan_states(plan.clone()).map_err(internal)?;
     Ok(collect(plan, task.clone())
         .await
         .map_err(internal)?
