@@ -16,8 +16,15 @@ use base64::Engine;
 use connectors::{StoredMessage, read_all};
 use serde_json::Value;
 
+/// The package directory, read when the test runs: a build cache shared by checkouts at
+/// different paths may hold a test binary compiled in another checkout, so the compile-time
+/// `env!("CARGO_MANIFEST_DIR")` can name a directory that does not exist here.
+fn manifest_dir() -> String {
+    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string())
+}
+
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    Path::new(&manifest_dir())
         .ancestors()
         .nth(2)
         .expect("repository root")
@@ -134,6 +141,107 @@ fn late_from_summary(stderr: &str) -> u64 {
         .expect("late count")
 }
 
+/// Runs the DuckDB oracle over what the broker holds in `input` (per-minute windows with 5 s
+/// of allowed disorder): the messages, the expected window rows (in window-end then key
+/// order) and the (partition, offset) of every malformed message.
+fn window_oracle(
+    bootstrap: &str,
+    input: &str,
+) -> (Vec<StoredMessage>, Vec<Value>, BTreeSet<(i32, i64)>) {
+    // What the broker holds, for the oracle.
+    let messages = read(bootstrap, input);
+    let dir = std::env::temp_dir().join(unique("oracle"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let raw_path = dir.join("input.jsonl");
+    let mut raw = String::new();
+    for m in &messages {
+        raw.push_str(
+            &serde_json::json!({
+                "partition": m.partition,
+                "offset": m.offset,
+                "payload_b64": base64::engine::general_purpose::STANDARD.encode(&m.payload),
+            })
+            .to_string(),
+        );
+        raw.push('\n');
+    }
+    std::fs::write(&raw_path, raw).expect("write input");
+    let windows_path = dir.join("windows.jsonl");
+    let invalid_path = dir.join("invalid.json");
+    let out = Command::new(oracle_python())
+        .arg(root().join("tests/oracle/window_oracle.py"))
+        .args(["--input", raw_path.to_str().expect("utf-8")])
+        .args(["--size-ms", "60000", "--allowed-ms", "5000"])
+        .args(["--windows", windows_path.to_str().expect("utf-8")])
+        .args(["--invalid", invalid_path.to_str().expect("utf-8")])
+        .output()
+        .expect("oracle runs");
+    assert!(
+        out.status.success(),
+        "oracle: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected: Vec<Value> = std::fs::read_to_string(&windows_path)
+        .expect("windows")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let invalid: BTreeSet<(i32, i64)> = serde_json::from_str::<Vec<(i32, i64)>>(
+        &std::fs::read_to_string(&invalid_path).expect("invalid"),
+    )
+    .expect("json")
+    .into_iter()
+    .collect();
+    std::fs::remove_dir_all(&dir).ok();
+    (messages, expected, invalid)
+}
+
+/// Window rows of the sink equal the oracle's: counts, minima and maxima exactly, sums and
+/// averages of doubles to 1e-12 (their order of addition differs between engines).
+fn assert_same_windows(got: &[Value], expected: &[Value]) {
+    assert!(
+        expected.len() > 1000,
+        "oracle found {} windows",
+        expected.len()
+    );
+    assert_eq!(got.len(), expected.len(), "number of window rows");
+    for (g, e) in got.iter().zip(expected) {
+        let what = format!("\n got {g}\nwant {e}");
+        assert_eq!(g["line_id"], e["line_id"], "{what}");
+        assert_eq!(
+            epoch_ms(&g["window_start"]),
+            epoch_ms(&e["window_start"]),
+            "{what}"
+        );
+        assert_eq!(
+            epoch_ms(&g["window_end"]),
+            epoch_ms(&e["window_end"]),
+            "{what}"
+        );
+        for exact in ["readings", "rated"] {
+            assert_eq!(g[exact].as_i64(), e[exact].as_i64(), "{exact}{what}");
+        }
+        for exact in ["min_pressure", "max_vibration"] {
+            assert_eq!(g[exact].as_f64(), e[exact].as_f64(), "{exact}{what}");
+        }
+        // Sums of doubles depend on the order of addition, which two engines need not share.
+        for float in ["sum_temperature", "avg_temperature"] {
+            let (a, b) = (
+                g[float].as_f64().expect("number"),
+                e[float].as_f64().expect("number"),
+            );
+            assert!(close(a, b, 1e-12), "{float}: {a} vs {b}{what}");
+        }
+        match (
+            g["avg_failure_rate"].as_f64(),
+            e["avg_failure_rate"].as_f64(),
+        ) {
+            (Some(a), Some(b)) => assert!(close(a, b, 1e-12), "avg_failure_rate{what}"),
+            (a, b) => assert_eq!(a, b, "avg_failure_rate{what}"),
+        }
+    }
+}
+
 #[test]
 fn tumbling_windows_equal_duckdb_and_dead_letters_hold_exactly_the_malformed_records() {
     let Some(bootstrap) = bootstrap() else { return };
@@ -182,99 +290,15 @@ fn tumbling_windows_equal_duckdb_and_dead_letters_hold_exactly_the_malformed_rec
     );
     let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
 
-    // What the broker holds, for the oracle.
-    let messages = read(&bootstrap, &input);
+    let (messages, expected, invalid) = window_oracle(&bootstrap, &input);
     assert_eq!(messages.len(), 100_000);
-    let dir = std::env::temp_dir().join(unique("oracle"));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let raw_path = dir.join("input.jsonl");
-    let mut raw = String::new();
-    for m in &messages {
-        raw.push_str(
-            &serde_json::json!({
-                "partition": m.partition,
-                "offset": m.offset,
-                "payload_b64": base64::engine::general_purpose::STANDARD.encode(&m.payload),
-            })
-            .to_string(),
-        );
-        raw.push('\n');
-    }
-    std::fs::write(&raw_path, raw).expect("write input");
-    let windows_path = dir.join("windows.jsonl");
-    let invalid_path = dir.join("invalid.json");
-    let out = Command::new(oracle_python())
-        .arg(root().join("tests/oracle/window_oracle.py"))
-        .args(["--input", raw_path.to_str().expect("utf-8")])
-        .args(["--size-ms", "60000", "--allowed-ms", "5000"])
-        .args(["--windows", windows_path.to_str().expect("utf-8")])
-        .args(["--invalid", invalid_path.to_str().expect("utf-8")])
-        .output()
-        .expect("oracle runs");
-    assert!(
-        out.status.success(),
-        "oracle: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let expected: Vec<Value> = std::fs::read_to_string(&windows_path)
-        .expect("windows")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json"))
-        .collect();
-    let invalid: BTreeSet<(i32, i64)> = serde_json::from_str::<Vec<(i32, i64)>>(
-        &std::fs::read_to_string(&invalid_path).expect("invalid"),
-    )
-    .expect("json")
-    .into_iter()
-    .collect();
-    std::fs::remove_dir_all(&dir).ok();
 
     // Window rows: same rows, in window-end then key order.
     let got: Vec<Value> = read(&bootstrap, &output)
         .iter()
         .map(|m| serde_json::from_slice(&m.payload).expect("output is JSON"))
         .collect();
-    assert!(
-        expected.len() > 1000,
-        "oracle found {} windows",
-        expected.len()
-    );
-    assert_eq!(got.len(), expected.len(), "number of window rows");
-    for (g, e) in got.iter().zip(&expected) {
-        let what = format!("\n got {g}\nwant {e}");
-        assert_eq!(g["line_id"], e["line_id"], "{what}");
-        assert_eq!(
-            epoch_ms(&g["window_start"]),
-            epoch_ms(&e["window_start"]),
-            "{what}"
-        );
-        assert_eq!(
-            epoch_ms(&g["window_end"]),
-            epoch_ms(&e["window_end"]),
-            "{what}"
-        );
-        for exact in ["readings", "rated"] {
-            assert_eq!(g[exact].as_i64(), e[exact].as_i64(), "{exact}{what}");
-        }
-        for exact in ["min_pressure", "max_vibration"] {
-            assert_eq!(g[exact].as_f64(), e[exact].as_f64(), "{exact}{what}");
-        }
-        // Sums of doubles depend on the order of addition, which two engines need not share.
-        for float in ["sum_temperature", "avg_temperature"] {
-            let (a, b) = (
-                g[float].as_f64().expect("number"),
-                e[float].as_f64().expect("number"),
-            );
-            assert!(close(a, b, 1e-12), "{float}: {a} vs {b}{what}");
-        }
-        match (
-            g["avg_failure_rate"].as_f64(),
-            e["avg_failure_rate"].as_f64(),
-        ) {
-            (Some(a), Some(b)) => assert!(close(a, b, 1e-12), "avg_failure_rate{what}"),
-            (a, b) => assert_eq!(a, b, "avg_failure_rate{what}"),
-        }
-    }
+    assert_same_windows(&got, &expected);
     let late = expected[0]["late_total"].as_u64().expect("late total");
     assert!(
         late > 500,
@@ -595,4 +619,113 @@ fn clustering_on_the_broker_finds_the_generators_customer_segments() {
         ari >= 0.9,
         "ARI {ari} between clusters and the generator's segments"
     );
+}
+
+#[test]
+fn a_run_stopped_and_resumed_from_checkpoints_equals_one_uninterrupted_run() {
+    let Some(bootstrap) = bootstrap() else { return };
+    let input = unique("resume.in");
+    let output = unique("resume.out");
+    let predictions = unique("resume.predictions");
+    let snapshots = unique("resume.snapshots");
+    let group = unique("group");
+    let checkpoints = std::env::temp_dir().join(unique("checkpoints"));
+    pipectl(
+        &[
+            "gen",
+            "--bootstrap",
+            &bootstrap,
+            "--kind",
+            "production/sensor_reading",
+            "--count",
+            "100000",
+            "--seed",
+            "43",
+            "--topic",
+            &input,
+            "--partitions",
+            "4",
+            "--late",
+            "0.01",
+            "--malformed",
+            "0.01",
+        ],
+        &[],
+    );
+    let env = [
+        ("TEST_INPUT_TOPIC", input.as_str()),
+        ("TEST_OUTPUT_TOPIC", output.as_str()),
+        ("TEST_PREDICTION_TOPIC", predictions.as_str()),
+        ("TEST_SNAPSHOT_TOPIC", snapshots.as_str()),
+        ("TEST_GROUP", group.as_str()),
+    ];
+    let dir = checkpoints.to_str().expect("utf-8");
+    let common = [
+        "run",
+        "tests/pipelines/checkpointed.yaml",
+        "--bootstrap",
+        &bootstrap,
+        "--checkpoint-dir",
+        dir,
+        "--quiet",
+        "--max-batch",
+        "3000",
+    ];
+    // Two parts that stop in the middle of the input (open windows, a learning model), then
+    // one to the end.
+    let mut late = 0;
+    for stop in [
+        ["--max-events", "30000"],
+        ["--max-events", "30000"],
+        ["--until-idle", "5s"],
+    ] {
+        let run = pipectl(&[&common[..], &stop[..]].concat(), &env);
+        let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+        assert!(
+            !stderr.contains("warning"),
+            "every operator resumes its state:\n{stderr}"
+        );
+        late += late_from_summary(&stderr);
+        assert!(
+            checkpoints.join("checkpoint.cbor").exists(),
+            "a checkpoint after each part"
+        );
+    }
+    std::fs::remove_dir_all(&checkpoints).ok();
+
+    // Windows: exactly the oracle's rows, none twice, none missing.
+    let (_, expected, _) = window_oracle(&bootstrap, &input);
+    let got: Vec<Value> = read(&bootstrap, &output)
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).expect("output is JSON"))
+        .collect();
+    assert_same_windows(&got, &expected);
+    assert_eq!(
+        late,
+        expected[0]["late_total"].as_u64().expect("late total"),
+        "late events over the three parts"
+    );
+
+    // The model saw every window row once, across the parts: one prediction per window row,
+    // and its final state counts every row with a target (state lost at a restart would
+    // count only the last part's).
+    assert_eq!(read(&bootstrap, &predictions).len(), got.len());
+    let learnt = got
+        .iter()
+        .filter(|w| w["avg_failure_rate"].as_f64().is_some())
+        .count() as u64;
+    let last: Vec<Value> = read(&bootstrap, &snapshots)
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).expect("json"))
+        .collect();
+    let lines: BTreeSet<&str> = got
+        .iter()
+        .map(|w| w["line_id"].as_str().expect("line"))
+        .collect();
+    assert_eq!(last.len(), lines.len(), "one final snapshot per line");
+    let samples: u64 = last
+        .iter()
+        .map(|s| s["samples"].as_u64().expect("samples"))
+        .sum();
+    assert_eq!(samples, learnt, "rows learnt over the three parts");
 }

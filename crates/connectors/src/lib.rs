@@ -5,7 +5,8 @@
 //! `start_from: committed` subscribes to the topic in the consumer group, so several engine
 //! instances share its partitions (Kafka assigns them). `earliest`, `latest` and `timestamp`
 //! mean "every run starts there": those runs assign all partitions themselves and still
-//! commit offsets under the group, for lag monitoring.
+//! commit offsets under the group, for lag monitoring. A run resuming from a checkpoint
+//! assigns all partitions at the checkpoint's offsets.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -40,6 +41,22 @@ fn kafka(context: impl Into<String>) -> impl FnOnce(KafkaError) -> ConnectorErro
     move |source| ConnectorError::Kafka { context, source }
 }
 
+/// Whether a consumer error is one librdkafka recovers from by itself. Fatal errors and
+/// authorization failures end the run; the rest (coordinator changes, transport failures,
+/// leader elections) are reported as they happen and retried by librdkafka.
+fn is_transient(e: &KafkaError) -> bool {
+    match e {
+        KafkaError::MessageConsumption(code) => !matches!(
+            code,
+            RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::GroupAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+                | RDKafkaErrorCode::Fatal
+        ),
+        _ => false,
+    }
+}
+
 /// Where a source starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Start {
@@ -51,6 +68,9 @@ pub enum Start {
     Latest,
     /// The first offset at or after this time, ms since the epoch.
     Timestamp(i64),
+    /// These next offsets (a checkpoint's); partitions not listed start at the group's
+    /// committed offset (earliest when none). All partitions are assigned to this instance.
+    Offsets(BTreeMap<i32, i64>),
 }
 
 /// How to read a topic.
@@ -85,6 +105,10 @@ pub struct RawBatch {
     pub offsets: Vec<i64>,
     /// Kafka timestamp of each message, ms (0 when the broker gave none).
     pub timestamps: Vec<i64>,
+    /// Transient errors librdkafka reported while the batch was read (and retried).
+    pub transient_errors: u64,
+    /// The last of them.
+    pub last_transient_error: Option<String>,
 }
 
 impl RawBatch {
@@ -115,6 +139,8 @@ impl RawBatch {
         self.partitions.clear();
         self.offsets.clear();
         self.timestamps.clear();
+        self.transient_errors = 0;
+        self.last_transient_error = None;
     }
 
     /// The next offset to consume per partition after this batch.
@@ -174,6 +200,41 @@ fn topic_partitions<C: Consumer>(consumer: &C, topic: &str) -> Result<Vec<i32>, 
     Ok(ids)
 }
 
+/// The group's committed next offset per partition (partitions without one are left out),
+/// retried while the group coordinator is not ready.
+fn committed_offsets(
+    consumer: &StreamConsumer,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<BTreeMap<i32, i64>, ConnectorError> {
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        tpl.add_partition(topic, *p);
+    }
+    let deadline = Instant::now() + METADATA_TIMEOUT * 3;
+    loop {
+        match consumer.committed_offsets(tpl.clone(), METADATA_TIMEOUT) {
+            Ok(found) => {
+                return Ok(found
+                    .elements()
+                    .iter()
+                    .filter_map(|e| match e.offset() {
+                        Offset::Offset(o) => Some((e.partition(), o)),
+                        _ => None,
+                    })
+                    .collect());
+            }
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => {
+                return Err(kafka(format!("reading the committed offsets of `{topic}`"))(e));
+            }
+        }
+    }
+}
+
 impl KafkaSource {
     /// Connects and positions the consumer as `config.start` says.
     pub fn connect(config: &SourceConfig) -> Result<Self, ConnectorError> {
@@ -201,12 +262,26 @@ impl KafkaSource {
                 .subscribe(&[config.topic.as_str()])
                 .map_err(kafka(format!("subscribing to `{}`", config.topic)))?,
             ref start => {
+                // Partitions to resume without a known offset start at the group's committed
+                // offset, looked up here: assigned with `Offset::Stored`, librdkafka stalls the
+                // partition for good when that lookup meets a coordinator that is not ready
+                // (seen on fresh brokers: `NotCoordinator`, then no message ever).
+                let committed = match start {
+                    Start::Offsets(next) if partitions.iter().any(|p| !next.contains_key(p)) => {
+                        committed_offsets(&consumer, &config.topic, &partitions)?
+                    }
+                    _ => BTreeMap::new(),
+                };
                 let mut tpl = TopicPartitionList::new();
                 for p in &partitions {
                     let offset = match start {
                         Start::Earliest => Offset::Beginning,
                         Start::Latest => Offset::End,
                         Start::Timestamp(ms) => Offset::Offset(*ms),
+                        Start::Offsets(next) => match next.get(p).or(committed.get(p)) {
+                            Some(o) => Offset::Offset(*o),
+                            None => Offset::Beginning,
+                        },
                         Start::Committed => Offset::Stored,
                     };
                     tpl.add_partition_offset(&config.topic, *p, offset)
@@ -262,6 +337,18 @@ impl KafkaSource {
                 biased;
                 m = self.consumer.recv() => match m {
                     Ok(m) => m,
+                    Err(e) if is_transient(&e) => {
+                        // librdkafka retries by itself (a coordinator moving, a broker
+                        // restarting); it reports the hiccup, and reading goes on. The
+                        // batch still ends on time even if errors keep coming.
+                        batch.transient_errors += 1;
+                        batch.last_transient_error = Some(e.to_string());
+                        if deadline.is_elapsed() {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
                     Err(e) => return Err(kafka(format!("reading `{}`", self.topic))(e)),
                 },
                 () = &mut deadline => break,
@@ -295,10 +382,11 @@ impl KafkaSource {
             .map_err(kafka(format!("committing offsets of `{}`", self.topic)))
     }
 
-    /// Consumer lag per assigned partition: high watermark minus the current position (a
-    /// partition not read yet counts from its low watermark). A partition whose watermarks
-    /// cannot be fetched is reported with lag -1 (unknown).
-    pub fn lag(&self) -> BTreeMap<i32, i64> {
+    /// Consumer lag per assigned partition: high watermark minus the current position. A
+    /// partition the consumer has fetched nothing from yet counts from `known` (the caller's
+    /// next offset for it, such as a checkpoint's), else from its low watermark. A partition
+    /// whose watermarks cannot be fetched is reported with lag -1 (unknown).
+    pub fn lag(&self, known: &BTreeMap<i32, i64>) -> BTreeMap<i32, i64> {
         let mut out = BTreeMap::new();
         let Ok(position) = self.consumer.position() else {
             return out;
@@ -309,8 +397,9 @@ impl KafkaSource {
                 .fetch_watermarks(&self.topic, e.partition(), Duration::from_secs(1))
             {
                 Ok((low, high)) => {
-                    let pos = match e.offset() {
-                        Offset::Offset(o) => o.max(low),
+                    let pos = match (e.offset(), known.get(&e.partition())) {
+                        (Offset::Offset(o), _) => o.max(low),
+                        (_, Some(o)) => (*o).max(low),
                         _ => low,
                     };
                     out.insert(e.partition(), (high - pos).max(0));

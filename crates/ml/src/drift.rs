@@ -6,7 +6,7 @@
 //! After an alarm it starts afresh.
 
 /// A Page-Hinkley detector.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PageHinkley {
     threshold: f64,
     tolerance: f64,

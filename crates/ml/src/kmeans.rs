@@ -17,7 +17,7 @@
 use crate::Welford;
 
 /// Settings of a k-means model.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct KMeansConfig {
     /// Number of clusters.
     pub k: usize,
@@ -36,7 +36,7 @@ pub struct KMeansConfig {
 }
 
 /// One cluster.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Centroid {
     /// Total (decayed) weight of its points.
     pub weight: f64,
@@ -81,7 +81,7 @@ pub struct Assignment {
 }
 
 /// A k-means model learning from a stream.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct KMeans {
     config: KMeansConfig,
     d: usize,
@@ -95,7 +95,7 @@ pub struct KMeans {
 }
 
 /// A small deterministic generator (SplitMix64): same seed, same clusters, on every platform.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 struct SplitMix64(u64);
 
 impl SplitMix64 {

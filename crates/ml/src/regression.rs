@@ -41,7 +41,7 @@ pub struct Solution {
 const STACK: usize = 65;
 
 /// The sufficient statistics of a linear regression with `d` features.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RegressionState {
     d: usize,
     samples: u64,

@@ -6,7 +6,7 @@
 //! mean's rounding would otherwise pollute every deviation.
 
 /// Weighted running mean and variance of one variable.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Welford {
     weight: f64,
     shift: f64,

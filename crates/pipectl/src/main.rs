@@ -1,10 +1,12 @@
 //! `pipectl`: the command line of the pipeline engine.
 //!
-//! Exit codes: 0 success, 1 the input is invalid (a pipeline has errors), 2 usage (bad
-//! arguments, a file that cannot be read).
+//! Exit codes: 0 success, 1 the input is invalid (a pipeline has errors) or the daemon
+//! refused the request, 2 usage (bad arguments, a file that cannot be read), 3 the daemon
+//! cannot be reached, 4 missing or wrong token, 5 no such pipeline or version.
 
 mod demo;
 mod generate;
+mod remote;
 mod run;
 
 use std::path::{Path, PathBuf};
@@ -24,6 +26,8 @@ use spec::Diagnostic;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    server: remote::ServerArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -52,7 +56,8 @@ enum Command {
         /// Kafka bootstrap servers.
         #[arg(long, env = "PIPECTL_BOOTSTRAP", default_value = "127.0.0.1:9092")]
         bootstrap: String,
-        /// Event kind: an event schema such as `production/sensor_reading`.
+        /// Event kind: an event schema such as `production/sensor_reading`, or `all` (every
+        /// kind to its default topic, side by side).
         #[arg(long)]
         kind: String,
         /// Number of events.
@@ -108,6 +113,80 @@ enum Command {
         #[arg(long, default_value_t = 60.0)]
         speedup: f64,
     },
+    /// Validate pipeline files locally, show the difference with what the daemon runs, and
+    /// deploy them (a changed file becomes the next version of its pipeline).
+    Deploy {
+        /// Pipeline YAML files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Validate (locally and on the daemon) and show the difference; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Directory of event schemas for the local check (default: the nearest `schemas/`).
+        #[arg(long, env = "PIPECTL_SCHEMAS")]
+        schemas: Option<PathBuf>,
+    },
+    /// List the pipelines of the daemon.
+    List {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: remote::Output,
+    },
+    /// Show a pipeline: version, status and (with -o json|yaml) its spec.
+    Get {
+        /// Pipeline name.
+        name: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: remote::Output,
+    },
+    /// Show a pipeline's live counters; `-w` refreshes every 2 s until Ctrl-C.
+    Status {
+        /// Pipeline name.
+        name: String,
+        /// Keep watching.
+        #[arg(short, long)]
+        watch: bool,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: remote::Output,
+    },
+    /// Stop a pipeline (it writes a final checkpoint and stays stopped).
+    Stop {
+        /// Pipeline name.
+        name: String,
+    },
+    /// Start a stopped pipeline from its checkpoint.
+    Start {
+        /// Pipeline name.
+        name: String,
+    },
+    /// Stop a pipeline and delete it with its versions and checkpoints.
+    Delete {
+        /// Pipeline name.
+        name: String,
+    },
+    /// Deploy an earlier version again (as a new version).
+    Rollback {
+        /// Pipeline name.
+        name: String,
+        /// The version to restore (default: the one before the current).
+        #[arg(long)]
+        to: Option<u32>,
+    },
+    /// List the deployed versions of a pipeline.
+    Versions {
+        /// Pipeline name.
+        name: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: remote::Output,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Run one pipeline in the foreground with a live status line, until Ctrl-C.
     Run {
         /// A pipeline YAML file.
@@ -131,6 +210,13 @@ enum Command {
         /// Directory of event schemas (default: the nearest `schemas/` above the file).
         #[arg(long, env = "PIPECTL_SCHEMAS")]
         schemas: Option<PathBuf>,
+        /// Keep checkpoints (state of windows, joins, tables and models, with offsets) here
+        /// and resume from the one found there.
+        #[arg(long)]
+        checkpoint_dir: Option<PathBuf>,
+        /// Time between checkpoints.
+        #[arg(long, value_parser = parse_duration, default_value = "10s")]
+        checkpoint_interval: Duration,
     },
 }
 
@@ -154,7 +240,90 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> ExitCode {
+    let server = cli.server;
     match cli.command {
+        Command::Deploy {
+            files,
+            dry_run,
+            schemas,
+        } => deploy(&files, dry_run, schemas.as_deref(), &server).await,
+        Command::List { output } => with_client(&server, |c| {
+            let v = c.call("GET", "/api/v1/pipelines", None)?;
+            remote::print(&v, output, |v| {
+                remote::pipelines_table(
+                    v["pipelines"]
+                        .as_array()
+                        .map(Vec::as_slice)
+                        .unwrap_or_default(),
+                )
+            });
+            Ok(())
+        }),
+        Command::Get { name, output } => with_pipeline(&server, &name, |c| {
+            let v = c.call("GET", &remote::pipeline_path(&name, ""), None)?;
+            remote::print(&v, output, |v| {
+                remote::pipelines_table(std::slice::from_ref(v))
+            });
+            Ok(())
+        }),
+        Command::Status {
+            name,
+            watch,
+            output,
+        } => with_pipeline(&server, &name, |c| {
+            loop {
+                let v = c.call("GET", &remote::pipeline_path(&name, "/status"), None)?;
+                remote::print(&v, output, remote::status_table);
+                if !watch {
+                    return Ok(());
+                }
+                println!();
+                std::thread::sleep(Duration::from_secs(2));
+            }
+        }),
+        Command::Stop { name } => with_pipeline(&server, &name, |c| {
+            c.call("POST", &remote::pipeline_path(&name, "/stop"), None)?;
+            println!("{name}: stopped");
+            Ok(())
+        }),
+        Command::Start { name } => with_pipeline(&server, &name, |c| {
+            c.call("POST", &remote::pipeline_path(&name, "/start"), None)?;
+            println!("{name}: started");
+            Ok(())
+        }),
+        Command::Delete { name } => with_pipeline(&server, &name, |c| {
+            c.call("DELETE", &remote::pipeline_path(&name, ""), None)?;
+            println!("{name}: deleted");
+            Ok(())
+        }),
+        Command::Rollback { name, to } => with_pipeline(&server, &name, |c| {
+            let body = serde_json::json!({ "to": to });
+            let v = c.call(
+                "POST",
+                &remote::pipeline_path(&name, "/rollback"),
+                Some(&body),
+            )?;
+            println!(
+                "{name}: version {} runs the spec of version {}",
+                v["version"], v["rollback_of"]
+            );
+            Ok(())
+        }),
+        Command::Versions { name, output } => with_pipeline(&server, &name, |c| {
+            let v = c.call("GET", &remote::pipeline_path(&name, "/versions"), None)?;
+            remote::print(&v, output, remote::versions_table);
+            Ok(())
+        }),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "pipectl",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
         Command::Validate { files, schemas } => validate(&files, schemas.as_deref()).await,
         Command::Plan { file, schemas } => plan(&file, schemas.as_deref()).await,
         Command::Schema => {
@@ -177,89 +346,80 @@ async fn run(cli: Cli) -> ExitCode {
             format,
             schemas,
         } => {
-            let avro = match format.as_str() {
-                "json" => None,
-                "avro" | "avro_confluent" => {
-                    let framing = if format == "avro" {
-                        formats::avro::Framing::Plain
-                    } else {
-                        formats::avro::Framing::Confluent { schema_id: 0 }
-                    };
-                    let dir = schemas.unwrap_or_else(|| {
-                        find_schema_dir(&std::env::current_dir().unwrap_or_default())
-                            .unwrap_or_else(|| PathBuf::from("schemas"))
-                    });
-                    let loaded = SchemaRegistry::new(dir).load(&kind).map(|s| {
-                        (
-                            formats::json::JsonDecoder::new(s.arrow.clone()),
-                            formats::avro::AvroCodec::new(&s.avro_json, s.arrow, framing),
-                        )
-                    });
-                    match loaded {
-                        Ok((Ok(json), Ok(codec))) => Some(generate::AvroEncoding { json, codec }),
-                        Ok((Err(e), _)) | Ok((_, Err(e))) => {
-                            eprintln!("error: {e}");
-                            return ExitCode::from(2);
-                        }
-                        Err(e) => {
-                            eprintln!("error: {e}");
-                            return ExitCode::from(2);
-                        }
-                    }
-                }
-                other => {
-                    eprintln!("error: --format `{other}`: expected json, avro or avro_confluent");
+            let kinds: Vec<String> = if kind == "all" {
+                if topic.is_some() {
+                    eprintln!(
+                        "error: --kind all writes each kind to its own default topic; drop --topic"
+                    );
                     return ExitCode::from(2);
                 }
+                generator::KINDS.iter().map(|k| k.to_string()).collect()
+            } else {
+                vec![kind]
             };
-            let mut settings = generator::Settings::new(&kind, seed);
-            settings.late = late;
-            settings.malformed = malformed;
-            settings.out_of_order = out_of_order;
-            settings.interval_ms = interval_ms;
-            match start.as_deref() {
-                None => {}
-                Some("now") => settings.start_ms = chrono::Utc::now().timestamp_millis(),
-                Some(t) => match chrono::DateTime::parse_from_rfc3339(t) {
-                    Ok(t) => settings.start_ms = t.timestamp_millis(),
+            let mut jobs = Vec::new();
+            for kind in &kinds {
+                let avro = match avro_encoding(&format, kind, schemas.as_deref()) {
+                    Ok(a) => a,
                     Err(e) => {
-                        eprintln!("error: --start `{t}`: {e} (write RFC 3339 or `now`)");
+                        eprintln!("error: {e}");
                         return ExitCode::from(2);
                     }
-                },
+                };
+                let mut settings = generator::Settings::new(kind, seed);
+                settings.late = late;
+                settings.malformed = malformed;
+                settings.out_of_order = out_of_order;
+                settings.interval_ms = interval_ms;
+                match start.as_deref() {
+                    None => {}
+                    Some("now") => settings.start_ms = chrono::Utc::now().timestamp_millis(),
+                    Some(t) => match chrono::DateTime::parse_from_rfc3339(t) {
+                        Ok(t) => settings.start_ms = t.timestamp_millis(),
+                        Err(e) => {
+                            eprintln!("error: --start `{t}`: {e} (write RFC 3339 or `now`)");
+                            return ExitCode::from(2);
+                        }
+                    },
+                }
+                let Some(topic) = topic
+                    .clone()
+                    .or_else(|| generate::default_topic(kind).map(str::to_string))
+                else {
+                    eprintln!(
+                        "error: unknown kind `{kind}`; known kinds: all, {}",
+                        generator::KINDS.join(", ")
+                    );
+                    return ExitCode::from(2);
+                };
+                jobs.push(generate::GenArgs {
+                    bootstrap: bootstrap.clone(),
+                    settings,
+                    count,
+                    topic,
+                    partitions,
+                    rate,
+                    quiet: kinds.len() > 1,
+                    avro,
+                });
             }
-            let Some(topic) = topic.or_else(|| generate::default_topic(&kind).map(str::to_string))
-            else {
-                eprintln!(
-                    "error: unknown kind `{kind}`; known kinds: {}",
-                    generator::KINDS.join(", ")
-                );
-                return ExitCode::from(2);
-            };
-            let args = generate::GenArgs {
-                bootstrap,
-                settings,
-                count,
-                topic,
-                partitions,
-                rate,
-                quiet: false,
-                avro,
-            };
-            let topic = args.topic.clone();
-            match generate::generate(args).await {
-                Ok(r) => {
-                    println!(
+            // Kinds are generated side by side (with --rate, each at that rate).
+            let topics: Vec<String> = jobs.iter().map(|j| j.topic.clone()).collect();
+            let results = futures::future::join_all(jobs.into_iter().map(generate::generate)).await;
+            let mut code = ExitCode::SUCCESS;
+            for ((kind, topic), result) in kinds.iter().zip(&topics).zip(results) {
+                match result {
+                    Ok(r) => println!(
                         "wrote {} {kind} events to {topic} ({} malformed, {} late)",
                         r.events, r.malformed, r.late
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {}", chain(e.as_ref()));
-                    ExitCode::from(1)
+                    ),
+                    Err(e) => {
+                        eprintln!("error: {kind}: {}", chain(e.as_ref()));
+                        code = ExitCode::from(1);
+                    }
                 }
             }
+            code
         }
         Command::Demo {
             duration,
@@ -288,6 +448,8 @@ async fn run(cli: Cli) -> ExitCode {
             max_batch,
             quiet,
             schemas,
+            checkpoint_dir,
+            checkpoint_interval,
         } => {
             let plan = match check_file(&file, schemas.as_deref()).await {
                 Checked::Valid(Some(plan), _) => plan,
@@ -298,6 +460,8 @@ async fn run(cli: Cli) -> ExitCode {
             config.until_idle = until_idle;
             config.max_events = max_events;
             config.max_batch = max_batch;
+            config.checkpoint_dir = checkpoint_dir;
+            config.checkpoint_interval = checkpoint_interval;
             match run::run(&plan, config, quiet).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -307,6 +471,130 @@ async fn run(cli: Cli) -> ExitCode {
             }
         }
     }
+}
+
+/// The Avro encoding `format` asks for (`None` for JSON).
+fn avro_encoding(
+    format: &str,
+    kind: &str,
+    schemas: Option<&Path>,
+) -> Result<Option<generate::AvroEncoding>, String> {
+    let framing = match format {
+        "json" => return Ok(None),
+        "avro" => formats::avro::Framing::Plain,
+        "avro_confluent" => formats::avro::Framing::Confluent { schema_id: 0 },
+        other => {
+            return Err(format!(
+                "--format `{other}`: expected json, avro or avro_confluent"
+            ));
+        }
+    };
+    let dir = schemas.map(Path::to_path_buf).unwrap_or_else(|| {
+        find_schema_dir(&std::env::current_dir().unwrap_or_default())
+            .unwrap_or_else(|| PathBuf::from("schemas"))
+    });
+    let s = SchemaRegistry::new(dir)
+        .load(kind)
+        .map_err(|e| e.to_string())?;
+    let json = formats::json::JsonDecoder::new(s.arrow.clone()).map_err(|e| e.to_string())?;
+    let codec =
+        formats::avro::AvroCodec::new(&s.avro_json, s.arrow, framing).map_err(|e| e.to_string())?;
+    Ok(Some(generate::AvroEncoding { json, codec }))
+}
+
+/// Runs `f` with a client of the daemon; failures print and give their exit code.
+fn with_client(
+    server: &remote::ServerArgs,
+    f: impl FnOnce(&remote::Client) -> Result<(), remote::Failure>,
+) -> ExitCode {
+    match remote::Client::new(server).and_then(|c| f(&c)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => e.report(),
+    }
+}
+
+/// As [`with_client`], for a command on the pipeline `name` (checked to be a pipeline name).
+fn with_pipeline(
+    server: &remote::ServerArgs,
+    name: &str,
+    f: impl FnOnce(&remote::Client) -> Result<(), remote::Failure>,
+) -> ExitCode {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !ok {
+        eprintln!("error: `{name}` is not a pipeline name (lowercase letters, digits and `-`)");
+        return ExitCode::from(2);
+    }
+    with_client(server, f)
+}
+
+/// `pipectl deploy`: every file is validated locally first (nothing is deployed unless all
+/// are valid); then, per file, the difference with the deployed version, and the deploy.
+async fn deploy(
+    files: &[PathBuf],
+    dry_run: bool,
+    schemas: Option<&Path>,
+    server: &remote::ServerArgs,
+) -> ExitCode {
+    let mut valid = Vec::new();
+    let mut worst = 0u8;
+    for file in files {
+        match check_file(file, schemas).await {
+            Checked::Valid(_, doc) => match doc.pipeline.as_ref() {
+                Some(p) => valid.push((file, p.metadata.name.clone())),
+                None => worst = worst.max(1),
+            },
+            Checked::Invalid => worst = worst.max(1),
+            Checked::Unreadable => worst = worst.max(2),
+        }
+    }
+    if worst > 0 {
+        eprintln!("nothing deployed: fix the errors above first");
+        return ExitCode::from(worst);
+    }
+    with_client(server, |c| {
+        for (file, name) in &valid {
+            let shown = file.display().to_string();
+            let yaml = std::fs::read_to_string(file).map_err(|e| remote::Failure {
+                code: 2,
+                message: format!("error: cannot read {shown}: {e}"),
+            })?;
+            match c.call("GET", &remote::pipeline_path(name, ""), None) {
+                Ok(current) => {
+                    let deployed = current["spec"].as_str().unwrap_or_default();
+                    if deployed == yaml {
+                        println!("{name}: unchanged (version {})", current["version"]);
+                    } else {
+                        let version = current["version"].as_u64().unwrap_or_default();
+                        print!("{}", remote::diff(name, deployed, version, &shown, &yaml));
+                    }
+                }
+                Err(e) if e.code == remote::EXIT_NOT_FOUND => {
+                    println!("{name}: new pipeline");
+                }
+                Err(e) => return Err(e),
+            }
+            let path = if dry_run {
+                "/api/v1/pipelines?dry_run=true"
+            } else {
+                "/api/v1/pipelines"
+            };
+            let v = c.call("POST", path, Some(&remote::deploy_body(&shown, &yaml)))?;
+            match (dry_run, v["changed"].as_bool()) {
+                (true, Some(true)) => println!(
+                    "{name}: valid on the daemon; would deploy version {} (dry run)",
+                    v["version"]
+                ),
+                (true, _) => println!("{name}: valid on the daemon; nothing to deploy (dry run)"),
+                (false, Some(true)) => println!("{name}: deployed version {}", v["version"]),
+                (false, _) => println!("{name}: unchanged, running version {}", v["version"]),
+            }
+        }
+        Ok(())
+    })
 }
 
 /// An error with its causes, `a: b: c`.

@@ -17,6 +17,21 @@ fn watermark_text(ms: i64) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM: the run then stops cleanly (and checkpoints).
+pub async fn stop_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
 /// Runs `plan` until the config's stop condition or Ctrl-C, printing a status line every
 /// second (on a terminal, in place) and a summary at the end.
 pub async fn run(
@@ -44,7 +59,7 @@ pub async fn run(
                 let i = stats.events_in.load(Ordering::Relaxed);
                 let o = stats.events_out.load(Ordering::Relaxed);
                 let dt = last.2.elapsed().as_secs_f64().max(1e-3);
-                let line = format!(
+                let mut line = format!(
                     "in {i} ({:.0}/s)  out {o} ({:.0}/s)  errors {}  dead-lettered {}  late {}  watermark {}  lag {}",
                     (i - last.0) as f64 / dt,
                     (o - last.1) as f64 / dt,
@@ -52,8 +67,23 @@ pub async fn run(
                     stats.dead_lettered.load(Ordering::Relaxed),
                     stats.late.load(Ordering::Relaxed),
                     watermark_text(stats.watermark_ms.load(Ordering::Relaxed)),
-                    stats.lag.load(Ordering::Relaxed),
+                    match stats.lag.load(Ordering::Relaxed) {
+                        l if l < 0 => "-".to_string(),
+                        l => l.to_string(),
+                    },
                 );
+                let kafka_errors = stats.kafka_errors.load(Ordering::Relaxed);
+                if kafka_errors > 0 {
+                    let last_error = stats
+                        .last_kafka_error
+                        .lock()
+                        .ok()
+                        .and_then(|e| e.clone())
+                        .unwrap_or_default();
+                    line.push_str(&format!(
+                        "  kafka errors {kafka_errors} (last: {last_error})"
+                    ));
+                }
                 last = (i, o, Instant::now());
                 let mut err = std::io::stderr();
                 if tty {
@@ -65,10 +95,7 @@ pub async fn run(
             }
         })
     };
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let result = runner.run(ctrl_c).await;
+    let result = runner.run(stop_signal()).await;
     status.abort();
     let _ = status.await;
     if std::io::stderr().is_terminal() && !quiet {

@@ -24,6 +24,7 @@ fn internal(e: impl std::fmt::Display) -> RuntimeError {
     RuntimeError::Internal(e.to_string())
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 struct KeyState {
     model: KMeans,
     version: u64,
@@ -175,6 +176,33 @@ impl ClusteringOp {
             Some(self.snapshot_rows(&due)?)
         };
         Ok((predictions, snapshots))
+    }
+
+    /// How the model does over all its keys: samples and total inertia of seeded keys.
+    pub fn summary(&self) -> crate::ModelSummary {
+        let seeded: Vec<&KeyState> = self.keys.values().filter(|k| k.model.is_seeded()).collect();
+        crate::ModelSummary {
+            kind: "clustering",
+            keys: self.keys.len() as u64,
+            samples: self.keys.values().map(|k| k.model.samples()).sum(),
+            skipped: self.skipped,
+            mae: None,
+            rmse: None,
+            r2: None,
+            drift_alarms: 0,
+            inertia: (!seeded.is_empty()).then(|| seeded.iter().map(|k| k.model.inertia()).sum()),
+        }
+    }
+
+    /// The learnt state of every key, for a checkpoint.
+    pub fn save(&self) -> Result<Vec<u8>, RuntimeError> {
+        crate::checkpoint::encode(&(&self.keys, self.skipped))
+    }
+
+    /// Replaces the state with one written by [`Self::save`] of the same model.
+    pub fn load(&mut self, bytes: &[u8]) -> Result<(), RuntimeError> {
+        (self.keys, self.skipped) = crate::checkpoint::decode(bytes)?;
+        Ok(())
     }
 
     /// Snapshot rows for every seeded key (the end of a bounded run).

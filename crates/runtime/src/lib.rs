@@ -10,10 +10,19 @@
 //! offsets committed: at-least-once.
 //!
 //! The end of a turn is the checkpoint barrier: no record is in flight between operators.
-//! Pipelines with windows commit offsets only when their windows are flushed (the end of a
-//! bounded run), because open-window state is not checkpointed yet; a restart then replays
-//! from the last commit and may emit a window twice, but never loses one.
+//! With a checkpoint directory, the runner writes a [`checkpoint::Checkpoint`] there every
+//! `checkpoint_interval` and when it stops (the state of every window, join buffer, table and
+//! model, with the source offsets it corresponds to), and then commits those offsets to the
+//! group; on start it resumes from the checkpoint. A run that is killed between checkpoints
+//! replays from the last one: its outputs since then may be written twice, never lost.
+//! Checkpointed runs read every partition of their topics (one instance per pipeline).
+//!
+//! Without a checkpoint directory, pipelines with windows commit offsets only when their
+//! windows are flushed (the end of a bounded run), so that a restart replays the rows of
+//! open windows; other pipelines commit after every turn (a restart loses join buffers and
+//! model state, which is what checkpoints are for).
 
+pub mod checkpoint;
 pub mod cluster;
 pub mod model;
 pub mod slot;
@@ -61,6 +70,9 @@ pub enum RuntimeError {
     /// The pipeline uses something this runtime cannot run yet.
     #[error("not supported by this version of the runtime: {0}")]
     Unsupported(String),
+    /// A checkpoint could not be written or read.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
     /// A bug.
     #[error("internal error (please report): {0}")]
     Internal(String),
@@ -81,6 +93,10 @@ pub struct RunConfig {
     pub max_events: Option<u64>,
     /// Pipeline version written in record headers.
     pub version: String,
+    /// Where checkpoints are kept; none: no checkpoints.
+    pub checkpoint_dir: Option<std::path::PathBuf>,
+    /// Time between checkpoints.
+    pub checkpoint_interval: Duration,
 }
 
 impl RunConfig {
@@ -93,12 +109,14 @@ impl RunConfig {
             until_idle: None,
             max_events: None,
             version: "1".into(),
+            checkpoint_dir: None,
+            checkpoint_interval: Duration::from_secs(10),
         }
     }
 }
 
 /// Live counters, readable while the pipeline runs (for the status line and metrics).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
     /// Messages read.
     pub events_in: AtomicU64,
@@ -112,8 +130,57 @@ pub struct Stats {
     pub late: AtomicU64,
     /// Smallest watermark of the window operators, ms (`i64::MIN` when none).
     pub watermark_ms: AtomicI64,
-    /// Consumer lag summed over partitions.
+    /// Consumer lag summed over partitions (-1 until first measured).
     pub lag: AtomicI64,
+    /// Checkpoints written.
+    pub checkpoints: AtomicU64,
+    /// Transient Kafka errors reported by the consumers (retried by librdkafka).
+    pub kafka_errors: AtomicU64,
+    /// The last of them (written rarely: only when an error happens).
+    pub last_kafka_error: std::sync::Mutex<Option<String>>,
+    /// Per model (by name): its quality, refreshed once per micro-batch turn.
+    pub models: std::sync::Mutex<BTreeMap<String, ModelSummary>>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            events_in: AtomicU64::new(0),
+            events_out: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            late: AtomicU64::new(0),
+            watermark_ms: AtomicI64::new(i64::MIN),
+            lag: AtomicI64::new(-1),
+            checkpoints: AtomicU64::new(0),
+            kafka_errors: AtomicU64::new(0),
+            last_kafka_error: std::sync::Mutex::new(None),
+            models: std::sync::Mutex::new(BTreeMap::new()),
+        }
+    }
+}
+
+/// A model's quality over all its keys, refreshed after every micro-batch turn.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ModelSummary {
+    /// `regression` or `clustering`.
+    pub kind: &'static str,
+    /// Keys (models) learnt.
+    pub keys: u64,
+    /// Rows learnt.
+    pub samples: u64,
+    /// Rows skipped for a null or non-finite feature.
+    pub skipped: u64,
+    /// Prequential mean absolute error (regression).
+    pub mae: Option<f64>,
+    /// Prequential root mean squared error (regression).
+    pub rmse: Option<f64>,
+    /// Prequential R² against each key's mean (regression).
+    pub r2: Option<f64>,
+    /// Drift alarms (regression with `drift`).
+    pub drift_alarms: u64,
+    /// Total inertia of seeded keys (clustering).
+    pub inertia: Option<f64>,
 }
 
 /// What a run did.
@@ -190,6 +257,8 @@ fn framing(format: Format) -> Option<Framing> {
 
 struct Node {
     name: String,
+    /// Fingerprint of its definition: checkpointed state is restored only into the same.
+    fingerprint: u64,
     op: Op,
     /// Nodes this one reads, in the order of its inputs.
     inputs: Vec<usize>,
@@ -199,7 +268,10 @@ struct Node {
 
 struct SourceRt {
     node: usize,
+    name: String,
     topic: String,
+    /// Next offset to read per partition, over the whole run (restored ones included).
+    position: BTreeMap<i32, i64>,
     kafka: KafkaSource,
     decoder: Decoder,
     on_error: OnError,
@@ -222,6 +294,7 @@ pub struct Runner {
     /// Changelog tables, by source node.
     tables: HashMap<usize, TableState>,
     windowed: bool,
+    checkpoints: Option<checkpoint::Store>,
     summary: Summary,
 }
 
@@ -263,12 +336,31 @@ impl Runner {
                 && spec.delivery == Delivery::ExactlyOnce
             {
                 return Err(RuntimeError::Unsupported(format!(
-                    "sink `{}`: `delivery: exactly_once` needs transactional sinks and checkpoints, which are not built yet; use `at_least_once`",
+                    "sink `{}`: `delivery: exactly_once` needs transactional sinks, which are not built yet; use `at_least_once`",
                     spec.name
                 )));
             }
         }
         let mut summary = Summary::default();
+        let checkpoints = config.checkpoint_dir.as_ref().map(checkpoint::Store::new);
+        let restored = match &checkpoints {
+            Some(store) => store.load()?,
+            None => None,
+        };
+        if let Some(c) = &restored
+            && c.pipeline != plan.name
+        {
+            return Err(RuntimeError::Checkpoint(format!(
+                "the checkpoint in {} belongs to pipeline `{}`, not `{}`",
+                config
+                    .checkpoint_dir
+                    .as_ref()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_default(),
+                c.pipeline,
+                plan.name
+            )));
+        }
         let index: HashMap<String, (usize, u8)> = plan
             .nodes
             .iter()
@@ -313,6 +405,19 @@ impl Runner {
                             })?,
                         ),
                     };
+                    // A checkpointed run resumes where its checkpoint says, and owns every
+                    // partition (its state covers them all).
+                    let resume = restored.as_ref().and_then(|c| {
+                        c.sources
+                            .get(&spec.name)
+                            .filter(|p| p.topic == spec.kafka.topic)
+                            .map(|p| p.next_offsets.clone())
+                    });
+                    let start = match (&resume, &checkpoints, &spec.kafka.start_from) {
+                        (Some(next), _, _) => Start::Offsets(next.clone()),
+                        (None, Some(_), StartFrom::Committed) => Start::Offsets(BTreeMap::new()),
+                        (None, _, s) => start_of(s)?,
+                    };
                     let kafka = KafkaSource::connect(&SourceConfig {
                         bootstrap: config.bootstrap.clone(),
                         topic: spec.kafka.topic.clone(),
@@ -321,7 +426,7 @@ impl Runner {
                             .group
                             .clone()
                             .unwrap_or_else(|| plan.name.clone()),
-                        start: start_of(&spec.kafka.start_from)?,
+                        start,
                         properties: spec.kafka.properties.clone(),
                         max_batch: config.max_batch,
                         max_wait: config.max_wait,
@@ -338,7 +443,9 @@ impl Runner {
                     source_of_node.insert(i, sources.len());
                     sources.push(SourceRt {
                         node: i,
+                        name: spec.name.clone(),
                         topic: spec.kafka.topic.clone(),
+                        position: resume.unwrap_or_default(),
                         kafka,
                         decoder,
                         on_error: spec.on_error,
@@ -488,6 +595,7 @@ impl Runner {
             }
             nodes.push(Node {
                 name: n.name.clone(),
+                fingerprint: fingerprint_of(n),
                 op,
                 inputs: inputs.clone(),
                 readers: Vec::new(),
@@ -513,7 +621,7 @@ impl Runner {
                 tables.insert(i, TableState::new(schema.clone(), &t.key)?);
             }
         }
-        Ok(Self {
+        let mut runner = Self {
             pipeline: plan.name.clone(),
             nodes,
             sources,
@@ -522,8 +630,98 @@ impl Runner {
             dead_letters,
             tables,
             windowed,
+            checkpoints,
             summary,
-        })
+        };
+        if let Some(c) = restored {
+            runner.restore(&c)?;
+        }
+        runner.publish_models();
+        Ok(runner)
+    }
+
+    /// Loads each operator's checkpointed state into the operator of the same name and
+    /// definition; operators that changed start empty, with a warning.
+    fn restore(&mut self, c: &checkpoint::Checkpoint) -> Result<(), RuntimeError> {
+        for i in 0..self.nodes.len() {
+            let Some(saved) = c.operators.get(&self.nodes[i].name) else {
+                continue;
+            };
+            if saved.fingerprint != self.nodes[i].fingerprint {
+                self.summary.warnings.push(format!(
+                    "`{}` starts with empty state: its definition changed since the checkpoint",
+                    self.nodes[i].name
+                ));
+                continue;
+            }
+            if let Some(table) = self.tables.get_mut(&i) {
+                table.load(&saved.state)?;
+                continue;
+            }
+            match &mut self.nodes[i].op {
+                Op::Transform { op, .. } => op.load(&saved.state)?,
+                Op::Model(op) => op.load(&saved.state)?,
+                Op::Clustering(op) => op.load(&saved.state)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a checkpoint (at a barrier: call only with every output flushed), then commits
+    /// its offsets to the consumer groups (for lag monitoring and for runs without it).
+    fn checkpoint(&mut self) -> Result<(), RuntimeError> {
+        let Some(store) = self.checkpoints.clone() else {
+            return Ok(());
+        };
+        let mut operators = BTreeMap::new();
+        for i in 0..self.nodes.len() {
+            let state = if let Some(table) = self.tables.get_mut(&i) {
+                Some(table.save()?)
+            } else {
+                match &mut self.nodes[i].op {
+                    Op::Transform { op, .. } => op.save()?,
+                    Op::Model(op) => Some(op.save()?),
+                    Op::Clustering(op) => Some(op.save()?),
+                    _ => None,
+                }
+            };
+            if let Some(state) = state {
+                operators.insert(
+                    self.nodes[i].name.clone(),
+                    checkpoint::OperatorState {
+                        fingerprint: self.nodes[i].fingerprint,
+                        state,
+                    },
+                );
+            }
+        }
+        let sources = self
+            .sources
+            .iter()
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    checkpoint::SourcePosition {
+                        topic: s.topic.clone(),
+                        next_offsets: s.position.clone(),
+                    },
+                )
+            })
+            .collect();
+        store.save(&checkpoint::Checkpoint {
+            format: checkpoint::FORMAT,
+            pipeline: self.pipeline.clone(),
+            version: self.config.version.clone(),
+            taken_at_ms: chrono::Utc::now().timestamp_millis(),
+            sources,
+            operators,
+        })?;
+        self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        for s in &self.sources {
+            s.kafka.commit(&s.position)?;
+        }
+        Ok(())
     }
 
     /// Runs until a stop condition of the config, or until `stop` resolves.
@@ -537,6 +735,7 @@ impl Runner {
         let mut pending_commits: Vec<BTreeMap<i32, i64>> =
             vec![BTreeMap::new(); self.sources.len()];
         let mut last_lag = Instant::now();
+        let mut last_checkpoint = Instant::now();
         let started = Instant::now();
         loop {
             let mut got_any = false;
@@ -544,32 +743,49 @@ impl Runner {
                 let read = self.sources[s].kafka.next_batch(&mut raw);
                 let result = tokio::select! {
                     r = read => r,
-                    () = &mut stop => return self.finish(false, &mut pending_commits).await,
+                    () = &mut stop => return self.finish(false, &pending_commits).await,
                 };
                 result?;
+                if raw.transient_errors > 0 {
+                    self.stats
+                        .kafka_errors
+                        .fetch_add(raw.transient_errors, Ordering::Relaxed);
+                    if let Ok(mut last) = self.stats.last_kafka_error.lock() {
+                        last.clone_from(&raw.last_transient_error);
+                    }
+                }
                 if raw.is_empty() {
                     continue;
                 }
                 got_any = true;
                 self.process_raw(s, &raw).await?;
-                for (p, o) in raw.next_offsets() {
-                    pending_commits[s].insert(p, o);
-                }
+                let next = raw.next_offsets();
+                self.sources[s]
+                    .position
+                    .extend(next.iter().map(|(p, o)| (*p, *o)));
+                pending_commits[s].extend(next);
                 self.flush_outputs().await?;
-                if !self.windowed {
+                if !self.windowed && self.checkpoints.is_none() {
                     self.sources[s].kafka.commit(&pending_commits[s])?;
                     pending_commits[s].clear();
                 }
             }
             if got_any {
                 last_input = Instant::now();
+                self.publish_models();
+            }
+            if self.checkpoints.is_some()
+                && last_checkpoint.elapsed() >= self.config.checkpoint_interval
+            {
+                self.checkpoint()?;
+                last_checkpoint = Instant::now();
             }
             self.update_idle(started);
             if last_lag.elapsed() > Duration::from_secs(1) {
                 let lag: i64 = self
                     .sources
                     .iter()
-                    .flat_map(|s| s.kafka.lag().into_values())
+                    .flat_map(|s| s.kafka.lag(&s.position).into_values())
                     .filter(|l| *l >= 0)
                     .sum();
                 self.stats.lag.store(lag, Ordering::Relaxed);
@@ -578,7 +794,7 @@ impl Runner {
             if let Some(max) = self.config.max_events
                 && self.stats.events_in.load(Ordering::Relaxed) >= max
             {
-                return self.finish(false, &mut pending_commits).await;
+                return self.finish(false, &pending_commits).await;
             }
             if let Some(idle) = self.config.until_idle
                 && last_input.elapsed() >= idle
@@ -589,7 +805,7 @@ impl Runner {
                 let caught_up = self
                     .sources
                     .iter()
-                    .all(|s| s.kafka.lag().values().all(|l| *l == 0));
+                    .all(|s| s.kafka.lag(&s.position).values().all(|l| *l == 0));
                 if caught_up || last_input.elapsed() >= idle * 6 {
                     if !caught_up {
                         self.summary.warnings.push(format!(
@@ -597,7 +813,7 @@ impl Runner {
                             idle * 6
                         ));
                     }
-                    return self.finish(true, &mut pending_commits).await;
+                    return self.finish(true, &pending_commits).await;
                 }
             }
         }
@@ -607,7 +823,7 @@ impl Runner {
     async fn finish(
         mut self,
         input_finished: bool,
-        pending: &mut [BTreeMap<i32, i64>],
+        pending: &[BTreeMap<i32, i64>],
     ) -> Result<Summary, RuntimeError> {
         if input_finished {
             let mut queue = VecDeque::new();
@@ -636,16 +852,33 @@ impl Runner {
                 self.drain(&mut queue).await?;
             }
             self.flush_outputs().await?;
-            for (s, offsets) in pending.iter_mut().enumerate() {
-                self.sources[s].kafka.commit(offsets)?;
-                offsets.clear();
-            }
-        } else if !self.windowed {
-            for (s, offsets) in pending.iter_mut().enumerate() {
+        }
+        if self.checkpoints.is_some() {
+            self.checkpoint()?;
+        } else if input_finished || !self.windowed {
+            for (s, offsets) in pending.iter().enumerate() {
                 self.sources[s].kafka.commit(offsets)?;
             }
         }
         Ok(self.summary)
+    }
+
+    /// Refreshes the models' summaries in the stats (once per turn, not per row).
+    fn publish_models(&self) {
+        let mut summaries = Vec::new();
+        for n in &self.nodes {
+            match &n.op {
+                Op::Model(op) => summaries.push((n.name.clone(), op.summary())),
+                Op::Clustering(op) => summaries.push((n.name.clone(), op.summary())),
+                _ => {}
+            }
+        }
+        if summaries.is_empty() {
+            return;
+        }
+        if let Ok(mut models) = self.stats.models.lock() {
+            models.extend(summaries);
+        }
     }
 
     fn update_idle(&mut self, started: Instant) {
@@ -675,6 +908,8 @@ impl Runner {
                 wm = wm.min(w.watermark().unwrap_or(i64::MIN));
             }
         }
+        // No window: no watermark.
+        let wm = if wm == i64::MAX { i64::MIN } else { wm };
         self.stats.watermark_ms.store(wm, Ordering::Relaxed);
     }
 
@@ -920,6 +1155,34 @@ impl Runner {
     pub fn warnings(&self) -> &[String] {
         &self.summary.warnings
     }
+}
+
+/// Fingerprint of what a node's state means: its definition and the rows it reads and
+/// writes. Sources hold state only as changelog tables (their schema and key).
+fn fingerprint_of(n: &planner::PlannedNode) -> u64 {
+    let text = match &n.kind {
+        NodeKind::Source { spec, schema, .. } => format!("{:?}{schema:?}", spec.table),
+        NodeKind::Transform {
+            spec,
+            inputs,
+            schema,
+            ..
+        } => format!(
+            "{:?}{:?}{:?}{inputs:?}{schema:?}",
+            spec.sql, spec.window, spec.join
+        ),
+        NodeKind::Model {
+            spec,
+            predictions,
+            snapshots,
+            ..
+        } => format!(
+            "{:?}{:?}{:?}{:?}{predictions:?}{snapshots:?}",
+            spec.key, spec.regression, spec.clustering, spec.input
+        ),
+        NodeKind::Sink { .. } => String::new(),
+    };
+    checkpoint::fingerprint(&text)
 }
 
 /// The dead-letter topic of a source.

@@ -140,7 +140,7 @@ impl Features {
     }
 }
 
-#[derive(Default)]
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 struct Metrics {
     n: u64,
     abs: f64,
@@ -192,6 +192,7 @@ impl Metrics {
     }
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 struct KeyState {
     state: RegressionState,
     metrics: Metrics,
@@ -397,6 +398,44 @@ impl RegressionOp {
         Ok((predictions, snapshots))
     }
 
+    /// How the model does over all its keys: samples, prequential MAE and RMSE over every
+    /// prediction with a target, R² against each key's own mean (pooled), drift alarms.
+    pub fn summary(&self) -> crate::ModelSummary {
+        let (mut n, mut abs, mut sq, mut sst, mut samples, mut alarms) =
+            (0u64, 0.0, 0.0, 0.0, 0, 0);
+        for ks in self.keys.values() {
+            let m = &ks.metrics;
+            n += m.n;
+            abs += m.abs;
+            sq += m.sq;
+            sst += m.actual.variance() * m.actual.weight();
+            samples += ks.state.samples();
+            alarms += ks.alarms;
+        }
+        crate::ModelSummary {
+            kind: "regression",
+            keys: self.keys.len() as u64,
+            samples,
+            skipped: self.skipped,
+            mae: (n > 0).then(|| abs / n as f64),
+            rmse: (n > 0).then(|| (sq / n as f64).sqrt()),
+            r2: (sst > 0.0).then(|| 1.0 - sq / sst),
+            drift_alarms: alarms,
+            inertia: None,
+        }
+    }
+
+    /// The learnt state of every key, for a checkpoint.
+    pub fn save(&self) -> Result<Vec<u8>, RuntimeError> {
+        crate::checkpoint::encode(&(&self.keys, self.skipped))
+    }
+
+    /// Replaces the state with one written by [`Self::save`] of the same model.
+    pub fn load(&mut self, bytes: &[u8]) -> Result<(), RuntimeError> {
+        (self.keys, self.skipped) = crate::checkpoint::decode(bytes)?;
+        Ok(())
+    }
+
     /// Snapshot rows for every key (the end of a bounded run).
     pub fn snapshot_all(&mut self) -> Result<Option<RecordBatch>, RuntimeError> {
         let keys: Vec<String> = self.keys.keys().cloned().collect();
@@ -497,7 +536,7 @@ impl SnapshotPolicy {
 }
 
 /// One key's progress towards its next snapshot.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct SnapshotClock {
     since: u64,
     last_ms: Option<i64>,

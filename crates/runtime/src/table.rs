@@ -67,6 +67,22 @@ impl TableState {
         Ok(s)
     }
 
+    /// Every current row as Arrow IPC, for a checkpoint.
+    pub fn save(&mut self) -> Result<Vec<u8>, RuntimeError> {
+        let rows = self.snapshot()?;
+        crate::checkpoint::write_rows(&self.schema, &[rows])
+    }
+
+    /// Replaces the contents with rows written by [`Self::save`].
+    pub fn load(&mut self, bytes: &[u8]) -> Result<(), RuntimeError> {
+        self.rows.clear();
+        self.snapshot = None;
+        for b in crate::checkpoint::read_rows(bytes)? {
+            self.upsert(&b)?;
+        }
+        Ok(())
+    }
+
     /// Number of keys.
     pub fn len(&self) -> usize {
         self.rows.len()

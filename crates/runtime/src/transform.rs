@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{AsArray, BooleanArray, RecordBatch};
 use datafusion::arrow::compute::{cast, filter_record_batch};
-use datafusion::arrow::datatypes::{DataType, TimeUnit, TimestampMillisecondType};
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampMillisecondType};
 use datafusion::catalog::TableProvider;
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::execution_plan::reset_plan_states;
@@ -24,8 +24,9 @@ use planner::sql::InputTable;
 use spec::model::Transform;
 
 use crate::RuntimeError;
+use crate::checkpoint::{decode, encode, read_rows, write_rows};
 use crate::slot::{Slot, SlotTable};
-use crate::window::{Shape, Timing, WindowOp};
+use crate::window::{Shape, Timing, WindowOp, WindowSnapshot};
 
 /// A planned transform with its state.
 pub enum TransformOp {
@@ -51,6 +52,7 @@ pub struct IntervalJoin {
     plan: Arc<dyn ExecutionPlan>,
     task: Arc<TaskContext>,
     buffers: [Vec<RecordBatch>; 2],
+    schemas: [SchemaRef; 2],
     time_cols: [usize; 2],
     stream_time: [Option<i64>; 2],
     keep: i64,
@@ -151,6 +153,7 @@ impl TransformOp {
                 plan,
                 task,
                 buffers: [Vec::new(), Vec::new()],
+                schemas: [tables[0].arrow.clone(), tables[1].arrow.clone()],
                 time_cols: [time_col(0)?, time_col(1)?],
                 stream_time: [None, None],
                 keep: join.within.as_millis() as i64 + allowed,
@@ -259,6 +262,53 @@ impl TransformOp {
         }
     }
 
+    /// The operator's state for a checkpoint; `None` for stateless transforms.
+    pub fn save(&mut self) -> Result<Option<Vec<u8>>, RuntimeError> {
+        let saved = match self {
+            TransformOp::Stateless { .. } => return Ok(None),
+            TransformOp::Window(op) => {
+                let snapshot = op.snapshot()?;
+                let rows = write_rows(&snapshot.state.schema(), &[snapshot.state])?;
+                SavedState::Window {
+                    stream_time: snapshot.stream_time,
+                    rows,
+                }
+            }
+            TransformOp::IntervalJoin(j) => SavedState::IntervalJoin {
+                stream_time: j.stream_time,
+                left: write_rows(&j.schemas[0], &j.buffers[0])?,
+                right: write_rows(&j.schemas[1], &j.buffers[1])?,
+            },
+        };
+        Ok(Some(encode(&saved)?))
+    }
+
+    /// Replaces the state with one written by [`Self::save`] of the same transform.
+    pub fn load(&mut self, bytes: &[u8]) -> Result<(), RuntimeError> {
+        match (self, decode(bytes)?) {
+            (TransformOp::Window(op), SavedState::Window { stream_time, rows }) => {
+                let state = read_rows(&rows)?
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| internal("window checkpoint without rows"))?;
+                op.restore(&WindowSnapshot { stream_time, state })
+            }
+            (
+                TransformOp::IntervalJoin(j),
+                SavedState::IntervalJoin {
+                    stream_time,
+                    left,
+                    right,
+                },
+            ) => {
+                j.stream_time = stream_time;
+                j.buffers = [read_rows(&left)?, read_rows(&right)?];
+                Ok(())
+            }
+            _ => Err(internal("checkpointed state of another kind of transform")),
+        }
+    }
+
     /// The window operator, for windowed transforms.
     pub fn window(&mut self) -> Option<&mut WindowOp> {
         match self {
@@ -281,6 +331,23 @@ async fn run(
         .into_iter()
         .filter(|b| b.num_rows() > 0)
         .collect())
+}
+
+/// A stateful transform's state in a checkpoint (rows as Arrow IPC).
+#[derive(serde::Serialize, serde::Deserialize)]
+enum SavedState {
+    Window {
+        stream_time: Vec<(i32, Option<i64>)>,
+        #[serde(with = "serde_bytes")]
+        rows: Vec<u8>,
+    },
+    IntervalJoin {
+        stream_time: [Option<i64>; 2],
+        #[serde(with = "serde_bytes")]
+        left: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        right: Vec<u8>,
+    },
 }
 
 impl IntervalJoin {

@@ -525,7 +525,10 @@ impl WindowOp {
     /// Replaces the operator's state with `snapshot` (taken from an operator of the same
     /// transform).
     pub fn restore(&mut self, snapshot: &WindowSnapshot) -> Result<(), RuntimeError> {
-        self.stream_time = snapshot.stream_time.iter().copied().collect();
+        // Partitions added since the snapshot keep their place (nothing seen yet).
+        for (p, t) in &snapshot.stream_time {
+            self.stream_time.insert(*p, *t);
+        }
         let batch = &snapshot.state;
         let key_count = batch
             .schema()

@@ -10,12 +10,18 @@ use generator::{Generator, Settings};
 use planner::NodeKind;
 use runtime::model::RegressionOp;
 
+/// The package directory, read when the test runs: a build cache shared by checkouts at
+/// different paths may hold a test binary compiled in another checkout, so the compile-time
+/// `env!("CARGO_MANIFEST_DIR")` can name a directory that does not exist here.
+fn manifest_dir() -> String {
+    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string())
+}
+
 async fn operator(on_drift: &str) -> (RegressionOp, JsonDecoder) {
     let yaml = format!(
         "apiVersion: pipelines/v1\nkind: Pipeline\nmetadata: {{ name: m }}\nspec:\n  sources:\n    - {{ name: readings, kafka: {{ topic: t }}, format: json, schema: production/sensor_reading, event_time: {{ field: ts }} }}\n  models:\n    - name: f\n      input: readings\n      regression:\n        target: failure_rate\n        features: [temperature, humidity, pressure, speed, vibration]\n        drift: {{ threshold: 20.0, tolerance: 0.05, on_drift: {on_drift} }}\n      snapshot_every: {{ events: 1000000 }}\n"
     );
-    let dir =
-        event_schema::find_schema_dir(Path::new(env!("CARGO_MANIFEST_DIR"))).expect("schemas");
+    let dir = event_schema::find_schema_dir(Path::new(&manifest_dir())).expect("schemas");
     let registry = event_schema::SchemaRegistry::new(dir);
     let plan = match planner::check("m.yaml", &yaml, &registry, &|_| None).await {
         (_, Some(p)) => p,

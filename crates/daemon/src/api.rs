@@ -1,0 +1,531 @@
+//! The HTTP JSON API (described by `openapi.json`, served at `/openapi.json`).
+//!
+//! Everything under `/api/v1` needs `Authorization: Bearer TOKEN` when the daemon has a token;
+//! `/healthz`, `/readyz`, `/metrics` and `/openapi.json` do not (probes and scrapers). Bodies
+//! are limited in size. Errors are JSON: `{"error": "...", "diagnostics": [...]}` with the
+//! located diagnostics of an invalid pipeline.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::registry::{Desired, Record, Registry, Version};
+use crate::supervisor::{Live, Phase, Supervisor};
+
+/// The OpenAPI description, committed beside the code.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// Shared state of the handlers.
+#[derive(Debug)]
+pub struct App {
+    /// Deployed pipelines.
+    pub registry: Registry,
+    /// Running pipelines.
+    pub supervisor: Supervisor,
+    /// Bearer token; `None` only with `--insecure`.
+    pub token: Option<String>,
+    /// Whether every registered pipeline has been started.
+    pub ready: AtomicBool,
+}
+
+/// An error response.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: Value,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: json!({ "error": message.into() }),
+        }
+    }
+
+    fn not_found(name: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            format!("no pipeline `{name}` (see `pipectl list`)"),
+        )
+    }
+
+    fn internal(e: impl std::fmt::Display) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+type Reply = Result<Response, ApiError>;
+
+/// The router: public endpoints and the authenticated API.
+pub fn router(app: Arc<App>, max_body: usize) -> Router {
+    let api = Router::new()
+        .route("/api/v1/pipelines", get(list).post(deploy))
+        .route(
+            "/api/v1/pipelines/{name}",
+            get(get_pipeline).delete(delete_pipeline),
+        )
+        .route("/api/v1/pipelines/{name}/status", get(status))
+        .route("/api/v1/pipelines/{name}/versions", get(versions))
+        .route("/api/v1/pipelines/{name}/stop", post(stop))
+        .route("/api/v1/pipelines/{name}/start", post(start))
+        .route("/api/v1/pipelines/{name}/rollback", post(rollback))
+        .route_layer(middleware::from_fn_with_state(app.clone(), auth));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route(
+            "/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
+        .merge(api)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(app)
+}
+
+/// Compares in time independent of where the strings differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Response {
+    if let Some(token) = &app.token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let ok = given.is_some_and(|g| same(g.trim().as_bytes(), token.as_bytes()));
+        if !ok {
+            let mut r = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token (pipectl: --token or PIPECTL_TOKEN)",
+            )
+            .into_response();
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
+            return r;
+        }
+    }
+    next.run(req).await
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if app.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting pipelines\n").into_response()
+    }
+}
+
+/// Runs blocking registry and supervisor work off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ApiError::internal)?
+}
+
+fn watermark_text(ms: i64) -> Value {
+    if ms == i64::MIN || ms == i64::MAX {
+        return Value::Null;
+    }
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| json!(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
+        .unwrap_or(Value::Null)
+}
+
+/// Status fields shared by list, get and status.
+fn summary(record: &Record, live: Option<(u32, Arc<Live>)>) -> Value {
+    let current = record.current();
+    let (phase, since, last_error, restarts, warnings) = match &live {
+        Some((_, l)) => {
+            let s = l.status();
+            (s.phase, s.since, s.last_error, s.restarts, s.warnings)
+        }
+        None => (
+            Phase::Stopped,
+            current.deployed_at.clone(),
+            None,
+            0,
+            Vec::new(),
+        ),
+    };
+    let counter =
+        |f: &dyn Fn(&runtime::Stats) -> u64| live.as_ref().map_or(0, |(_, l)| f(&l.stats));
+    json!({
+        "name": record.name,
+        "version": current.version,
+        "desired": record.desired,
+        "phase": phase,
+        "since": since,
+        "last_error": last_error,
+        "restarts": restarts,
+        "warnings": warnings,
+        "events_in": counter(&|s| s.events_in.load(Ordering::Relaxed)),
+        "events_out": counter(&|s| s.events_out.load(Ordering::Relaxed)),
+        "errors": counter(&|s| s.errors.load(Ordering::Relaxed)),
+        "dead_lettered": counter(&|s| s.dead_lettered.load(Ordering::Relaxed)),
+        "late": counter(&|s| s.late.load(Ordering::Relaxed)),
+        "checkpoints": counter(&|s| s.checkpoints.load(Ordering::Relaxed)),
+        "kafka_errors": counter(&|s| s.kafka_errors.load(Ordering::Relaxed)),
+        "lag": live.as_ref().map(|(_, l)| l.stats.lag.load(Ordering::Relaxed)).filter(|l| *l >= 0),
+        "watermark": live.as_ref().map_or(Value::Null, |(_, l)| watermark_text(l.stats.watermark_ms.load(Ordering::Relaxed))),
+        "models": live.as_ref().map_or(Value::Null, |(_, l)| {
+            l.stats.models.lock().map(|m| json!(*m)).unwrap_or(Value::Null)
+        }),
+    })
+}
+
+fn record_or_404(app: &App, name: &str) -> Result<Record, ApiError> {
+    app.registry
+        .get(name)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found(name))
+}
+
+async fn list(State(app): State<Arc<App>>) -> Reply {
+    let records = blocking({
+        let app = app.clone();
+        move || app.registry.all().map_err(ApiError::internal)
+    })
+    .await?;
+    let items: Vec<Value> = records
+        .iter()
+        .map(|r| summary(r, app.supervisor.live(&r.name)))
+        .collect();
+    Ok(Json(json!({ "pipelines": items })).into_response())
+}
+
+async fn get_pipeline(State(app): State<Arc<App>>, Path(name): Path<String>) -> Reply {
+    let record = blocking({
+        let (app, name) = (app.clone(), name.clone());
+        move || record_or_404(&app, &name)
+    })
+    .await?;
+    let mut v = summary(&record, app.supervisor.live(&name));
+    v["spec"] = json!(record.current().yaml);
+    v["deployed_at"] = json!(record.current().deployed_at);
+    v["versions"] = json!(record.versions.len());
+    Ok(Json(v).into_response())
+}
+
+async fn status(State(app): State<Arc<App>>, Path(name): Path<String>) -> Reply {
+    let record = blocking({
+        let (app, name) = (app.clone(), name.clone());
+        move || record_or_404(&app, &name)
+    })
+    .await?;
+    Ok(Json(summary(&record, app.supervisor.live(&name))).into_response())
+}
+
+async fn versions(State(app): State<Arc<App>>, Path(name): Path<String>) -> Reply {
+    let record = blocking(move || record_or_404(&app, &name)).await?;
+    let current = record.current().version;
+    let items: Vec<Value> = record
+        .versions
+        .iter()
+        .map(|v| {
+            json!({
+                "version": v.version,
+                "deployed_at": v.deployed_at,
+                "rollback_of": v.rollback_of,
+                "current": v.version == current,
+                "spec": v.yaml,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "name": record.name, "versions": items })).into_response())
+}
+
+/// A deploy request.
+#[derive(Debug, Deserialize)]
+struct DeployBody {
+    /// The pipeline file's text.
+    yaml: String,
+    /// Its file name, for diagnostics.
+    #[serde(default)]
+    file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct DeployQuery {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// Validates and plans a pipeline as `pipectl validate` does, with the daemon's schemas and
+/// environment: its name when valid, else the diagnostics. (Planning is not `Send`, so it
+/// runs on a blocking thread.)
+async fn validate(
+    app: &Arc<App>,
+    file: &str,
+    yaml: &str,
+) -> Result<(Option<String>, Vec<spec::Diagnostic>), ApiError> {
+    let schemas = app.supervisor.settings().schemas.clone();
+    let (file, yaml) = (file.to_string(), yaml.to_string());
+    blocking(move || {
+        let registry = event_schema::SchemaRegistry::new(&schemas);
+        let (doc, plan) = tokio::runtime::Handle::current().block_on(planner::check(
+            &file,
+            &yaml,
+            &registry,
+            &spec::process_env,
+        ));
+        let diagnostics = doc.diagnostics();
+        let name = plan
+            .filter(|_| diagnostics.is_empty())
+            .map(|p| p.name.clone());
+        Ok((name, diagnostics))
+    })
+    .await
+}
+
+async fn deploy(
+    State(app): State<Arc<App>>,
+    Query(q): Query<DeployQuery>,
+    body: Result<Json<DeployBody>, axum::extract::rejection::JsonRejection>,
+) -> Reply {
+    let Json(body) = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let file = body.file.unwrap_or_else(|| "pipeline.yaml".into());
+    let (name, diagnostics) = validate(&app, &file, &body.yaml).await?;
+    let name = match name {
+        Some(name) => name,
+        None => {
+            let items: Vec<Value> = diagnostics
+                .iter()
+                .map(|d| {
+                    let pos = d.pos.unwrap_or_default();
+                    json!({
+                        "file": file,
+                        "line": pos.line,
+                        "column": pos.col,
+                        "path": d.path,
+                        "message": d.message,
+                        "text": d.render(&file),
+                    })
+                })
+                .collect();
+            return Err(ApiError {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                body: json!({
+                    "error": format!("{file}: {} error{}", items.len(), if items.len() == 1 { "" } else { "s" }),
+                    "diagnostics": items,
+                }),
+            });
+        }
+    };
+    let yaml = body.yaml;
+    blocking(move || {
+        let previous = app.registry.get(&name).map_err(ApiError::internal)?;
+        let unchanged = previous.as_ref().is_some_and(|r| r.current().yaml == yaml);
+        let next = previous.as_ref().map_or(1, |r| r.current().version + 1);
+        if q.dry_run {
+            return Ok(Json(json!({
+                "name": name,
+                "valid": true,
+                "changed": !unchanged,
+                "version": if unchanged { next - 1 } else { next },
+                "dry_run": true,
+            }))
+            .into_response());
+        }
+        let was_stopped = previous
+            .as_ref()
+            .is_some_and(|r| r.desired == Desired::Stopped);
+        let record = app
+            .registry
+            .update(&name, |old| {
+                let mut r = old.unwrap_or(Record {
+                    name: name.clone(),
+                    versions: Vec::new(),
+                    desired: Desired::Running,
+                });
+                if !unchanged {
+                    r.versions.push(Version {
+                        version: next,
+                        yaml: yaml.clone(),
+                        deployed_at: crate::now(),
+                        rollback_of: None,
+                    });
+                }
+                r.desired = Desired::Running;
+                Some(r)
+            })
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| ApiError::internal("record vanished"))?;
+        let current = record.current().clone();
+        // An unchanged spec that runs is left alone (deploy is idempotent).
+        let running = app
+            .supervisor
+            .live(&name)
+            .is_some_and(|(_, l)| l.status().phase != Phase::Stopped);
+        if !unchanged || was_stopped || !running {
+            app.supervisor.start(&name, current.version, current.yaml);
+        }
+        let status = if previous.is_none() {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        Ok((
+            status,
+            Json(json!({
+                "name": name,
+                "version": current.version,
+                "changed": !unchanged,
+            })),
+        )
+            .into_response())
+    })
+    .await
+}
+
+async fn stop(State(app): State<Arc<App>>, Path(name): Path<String>) -> Reply {
+    blocking(move || {
+        app.registry
+            .update(&name, |old| {
+                old.map(|mut r| {
+                    r.desired = Desired::Stopped;
+                    r
+                })
+            })
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| ApiError::not_found(&name))?;
+        let was_running = app.supervisor.stop(&name);
+        Ok(Json(json!({ "name": name, "stopped": was_running })).into_response())
+    })
+    .await
+}
+
+async fn start(State(app): State<Arc<App>>, Path(name): Path<String>) -> Reply {
+    blocking(move || {
+        let record = app
+            .registry
+            .update(&name, |old| {
+                old.map(|mut r| {
+                    r.desired = Desired::Running;
+                    r
+                })
+            })
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| ApiError::not_found(&name))?;
+        let running = app
+            .supervisor
+            .live(&name)
+            .is_some_and(|(_, l)| l.status().phase != Phase::Stopped);
+        if !running {
+            let v = record.current().clone();
+            app.supervisor.start(&name, v.version, v.yaml);
+        }
+        Ok(Json(json!({ "name": name, "started": !running })).into_response())
+    })
+    .await
+}
+
+async fn delete_pipeline(State(app): State<Arc<App>>, Path(name): Path<String>) -> Reply {
+    blocking(move || {
+        record_or_404(&app, &name)?;
+        app.supervisor.remove(&name);
+        app.registry
+            .update(&name, |_| None)
+            .map_err(ApiError::internal)?;
+        let dir = app.supervisor.settings().checkpoint_dir(&name);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(ApiError::internal)?;
+        }
+        Ok(Json(json!({ "name": name, "deleted": true })).into_response())
+    })
+    .await
+}
+
+/// A rollback request.
+#[derive(Debug, Default, Deserialize)]
+struct RollbackBody {
+    /// The version to restore; default: the one before the current.
+    #[serde(default)]
+    to: Option<u32>,
+}
+
+async fn rollback(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    body: Option<Json<RollbackBody>>,
+) -> Reply {
+    let to = body.and_then(|Json(b)| b.to);
+    blocking(move || {
+        let record = record_or_404(&app, &name)?;
+        let current = record.current().version;
+        let target = to.unwrap_or(current.saturating_sub(1));
+        let Some(old) = record.versions.iter().find(|v| v.version == target).cloned() else {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "`{name}` has no version {target} (versions 1 to {current}; see `pipectl get {name}`)"
+                ),
+            ));
+        };
+        if target == current {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("version {target} of `{name}` is already the current one"),
+            ));
+        }
+        // The old spec runs as it was deployed; should the daemon's environment or schemas
+        // have changed since, the pipeline's status shows why it cannot start.
+        let record = app
+            .registry
+            .update(&name, |r| {
+                r.map(|mut r| {
+                    r.versions.push(Version {
+                        version: current + 1,
+                        yaml: old.yaml.clone(),
+                        deployed_at: crate::now(),
+                        rollback_of: Some(target),
+                    });
+                    r.desired = Desired::Running;
+                    r
+                })
+            })
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| ApiError::not_found(&name))?;
+        let v = record.current().clone();
+        app.supervisor.start(&name, v.version, v.yaml);
+        Ok(Json(json!({ "name": name, "version": v.version, "rollback_of": target }))
+            .into_response())
+    })
+    .await
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Reply {
+    let text = crate::metrics::render(&app.supervisor).map_err(ApiError::internal)?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}

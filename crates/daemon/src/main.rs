@@ -1,0 +1,177 @@
+//! `pipelined`: the engine daemon.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use clap::Parser;
+use daemon::api::{self, App};
+use daemon::registry::{Desired, Registry};
+use daemon::supervisor::{Settings, Supervisor};
+
+/// The engine daemon: runs many pipelines, deployed with `pipectl deploy`.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Address of the HTTP API.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Registry of deployed pipelines and their checkpoints.
+    #[arg(long, env = "PIPELINED_STATE_DIR", default_value = "state")]
+    state_dir: PathBuf,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "PIPELINED_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    bootstrap: String,
+    /// Event schemas.
+    #[arg(long, env = "PIPELINED_SCHEMAS", default_value = "schemas")]
+    schemas: PathBuf,
+    /// File holding the API's bearer token (else the environment variable PIPELINED_TOKEN).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Run without a token: only on a loopback address.
+    #[arg(long)]
+    insecure: bool,
+    /// Time between checkpoints of each pipeline.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    checkpoint_interval: Duration,
+    /// Largest request body, bytes.
+    #[arg(long, default_value_t = 2 * 1024 * 1024)]
+    max_body: usize,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    spec::duration::parse(text).map(|d| d.0)
+}
+
+/// The token from `--token-file` or `PIPELINED_TOKEN`.
+fn token(args: &Args) -> Result<Option<String>, String> {
+    let token = match &args.token_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .map_err(|e| format!("cannot read the token file {}: {e}", f.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => std::env::var("PIPELINED_TOKEN")
+            .ok()
+            .map(|t| t.trim().to_string()),
+    };
+    match token {
+        Some(t) if t.is_empty() => Err("the token is empty".into()),
+        Some(t) if t.len() < 16 => {
+            Err("the token is shorter than 16 characters: use a random one (such as `openssl rand -hex 32`)".into())
+        }
+        Some(t) => Ok(Some(t)),
+        None if args.insecure => {
+            if !args.listen.ip().is_loopback() {
+                return Err(format!(
+                    "--insecure serves the API without a token, so it binds a loopback address only (not {}); give a token to listen elsewhere",
+                    args.listen
+                ));
+            }
+            Ok(None)
+        }
+        None => Err(
+            "no API token: give --token-file FILE or set PIPELINED_TOKEN (or --insecure, loopback only, for development)"
+                .into(),
+        ),
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let token = match token(&args) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let registry = match Registry::open(&args.state_dir) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let supervisor = Supervisor::new(Settings {
+        bootstrap: args.bootstrap.clone(),
+        state_dir: args.state_dir.clone(),
+        schemas: args.schemas.clone(),
+        checkpoint_interval: args.checkpoint_interval,
+    });
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {}: {e}", args.listen);
+            return ExitCode::from(1);
+        }
+    };
+    let app = Arc::new(App {
+        registry,
+        supervisor,
+        token,
+        ready: AtomicBool::new(false),
+    });
+    // Start what was running before the daemon stopped, each from its checkpoint.
+    let records = match app.registry.all() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    for r in &records {
+        let v = r.current();
+        match r.desired {
+            Desired::Running => app.supervisor.start(&r.name, v.version, v.yaml.clone()),
+            Desired::Stopped => app.supervisor.register_stopped(&r.name, v.version),
+        }
+    }
+    app.ready.store(true, Ordering::Relaxed);
+    eprintln!(
+        "pipelined: listening on http://{} ({} pipelines, {} running){}",
+        args.listen,
+        records.len(),
+        records
+            .iter()
+            .filter(|r| r.desired == Desired::Running)
+            .count(),
+        if app.token.is_none() {
+            " WITHOUT authentication (--insecure)"
+        } else {
+            ""
+        }
+    );
+    let served = axum::serve(listener, api::router(app.clone(), args.max_body))
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
+    eprintln!("pipelined: stopping pipelines (each writes a final checkpoint)");
+    let stopper = app.clone();
+    let _ = tokio::task::spawn_blocking(move || stopper.supervisor.stop_all()).await;
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

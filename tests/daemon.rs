@@ -1,0 +1,610 @@
+//! The daemon (`pipelined`) as a child process, driven through `pipectl` and its HTTP API.
+//!
+//! The lifecycle test needs the real broker (`scripts/gate` starts it and sets
+//! `KAFKA_BOOTSTRAP`); the API tests (authentication, OpenAPI, refusals) need no Kafka.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use connectors::read_all;
+use serde_json::Value;
+
+/// The package directory, read when the test runs (see tests/kafka.rs).
+fn manifest_dir() -> String {
+    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string())
+}
+
+fn root() -> PathBuf {
+    Path::new(&manifest_dir())
+        .ancestors()
+        .nth(2)
+        .expect("repository root")
+        .to_path_buf()
+}
+
+fn pipelined_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_pipelined"))
+}
+
+/// `pipectl` is built beside `pipelined` by `cargo test --workspace` (scripts/gate).
+fn pipectl_bin() -> PathBuf {
+    let p = pipelined_bin().with_file_name("pipectl");
+    assert!(
+        p.exists(),
+        "{} is missing: run the workspace's tests (scripts/gate) or `cargo build -p pipectl`",
+        p.display()
+    );
+    p
+}
+
+fn bootstrap() -> Option<String> {
+    match std::env::var("KAFKA_BOOTSTRAP") {
+        Ok(b) => Some(b),
+        Err(_) if std::env::var_os("REQUIRE_KAFKA").is_some() => {
+            panic!("REQUIRE_KAFKA is set but KAFKA_BOOTSTRAP is not: start scripts/kafka")
+        }
+        Err(_) => {
+            eprintln!("skipped: no KAFKA_BOOTSTRAP (run scripts/gate)");
+            None
+        }
+    }
+}
+
+fn nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
+}
+
+fn unique(name: &str) -> String {
+    format!("test.{name}.{}.{}", std::process::id(), nanos())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+const TOKEN: &str = "test-token-0123456789abcdef";
+
+/// A daemon child process, stopped (SIGTERM, then waited for) when dropped.
+struct Daemon {
+    child: Option<Child>,
+    url: String,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(state: &Path, port: u16, bootstrap: &str) -> Self {
+        Self::start_with(state, port, bootstrap, &[])
+    }
+
+    fn start_with(state: &Path, port: u16, bootstrap: &str, extra: &[&str]) -> Self {
+        let log = state.with_extension(format!("{port}.log"));
+        let child = Command::new(pipelined_bin())
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--state-dir")
+            .arg(state)
+            .args(["--bootstrap", bootstrap])
+            .arg("--schemas")
+            .arg(root().join("schemas"))
+            .args(["--checkpoint-interval", "1s"])
+            .args(extra)
+            .env("PIPELINED_TOKEN", TOKEN)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("pipelined starts");
+        let d = Self {
+            child: Some(child),
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http(&d.url, "GET", "/readyz", None, None).0 != 200 {
+            assert!(Instant::now() < deadline, "daemon not ready:\n{}", d.logs());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        d
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stops gracefully (every pipeline writes a final checkpoint) and waits.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    assert!(status.success(), "daemon exit {status}:\n{}", self.logs());
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("daemon did not stop in 60 s:\n{}", self.logs());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// One HTTP request: (status, body as JSON or as a string).
+fn http(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into();
+    let url = format!("{base}{path}");
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let result = match method {
+        "GET" => {
+            let mut r = agent.get(&url);
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
+            }
+            r.call()
+        }
+        "DELETE" => {
+            let mut r = agent.delete(&url);
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
+            }
+            r.call()
+        }
+        _ => {
+            let mut r = agent.post(&url);
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
+            }
+            match body {
+                Some(b) => r.send_json(b),
+                None => r.send_empty(),
+            }
+        }
+    };
+    match result {
+        Ok(mut resp) => {
+            let status = resp.status().as_u16();
+            let mut text = String::new();
+            let _ = resp.body_mut().as_reader().read_to_string(&mut text);
+            (
+                status,
+                serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            )
+        }
+        Err(_) => (0, Value::Null),
+    }
+}
+
+fn pipectl(url: &str, args: &[&str]) -> Output {
+    Command::new(pipectl_bin())
+        .args(args)
+        .env("PIPECTL_SERVER", url)
+        .env("PIPECTL_TOKEN", TOKEN)
+        .env_remove("PIPECTL_CONFIG")
+        .env(
+            "XDG_CONFIG_HOME",
+            std::env::temp_dir().join("no-pipectl-config"),
+        )
+        .current_dir(root())
+        .output()
+        .expect("pipectl runs")
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "pipectl failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn json_of(out: Output) -> Value {
+    serde_json::from_str(&ok(out)).expect("pipectl -o json prints JSON")
+}
+
+fn pipeline_yaml(name: &str, group: &str, input: &str, output: &str, filter: &str) -> String {
+    format!(
+        r#"apiVersion: pipelines/v1
+kind: Pipeline
+metadata:
+  name: {name}
+spec:
+  sources:
+    - name: readings
+      kafka: {{ topic: "{input}", start_from: committed, group: "{group}" }}
+      format: json
+      schema: production/sensor_reading
+      on_error: skip
+  transforms:
+    - name: picked
+      sql: SELECT line_id, machine_id, ts, temperature FROM readings{filter}
+  models:
+    - name: failure
+      input: readings
+      regression:
+        target: failure_rate
+        features: [temperature, vibration]
+  sinks:
+    - name: out
+      from: picked
+      kafka: {{ topic: "{output}" }}
+      format: json
+    - name: predictions
+      from: failure.predictions
+      kafka: {{ topic: "{output}.predictions" }}
+      format: json
+"#
+    )
+}
+
+fn generate(bootstrap: &str, topic: &str, count: u64, seed: u64) {
+    let out = Command::new(pipectl_bin())
+        .args([
+            "gen",
+            "--bootstrap",
+            bootstrap,
+            "--kind",
+            "production/sensor_reading",
+        ])
+        .args(["--count", &count.to_string(), "--seed", &seed.to_string()])
+        .args(["--topic", topic, "--partitions", "3"])
+        .current_dir(root())
+        .output()
+        .expect("gen runs");
+    ok(out);
+}
+
+fn epoch_ms(v: &Value) -> i64 {
+    match v {
+        Value::Number(n) => n.as_i64().expect("integer ms"),
+        Value::String(s) => chrono::DateTime::parse_from_rfc3339(s)
+            .expect("RFC 3339 timestamp")
+            .timestamp_millis(),
+        other => panic!("not a timestamp: {other}"),
+    }
+}
+
+/// The picked fields of each message, counted (a multiset).
+fn rows(bootstrap: &str, topic: &str) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for m in read_all(bootstrap, topic, Duration::from_secs(60)).expect("topic reads") {
+        let v: Value = serde_json::from_slice(&m.payload).expect("JSON");
+        let key = format!(
+            "{}|{}|{}|{}",
+            v["line_id"],
+            v["machine_id"],
+            epoch_ms(&v["ts"]),
+            v["temperature"]
+        );
+        *out.entry(key).or_default() += 1;
+    }
+    out
+}
+
+/// Equal multisets, or a short account of the difference.
+fn assert_same_rows(name: &str, got: &BTreeMap<String, usize>, want: &BTreeMap<String, usize>) {
+    if got == want {
+        return;
+    }
+    let missing: Vec<&String> = want.keys().filter(|k| !got.contains_key(*k)).collect();
+    let twice: Vec<(&String, &usize)> = got.iter().filter(|(_, n)| **n > 1).collect();
+    let extra: Vec<&String> = got.keys().filter(|k| !want.contains_key(*k)).collect();
+    panic!(
+        "{name}: {} rows written for {} events; {} missing (first {:?}), {} written more than once (first {:?}), {} unknown (first {:?})",
+        got.values().sum::<usize>(),
+        want.values().sum::<usize>(),
+        missing.len(),
+        missing.first(),
+        twice.len(),
+        twice.first(),
+        extra.len(),
+        extra.first()
+    );
+}
+
+/// Messages of `topic` with a failure rate: what the model learns from.
+fn rated(bootstrap: &str, topic: &str) -> u64 {
+    read_all(bootstrap, topic, Duration::from_secs(60))
+        .expect("topic reads")
+        .iter()
+        .filter(|m| {
+            serde_json::from_slice::<Value>(&m.payload).is_ok_and(|v| v["failure_rate"].is_f64())
+        })
+        .count() as u64
+}
+
+/// Waits until the pipeline's model has learnt `n` rows (bounded); the model's summary is
+/// published after the turn's outputs are acknowledged, so the sinks hold those rows too.
+fn wait_learnt(url: &str, name: &str, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = json_of(pipectl(url, &["status", name, "-o", "json"]));
+        if s["models"]["failure"]["samples"].as_u64() == Some(n) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} did not learn {n} rows: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn two_pipelines_run_resume_after_a_restart_and_roll_back() {
+    let Some(bootstrap) = bootstrap() else { return };
+    let state = std::env::temp_dir().join(unique("daemon-state"));
+    let dir = std::env::temp_dir().join(unique("daemon-pipelines"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let suffix = (nanos() % 1_000_000_000).to_string();
+    let names = [format!("a-{suffix}"), format!("b-{suffix}")];
+    let inputs = [unique("daemon.a.in"), unique("daemon.b.in")];
+    let outputs = [unique("daemon.a.out"), unique("daemon.b.out")];
+    let mut files = Vec::new();
+    for i in 0..2 {
+        let path = dir.join(format!("{}.yaml", names[i]));
+        let yaml = pipeline_yaml(&names[i], &unique("group"), &inputs[i], &outputs[i], "");
+        std::fs::write(&path, yaml).expect("write");
+        files.push(path);
+        generate(&bootstrap, &inputs[i], 20_000, 1 + i as u64);
+    }
+    let port = free_port();
+    let mut daemon = Daemon::start(&state, port, &bootstrap);
+    let url = daemon.url.clone();
+
+    // Deploy both; both run and process.
+    let file_args: Vec<&str> = files.iter().map(|f| f.to_str().expect("utf-8")).collect();
+    let out = ok(pipectl(&url, &[&["deploy"], file_args.as_slice()].concat()));
+    assert!(
+        out.contains(&format!("{}: deployed version 1", names[0])),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{}: deployed version 1", names[1])),
+        "{out}"
+    );
+    let list = ok(pipectl(&url, &["list"]));
+    for n in &names {
+        assert!(list.contains(n.as_str()), "{list}");
+    }
+    for (n, input) in names.iter().zip(&inputs) {
+        wait_learnt(&url, n, rated(&bootstrap, input));
+    }
+    let listed = json_of(pipectl(&url, &["list", "-o", "json"]));
+    for p in listed["pipelines"].as_array().expect("pipelines") {
+        assert_eq!(p["phase"], "running", "{p}");
+    }
+
+    // Restart the daemon; more events arrive while it is down; both resume where they were.
+    daemon.stop();
+    for (seed, input) in (10..).zip(&inputs) {
+        generate(&bootstrap, input, 10_000, seed);
+    }
+    let mut daemon = Daemon::start(&state, port, &bootstrap);
+    // The models' state came back too: they count every rated event of both runs.
+    for (n, input) in names.iter().zip(&inputs) {
+        wait_learnt(&url, n, rated(&bootstrap, input));
+    }
+    let status = ok(pipectl(&url, &["status", &names[0]]));
+    assert!(status.contains("model failure: 1 keys"), "{status}");
+    for i in 0..2 {
+        let got = rows(&bootstrap, &outputs[i]);
+        let want = rows(&bootstrap, &inputs[i]);
+        assert_eq!(want.values().sum::<usize>(), 30_000);
+        assert_same_rows(&names[i], &got, &want);
+    }
+
+    // Version 2, then back to version 1.
+    let v1 = std::fs::read_to_string(&files[0]).expect("read");
+    let v2 = pipeline_yaml(
+        &names[0],
+        &unique("group"),
+        &inputs[0],
+        &outputs[0],
+        " WHERE temperature > 70",
+    );
+    std::fs::write(&files[0], &v2).expect("write");
+    let out = ok(pipectl(&url, &["deploy", "--dry-run", file_args[0]]));
+    assert!(out.contains("WHERE temperature > 70"), "the diff: {out}");
+    assert!(out.contains("would deploy version 2"), "{out}");
+    let out = ok(pipectl(&url, &["deploy", file_args[0]]));
+    assert!(out.contains("deployed version 2"), "{out}");
+    let got = json_of(pipectl(&url, &["get", &names[0], "-o", "json"]));
+    assert_eq!(got["spec"].as_str(), Some(v2.as_str()));
+    let out = ok(pipectl(&url, &["rollback", &names[0]]));
+    assert!(
+        out.contains("version 3 runs the spec of version 1"),
+        "{out}"
+    );
+    let got = json_of(pipectl(&url, &["get", &names[0], "-o", "json"]));
+    assert_eq!(got["version"], 3);
+    assert_eq!(got["spec"].as_str(), Some(v1.as_str()));
+    let versions = json_of(pipectl(&url, &["versions", &names[0], "-o", "json"]));
+    let listed: Vec<(u64, Option<u64>)> = versions["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .map(|v| (v["version"].as_u64().expect("n"), v["rollback_of"].as_u64()))
+        .collect();
+    assert_eq!(listed, vec![(1, None), (2, None), (3, Some(1))]);
+
+    // An invalid deploy is refused with located errors, by pipectl and by the daemon itself.
+    let bad = v1.replace(
+        "schema: production/sensor_reading",
+        "schema: production/sensor_readng",
+    );
+    let bad_path = dir.join("bad.yaml");
+    std::fs::write(&bad_path, &bad).expect("write");
+    let out = pipectl(&url, &["deploy", bad_path.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bad.yaml:10:15: error: spec.sources[0].schema"),
+        "{stderr}"
+    );
+    let (status, body) = http(
+        &url,
+        "POST",
+        "/api/v1/pipelines",
+        Some(TOKEN),
+        Some(&serde_json::json!({ "file": "bad.yaml", "yaml": bad })),
+    );
+    assert_eq!(status, 422, "{body}");
+    let d = &body["diagnostics"][0];
+    assert_eq!(
+        (d["line"].as_u64(), d["column"].as_u64()),
+        (Some(10), Some(15)),
+        "{body}"
+    );
+    assert_eq!(d["path"], "spec.sources[0].schema");
+
+    // Stop, start, delete.
+    ok(pipectl(&url, &["stop", &names[1]]));
+    let s = json_of(pipectl(&url, &["status", &names[1], "-o", "json"]));
+    assert_eq!(
+        (s["phase"].as_str(), s["desired"].as_str()),
+        (Some("stopped"), Some("stopped"))
+    );
+    ok(pipectl(&url, &["start", &names[1]]));
+    ok(pipectl(&url, &["delete", &names[1]]));
+    let out = pipectl(&url, &["get", &names[1]]);
+    assert_eq!(out.status.code(), Some(5), "a deleted pipeline is gone");
+
+    daemon.stop();
+    std::fs::remove_dir_all(&state).ok();
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn the_api_needs_the_token_and_matches_its_openapi_description() {
+    let state = std::env::temp_dir().join(unique("daemon-api"));
+    let port = free_port();
+    // No broker needed: nothing is deployed.
+    let mut daemon = Daemon::start_with(&state, port, "127.0.0.1:1", &["--max-body", "4096"]);
+    let url = daemon.url.clone();
+
+    // Without the token, with a wrong one: 401; probes and metrics are open.
+    assert_eq!(http(&url, "GET", "/api/v1/pipelines", None, None).0, 401);
+    assert_eq!(
+        http(
+            &url,
+            "GET",
+            "/api/v1/pipelines",
+            Some("wrong-token-0123456789"),
+            None
+        )
+        .0,
+        401
+    );
+    assert_eq!(
+        http(&url, "GET", "/api/v1/pipelines", Some(TOKEN), None).0,
+        200
+    );
+    assert_eq!(http(&url, "GET", "/healthz", None, None).0, 200);
+    assert_eq!(http(&url, "GET", "/metrics", None, None).0, 200);
+    let out = Command::new(pipectl_bin())
+        .args(["list"])
+        .env("PIPECTL_SERVER", &url)
+        .env("PIPECTL_TOKEN", "wrong-token-0123456789")
+        .env(
+            "XDG_CONFIG_HOME",
+            std::env::temp_dir().join("no-pipectl-config"),
+        )
+        .output()
+        .expect("pipectl runs");
+    assert_eq!(out.status.code(), Some(4), "exit code for a wrong token");
+
+    // The served description is the committed one, and every operation in it exists.
+    let committed: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("crates/daemon/openapi.json")).expect("openapi.json"),
+    )
+    .expect("JSON");
+    let (status, served) = http(&url, "GET", "/openapi.json", None, None);
+    assert_eq!(status, 200);
+    assert_eq!(served, committed);
+    let mut operations = 0;
+    for (path, item) in committed["paths"].as_object().expect("paths") {
+        for method in ["get", "post", "delete"] {
+            if item.get(method).is_none() {
+                continue;
+            }
+            operations += 1;
+            let concrete = path.replace("{name}", "no-such-pipeline");
+            let (status, body) = http(&url, &method.to_uppercase(), &concrete, Some(TOKEN), None);
+            let routed =
+                status != 405 && body.get("error") != Some(&Value::from("no such endpoint"));
+            assert!(routed, "{method} {path}: {status} {body}");
+        }
+    }
+    assert_eq!(operations, 13);
+    assert_eq!(
+        http(&url, "GET", "/api/v1/nothing", Some(TOKEN), None).0,
+        404
+    );
+
+    // Bodies are limited.
+    let big = "x".repeat(8 * 1024);
+    let (status, _) = http(
+        &url,
+        "POST",
+        "/api/v1/pipelines",
+        Some(TOKEN),
+        Some(&serde_json::json!({ "yaml": big })),
+    );
+    assert_eq!(status, 413);
+    daemon.stop();
+    std::fs::remove_dir_all(&state).ok();
+}
+
+#[test]
+fn the_daemon_refuses_to_start_without_a_token_unless_insecure_on_loopback() {
+    let state = std::env::temp_dir().join(unique("daemon-refuse"));
+    let run = |args: &[&str]| {
+        Command::new(pipelined_bin())
+            .args(args)
+            .arg("--state-dir")
+            .arg(&state)
+            .env_remove("PIPELINED_TOKEN")
+            .output()
+            .expect("pipelined runs")
+    };
+    let out = run(&["--listen", "127.0.0.1:0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no API token"));
+    let out = run(&["--listen", "0.0.0.0:0", "--insecure"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
+    std::fs::remove_dir_all(&state).ok();
+}
