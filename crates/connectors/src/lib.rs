@@ -159,6 +159,9 @@ pub struct KafkaSource {
     consumer: StreamConsumer,
     topic: String,
     partitions: Vec<i32>,
+    /// Where each assigned partition started, as concrete offsets (empty when the group
+    /// assigns partitions).
+    start_offsets: BTreeMap<i32, i64>,
     max_batch: usize,
     max_wait: Duration,
 }
@@ -257,6 +260,7 @@ impl KafkaSource {
             .set("fetch.queue.backoff.ms", "10");
         let consumer: StreamConsumer = client.create().map_err(kafka("creating the consumer"))?;
         let partitions = topic_partitions(&consumer, &config.topic)?;
+        let mut start_offsets = BTreeMap::new();
         match config.start {
             Start::Committed => consumer
                 .subscribe(&[config.topic.as_str()])
@@ -294,8 +298,35 @@ impl KafkaSource {
                 } else {
                     tpl
                 };
+                // Logical offsets (beginning, end) become concrete ones, so that the run
+                // knows where every partition stands even before it reads from it (a
+                // checkpoint then records a partition that stayed empty at its start).
+                let mut concrete = TopicPartitionList::new();
+                for e in tpl.elements() {
+                    let p = e.partition();
+                    let offset = match e.offset() {
+                        Offset::Offset(o) => o,
+                        logical => {
+                            let (low, high) = consumer
+                                .fetch_watermarks(&config.topic, p, METADATA_TIMEOUT)
+                                .map_err(kafka(format!(
+                                    "reading the offsets of `{}` partition {p}",
+                                    config.topic
+                                )))?;
+                            if logical == Offset::Beginning {
+                                low
+                            } else {
+                                high
+                            }
+                        }
+                    };
+                    start_offsets.insert(p, offset);
+                    concrete
+                        .add_partition_offset(&config.topic, p, Offset::Offset(offset))
+                        .map_err(kafka("building the assignment"))?;
+                }
                 consumer
-                    .assign(&tpl)
+                    .assign(&concrete)
                     .map_err(kafka(format!("assigning partitions of `{}`", config.topic)))?;
             }
         }
@@ -303,9 +334,16 @@ impl KafkaSource {
             consumer,
             topic: config.topic.clone(),
             partitions,
+            start_offsets,
             max_batch: config.max_batch.max(1),
             max_wait: config.max_wait,
         })
+    }
+
+    /// Where each partition this run assigned itself started (concrete offsets); empty when
+    /// the consumer group assigns partitions.
+    pub fn start_offsets(&self) -> &BTreeMap<i32, i64> {
+        &self.start_offsets
     }
 
     /// All partitions of the topic.

@@ -155,16 +155,25 @@ enum Command {
     Stop {
         /// Pipeline name.
         name: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: remote::Output,
     },
     /// Start a stopped pipeline from its checkpoint.
     Start {
         /// Pipeline name.
         name: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: remote::Output,
     },
     /// Stop a pipeline and delete it with its versions and checkpoints.
     Delete {
         /// Pipeline name.
         name: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: remote::Output,
     },
     /// Deploy an earlier version again (as a new version).
     Rollback {
@@ -173,6 +182,9 @@ enum Command {
         /// The version to restore (default: the one before the current).
         #[arg(long)]
         to: Option<u32>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: remote::Output,
     },
     /// List the deployed versions of a pipeline.
     Versions {
@@ -281,32 +293,31 @@ async fn run(cli: Cli) -> ExitCode {
                 std::thread::sleep(Duration::from_secs(2));
             }
         }),
-        Command::Stop { name } => with_pipeline(&server, &name, |c| {
-            c.call("POST", &remote::pipeline_path(&name, "/stop"), None)?;
-            println!("{name}: stopped");
+        Command::Stop { name, output } => with_pipeline(&server, &name, |c| {
+            let v = c.call("POST", &remote::pipeline_path(&name, "/stop"), None)?;
+            remote::print(&v, output, |_| format!("{name}: stopped\n"));
             Ok(())
         }),
-        Command::Start { name } => with_pipeline(&server, &name, |c| {
-            c.call("POST", &remote::pipeline_path(&name, "/start"), None)?;
-            println!("{name}: started");
+        Command::Start { name, output } => with_pipeline(&server, &name, |c| {
+            let v = c.call("POST", &remote::pipeline_path(&name, "/start"), None)?;
+            remote::print(&v, output, |_| format!("{name}: started\n"));
             Ok(())
         }),
-        Command::Delete { name } => with_pipeline(&server, &name, |c| {
-            c.call("DELETE", &remote::pipeline_path(&name, ""), None)?;
-            println!("{name}: deleted");
+        Command::Delete { name, output } => with_pipeline(&server, &name, |c| {
+            let v = c.call("DELETE", &remote::pipeline_path(&name, ""), None)?;
+            remote::print(&v, output, |_| format!("{name}: deleted\n"));
             Ok(())
         }),
-        Command::Rollback { name, to } => with_pipeline(&server, &name, |c| {
+        Command::Rollback { name, to, output } => with_pipeline(&server, &name, |c| {
             let body = serde_json::json!({ "to": to });
-            let v = c.call(
-                "POST",
-                &remote::pipeline_path(&name, "/rollback"),
-                Some(&body),
-            )?;
-            println!(
-                "{name}: version {} runs the spec of version {}",
-                v["version"], v["rollback_of"]
-            );
+            let path = remote::pipeline_path(&name, "/rollback");
+            let v = c.call("POST", &path, Some(&body))?;
+            remote::print(&v, output, |v| {
+                format!(
+                    "{name}: version {} runs the spec of version {}\n",
+                    v["version"], v["rollback_of"]
+                )
+            });
             Ok(())
         }),
         Command::Versions { name, output } => with_pipeline(&server, &name, |c| {

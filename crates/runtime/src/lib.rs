@@ -445,7 +445,8 @@ impl Runner {
                         node: i,
                         name: spec.name.clone(),
                         topic: spec.kafka.topic.clone(),
-                        position: resume.unwrap_or_default(),
+                        // Where every partition starts, even one that stays empty.
+                        position: kafka.start_offsets().clone(),
                         kafka,
                         decoder,
                         on_error: spec.on_error,
