@@ -608,3 +608,382 @@ fn the_daemon_refuses_to_start_without_a_token_unless_insecure_on_loopback() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
     std::fs::remove_dir_all(&state).ok();
 }
+
+/// Whether Prometheus can run here (scripts/gate installs it and sets REQUIRE_PROMETHEUS).
+fn prometheus_available() -> bool {
+    let found = Command::new("promtool")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found && std::env::var_os("REQUIRE_PROMETHEUS").is_some() {
+        panic!("REQUIRE_PROMETHEUS is set but promtool is missing: run scripts/prometheus install");
+    }
+    if !found {
+        eprintln!("skipped: no Prometheus (run scripts/gate, or scripts/prometheus install)");
+    }
+    found
+}
+
+/// A Prometheus server started by scripts/prometheus, stopped when dropped.
+struct Prometheus {
+    dir: PathBuf,
+    url: String,
+}
+
+impl Prometheus {
+    fn start(target: &str) -> Self {
+        let dir = std::env::temp_dir().join(unique("prometheus"));
+        let port = free_port();
+        let out = Command::new(root().join("scripts/prometheus"))
+            .args(["start", target, &port.to_string()])
+            .arg(&dir)
+            .output()
+            .expect("scripts/prometheus runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self {
+            dir,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// Series returned by an instant query.
+    fn query(&self, expr: &str) -> Vec<Value> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut resp = agent
+            .get(&format!("{}/api/v1/query", self.url))
+            .query("query", expr)
+            .call()
+            .expect("prometheus answers");
+        let body: Value = resp.body_mut().read_json().expect("JSON");
+        assert_eq!(body["status"], "success", "{expr}: {body}");
+        body["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = Command::new(root().join("scripts/prometheus"))
+            .arg("stop")
+            .arg(&self.dir)
+            .output();
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
+
+/// Grafana's built-in variables as Grafana would expand them for "All" and a short range.
+fn expand(expr: &str) -> String {
+    expr.replace("$__rate_interval", "30s")
+        .replace("$pipeline", ".+")
+        .replace("$model", ".+")
+}
+
+fn run_promtool(args: &[&str], stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write");
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().expect("promtool ends")
+}
+
+#[test]
+fn every_dashboard_panel_has_data_from_the_example_pipelines() {
+    let Some(bootstrap) = bootstrap() else { return };
+    if !prometheus_available() {
+        return;
+    }
+    // Static checks first: the shipped Prometheus config, the dashboards' structure and
+    // that the committed dashboards are their generator's output.
+    let out = run_promtool(
+        &[
+            "check",
+            "config",
+            root()
+                .join("deploy/prometheus/prometheus.yml")
+                .to_str()
+                .expect("utf-8"),
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let python = std::env::var("ORACLE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(python)
+        .arg(root().join("deploy/grafana/dashboards.py"))
+        .arg("--check")
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let datasources = std::fs::read_to_string(
+        root().join("deploy/grafana/provisioning/datasources/prometheus.yml"),
+    )
+    .expect("datasource provisioning");
+    let mut queries: Vec<(String, String, String)> = Vec::new();
+    for file in ["pipelines.json", "model-quality.json"] {
+        let path = root().join("deploy/grafana/dashboards").join(file);
+        let board: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("dashboard"))
+                .expect("dashboard JSON");
+        let variables = board["templating"]["list"].as_array().expect("variables");
+        assert!(
+            variables.iter().any(|v| v["name"] == "pipeline"),
+            "{file}: a pipeline selector"
+        );
+        let mut ids = std::collections::BTreeSet::new();
+        for p in board["panels"].as_array().expect("panels") {
+            let id = p["id"].as_u64().expect("panel id");
+            assert!(ids.insert(id), "{file}: panel id {id} twice");
+            let uid = p["datasource"]["uid"].as_str().expect("datasource uid");
+            assert!(
+                datasources.contains(&format!("uid: {uid}")),
+                "{file}: datasource {uid} is provisioned"
+            );
+            assert!(p["gridPos"]["w"].as_u64().is_some(), "{file}: layout");
+            for t in p["targets"].as_array().expect("targets") {
+                let expr = t["expr"].as_str().expect("expr");
+                assert!(
+                    expr.contains("$pipeline"),
+                    "{file}: {expr} follows the selector"
+                );
+                queries.push((
+                    file.to_string(),
+                    p["title"].as_str().unwrap_or_default().to_string(),
+                    expr.to_string(),
+                ));
+            }
+        }
+        for v in variables {
+            queries.push((
+                file.to_string(),
+                format!("variable {}", v["name"]),
+                v["definition"]
+                    .as_str()
+                    .and_then(|d| d.strip_prefix("label_values("))
+                    .and_then(|d| d.rsplit_once(','))
+                    .map(|(metric, _)| metric.to_string())
+                    .expect("label_values(METRIC, LABEL)"),
+            ));
+        }
+    }
+
+    // The example pipelines on the broker, fed by every event family.
+    let state = std::env::temp_dir().join(unique("daemon-metrics"));
+    let port = free_port();
+    let mut daemon = Daemon::start(&state, port, &bootstrap);
+    let url = daemon.url.clone();
+    let out = Command::new(pipectl_bin())
+        .args([
+            "gen",
+            "--bootstrap",
+            &bootstrap,
+            "--kind",
+            "all",
+            "--count",
+            "5000",
+        ])
+        .args(["--late", "0.01", "--malformed", "0.01", "--seed", "3"])
+        .current_dir(root())
+        .output()
+        .expect("gen runs");
+    ok(out);
+    let examples: Vec<String> = std::fs::read_dir(root().join("pipelines"))
+        .expect("pipelines/")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .map(|p| p.to_str().expect("utf-8").to_string())
+        .collect();
+    assert!(examples.len() >= 7);
+    let args: Vec<&str> = std::iter::once("deploy")
+        .chain(examples.iter().map(String::as_str))
+        .collect();
+    ok(pipectl(&url, &args));
+    let prometheus = Prometheus::start(&format!("127.0.0.1:{port}"));
+    // Fresh events while Prometheus watches, so that rates and latency quantiles move.
+    let mut feed = Command::new(pipectl_bin())
+        .args([
+            "gen",
+            "--bootstrap",
+            &bootstrap,
+            "--kind",
+            "all",
+            "--count",
+            "400",
+        ])
+        .args(["--rate", "40", "--start", "now", "--seed", "4"])
+        .current_dir(root())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("gen runs");
+
+    // Every pipeline runs (issue 5's acceptance: every example running under the daemon).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let listed = json_of(pipectl(&url, &["list", "-o", "json"]));
+        let pipelines = listed["pipelines"].as_array().cloned().unwrap_or_default();
+        let running = pipelines
+            .iter()
+            .filter(|p| p["phase"] == "running" && p["events_in"].as_u64() > Some(0))
+            .count();
+        if running == examples.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every example runs and reads: {listed}\n{}",
+            daemon.logs()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // The metrics text passes promtool's checks.
+    let (status, text) = http(&url, "GET", "/metrics", None, None);
+    assert_eq!(status, 200);
+    let text = text.as_str().expect("metrics text").to_string();
+    let out = run_promtool(&["check", "metrics"], Some(&text));
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Every query of every panel returns series, once Prometheus has a few scrapes.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let missing = loop {
+        let missing: Vec<&(String, String, String)> = queries
+            .iter()
+            .filter(|(_, _, expr)| prometheus.query(&expand(expr)).is_empty())
+            .collect();
+        if missing.is_empty() || Instant::now() > deadline {
+            break missing;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    let panels: std::collections::BTreeSet<(&str, &str)> = queries
+        .iter()
+        .map(|(f, t, _)| (f.as_str(), t.as_str()))
+        .collect();
+    let empty: std::collections::BTreeSet<(&str, &str)> = missing
+        .iter()
+        .map(|(f, t, _)| (f.as_str(), t.as_str()))
+        .collect();
+    eprintln!(
+        "{} panels and variables, {} with data ({} queries)",
+        panels.len(),
+        panels.len() - empty.len(),
+        queries.len()
+    );
+    assert!(missing.is_empty(), "queries without data: {missing:#?}");
+    let _ = feed.kill();
+    let _ = feed.wait();
+    drop(prometheus);
+    daemon.stop();
+    std::fs::remove_dir_all(&state).ok();
+}
+
+#[test]
+fn the_compose_stack_is_complete_and_local() {
+    let text = std::fs::read_to_string(root().join("docker-compose.yml")).expect("compose file");
+    let compose: Value = serde_norway::from_str(&text).expect("compose YAML");
+    // Apply YAML merge keys (`<<: *engine`) as Compose does.
+    let services: serde_json::Map<String, Value> = compose["services"]
+        .as_object()
+        .expect("services")
+        .iter()
+        .map(|(name, s)| {
+            let mut merged = s
+                .get("<<")
+                .cloned()
+                .unwrap_or_else(|| serde_json::json!({}));
+            for (k, v) in s
+                .as_object()
+                .expect("service")
+                .iter()
+                .filter(|(k, _)| *k != "<<")
+            {
+                merged[k] = v.clone();
+            }
+            (name.clone(), merged)
+        })
+        .collect();
+    for name in [
+        "kafka",
+        "pipelined",
+        "generator",
+        "deploy",
+        "prometheus",
+        "grafana",
+    ] {
+        assert!(services.contains_key(name), "service {name}");
+    }
+    assert!(root().join("Dockerfile").exists());
+    // The engine is built from the repository, and the API token is never a literal.
+    assert_eq!(services["pipelined"]["build"], ".");
+    assert!(
+        text.contains("PIPELINED_TOKEN: ${PIPELINED_TOKEN:?"),
+        "the token comes from the environment"
+    );
+    for (name, s) in &services {
+        for port in s["ports"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            let port = port.as_str().expect("port mapping");
+            assert!(
+                port.starts_with("127.0.0.1:"),
+                "{name} publishes {port} beyond loopback"
+            );
+        }
+        for volume in s["volumes"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            let volume = volume.as_str().expect("volume");
+            if let Some(path) = volume.strip_prefix("./") {
+                let local = path.split(':').next().expect("path");
+                assert!(root().join(local).exists(), "{name} mounts missing {local}");
+            }
+        }
+    }
+    // The deploy service deploys the examples; the generator feeds every family.
+    assert!(
+        services["deploy"]["command"][0]
+            .as_str()
+            .is_some_and(|c| c.contains("pipectl deploy pipelines/*.yaml"))
+    );
+    let generator: Vec<&str> = services["generator"]["command"]
+        .as_array()
+        .expect("command")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(generator.windows(2).any(|w| w == ["--kind", "all"]));
+}

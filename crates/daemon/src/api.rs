@@ -193,7 +193,7 @@ fn summary(record: &Record, live: Option<(u32, Arc<Live>)>) -> Value {
         "lag": live.as_ref().map(|(_, l)| l.stats.lag.load(Ordering::Relaxed)).filter(|l| *l >= 0),
         "watermark": live.as_ref().map_or(Value::Null, |(_, l)| watermark_text(l.stats.watermark_ms.load(Ordering::Relaxed))),
         "models": live.as_ref().map_or(Value::Null, |(_, l)| {
-            l.stats.models.lock().map(|m| json!(*m)).unwrap_or(Value::Null)
+            l.stats.detail.lock().map(|d| json!(d.models)).unwrap_or(Value::Null)
         }),
     })
 }

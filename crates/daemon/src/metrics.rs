@@ -1,108 +1,458 @@
-//! Prometheus metrics of the daemon, gathered from the pipelines' live counters at each
-//! scrape. Names follow Prometheus conventions (base units, `_total` for counters); the only
-//! label is the pipeline name (bounded by the deployed pipelines).
+//! The metrics catalog: every metric the daemon exports, gathered at each scrape from the
+//! pipelines' published measurements and encoded by the `prometheus` crate.
+//!
+//! Names follow Prometheus conventions (base units, `_total` for counters, `_seconds`).
+//! Labels are bounded: `pipeline` (deployed pipelines), `operator` (source, sink or
+//! transform names of the spec), `topic` (topics named in the spec), `partition` (the
+//! topic's partitions), `model` and `feature` (names in the spec), `cluster` (0 to k-1),
+//! `kind` and `window` (fixed sets). No label ever carries an event field: keyed models are
+//! exported in aggregate over their keys (per-key numbers are in their snapshot topics).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
-use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::proto::{
+    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
+};
+use prometheus::{Encoder, TextEncoder};
 
 use crate::supervisor::{Phase, Supervisor};
 
-/// Input messages read.
-pub const EVENTS_IN: &str = "pipeline_events_in_total";
-/// Records written to sinks.
-pub const EVENTS_OUT: &str = "pipeline_events_out_total";
-/// Records that failed to decode.
-pub const ERRORS: &str = "pipeline_decode_errors_total";
-/// Records written to dead-letter topics.
-pub const DEAD_LETTERED: &str = "pipeline_dead_lettered_total";
-/// Late events.
-pub const LATE: &str = "pipeline_late_events_total";
-/// Checkpoints written.
-pub const CHECKPOINTS: &str = "pipeline_checkpoints_total";
-/// Transient Kafka errors.
-pub const KAFKA_ERRORS: &str = "pipeline_kafka_errors_total";
-/// Consumer lag, messages.
-pub const LAG: &str = "pipeline_consumer_lag_messages";
-/// Watermark, seconds since the epoch.
-pub const WATERMARK: &str = "pipeline_watermark_seconds";
-/// 1 when running.
-pub const UP: &str = "pipeline_up";
+/// One catalog entry: name, type, help, labels.
+#[derive(Debug)]
+pub struct Def {
+    /// Metric name.
+    pub name: &'static str,
+    /// Counter, gauge or histogram.
+    pub kind: MetricType,
+    /// What it measures.
+    pub help: &'static str,
+    /// Its labels.
+    pub labels: &'static [&'static str],
+}
+
+const fn def(
+    name: &'static str,
+    kind: MetricType,
+    help: &'static str,
+    labels: &'static [&'static str],
+) -> Def {
+    Def {
+        name,
+        kind,
+        help,
+        labels,
+    }
+}
+
+use MetricType::{COUNTER, GAUGE, HISTOGRAM};
+
+const P: &[&str] = &["pipeline"];
+const PIPELINE_OP_TOPIC: &[&str] = &["pipeline", "operator", "topic"];
+const MODEL: &[&str] = &["pipeline", "model"];
+
+/// 1 when the pipeline is processing, 0 otherwise.
+pub const UP: Def = def(
+    "pipeline_up",
+    GAUGE,
+    "1 when the pipeline is processing.",
+    P,
+);
+/// Deployed version.
+pub const VERSION: Def = def("pipeline_version", GAUGE, "Deployed version number.", P);
 /// Restarts after failures.
-pub const RESTARTS: &str = "pipeline_restarts_total";
+pub const RESTARTS: Def = def(
+    "pipeline_restarts_total",
+    COUNTER,
+    "Restarts after failures.",
+    P,
+);
+/// Checkpoints written.
+pub const CHECKPOINTS: Def = def(
+    "pipeline_checkpoints_total",
+    COUNTER,
+    "Checkpoints written.",
+    P,
+);
+/// Messages read per source.
+pub const EVENTS_IN: Def = def(
+    "pipeline_events_in_total",
+    COUNTER,
+    "Messages read, per source.",
+    PIPELINE_OP_TOPIC,
+);
+/// Bytes read per source.
+pub const BYTES_IN: Def = def(
+    "pipeline_bytes_in_total",
+    COUNTER,
+    "Message payload bytes read, per source.",
+    PIPELINE_OP_TOPIC,
+);
+/// Micro-batches per source.
+pub const BATCHES: Def = def(
+    "pipeline_batches_total",
+    COUNTER,
+    "Micro-batches read, per source.",
+    PIPELINE_OP_TOPIC,
+);
+/// Records written per sink.
+pub const EVENTS_OUT: Def = def(
+    "pipeline_events_out_total",
+    COUNTER,
+    "Records written and acknowledged, per sink.",
+    PIPELINE_OP_TOPIC,
+);
+/// Bytes written per sink.
+pub const BYTES_OUT: Def = def(
+    "pipeline_bytes_out_total",
+    COUNTER,
+    "Record payload bytes written, per sink.",
+    PIPELINE_OP_TOPIC,
+);
+/// Errors by kind.
+pub const ERRORS: Def = def(
+    "pipeline_errors_total",
+    COUNTER,
+    "Errors by kind: decode (bad records), kafka (transient, retried), failure (the pipeline stopped and restarts).",
+    &["pipeline", "kind"],
+);
+/// Dead letters per source.
+pub const DEAD_LETTERED: Def = def(
+    "pipeline_dead_lettered_total",
+    COUNTER,
+    "Records written to the dead-letter topic, per source.",
+    PIPELINE_OP_TOPIC,
+);
+/// Late events per windowed transform.
+pub const LATE: Def = def(
+    "pipeline_late_events_total",
+    COUNTER,
+    "Events too late for their windows, per windowed transform.",
+    &["pipeline", "operator"],
+);
+/// Processing latency.
+pub const PROCESSING: Def = def(
+    "pipeline_processing_latency_seconds",
+    HISTOGRAM,
+    "Seconds from reading a record to Kafka acknowledging the outputs of its micro-batch.",
+    P,
+);
+/// End-to-end latency.
+pub const END_TO_END: Def = def(
+    "pipeline_end_to_end_latency_seconds",
+    HISTOGRAM,
+    "Seconds from a record's event time to Kafka acknowledging the outputs of its micro-batch.",
+    P,
+);
+/// Watermark lag.
+pub const WATERMARK_LAG: Def = def(
+    "pipeline_watermark_lag_seconds",
+    GAUGE,
+    "Wall-clock time minus the smallest window watermark.",
+    P,
+);
+/// Consumer lag.
+pub const CONSUMER_LAG: Def = def(
+    "pipeline_consumer_lag_messages",
+    GAUGE,
+    "Messages between the consumer's position and the end of the partition.",
+    &["pipeline", "operator", "topic", "partition"],
+);
+/// Model keys.
+pub const MODEL_KEYS: Def = def(
+    "model_keys",
+    GAUGE,
+    "Keys with their own model state.",
+    MODEL,
+);
+/// Model samples.
+pub const MODEL_SAMPLES: Def = def(
+    "model_samples",
+    GAUGE,
+    "Rows learnt by the model's current state (over all keys; drops on a drift reset).",
+    MODEL,
+);
+/// Skipped rows.
+pub const MODEL_SKIPPED: Def = def(
+    "model_skipped_rows_total",
+    COUNTER,
+    "Rows skipped for a null or non-finite feature.",
+    MODEL,
+);
+/// MAE.
+pub const MODEL_MAE: Def = def(
+    "model_mae",
+    GAUGE,
+    "Prequential mean absolute error, cumulative or over each key's last 1,000 predictions.",
+    &["pipeline", "model", "window"],
+);
+/// RMSE.
+pub const MODEL_RMSE: Def = def(
+    "model_rmse",
+    GAUGE,
+    "Prequential root mean squared error, cumulative or rolling.",
+    &["pipeline", "model", "window"],
+);
+/// R².
+pub const MODEL_R2: Def = def(
+    "model_r2",
+    GAUGE,
+    "Prequential R² against each key's mean, cumulative or rolling.",
+    &["pipeline", "model", "window"],
+);
+/// Coefficients.
+pub const MODEL_COEFFICIENT: Def = def(
+    "model_coefficient",
+    GAUGE,
+    "Regression coefficient of a declared feature (keyed models: mean over keys weighted by samples).",
+    &["pipeline", "model", "feature"],
+);
+/// Intercept.
+pub const MODEL_INTERCEPT: Def = def(
+    "model_intercept",
+    GAUGE,
+    "Regression intercept (keyed models: mean over keys weighted by samples).",
+    MODEL,
+);
+/// Drift alarms.
+pub const MODEL_DRIFT: Def = def(
+    "model_drift_alarms_total",
+    COUNTER,
+    "Page-Hinkley drift alarms on the residuals.",
+    MODEL,
+);
+/// Cluster sizes.
+pub const MODEL_CLUSTER_SIZE: Def = def(
+    "model_cluster_size",
+    GAUGE,
+    "Decayed weight of each cluster, summed over keys.",
+    &["pipeline", "model", "cluster"],
+);
+/// Inertia.
+pub const MODEL_INERTIA: Def = def(
+    "model_inertia",
+    GAUGE,
+    "Sum of squared distances of the clusters' points to their centres, over keys.",
+    MODEL,
+);
+
+/// The whole catalog, in exposition order.
+pub const CATALOG: &[&Def] = &[
+    &UP,
+    &VERSION,
+    &RESTARTS,
+    &CHECKPOINTS,
+    &EVENTS_IN,
+    &BYTES_IN,
+    &BATCHES,
+    &EVENTS_OUT,
+    &BYTES_OUT,
+    &ERRORS,
+    &DEAD_LETTERED,
+    &LATE,
+    &PROCESSING,
+    &END_TO_END,
+    &WATERMARK_LAG,
+    &CONSUMER_LAG,
+    &MODEL_KEYS,
+    &MODEL_SAMPLES,
+    &MODEL_SKIPPED,
+    &MODEL_MAE,
+    &MODEL_RMSE,
+    &MODEL_R2,
+    &MODEL_COEFFICIENT,
+    &MODEL_INTERCEPT,
+    &MODEL_DRIFT,
+    &MODEL_CLUSTER_SIZE,
+    &MODEL_INERTIA,
+];
+
+/// Metric families being filled, one per catalog entry.
+struct Families(BTreeMap<&'static str, MetricFamily>);
+
+fn labels(def: &Def, values: &[&str]) -> Vec<LabelPair> {
+    def.labels
+        .iter()
+        .zip(values)
+        .map(|(n, v)| {
+            let mut l = LabelPair::default();
+            l.set_name((*n).to_string());
+            l.set_value((*v).to_string());
+            l
+        })
+        .collect()
+}
+
+impl Families {
+    fn new() -> Self {
+        Self(
+            CATALOG
+                .iter()
+                .map(|d| {
+                    let mut f = MetricFamily::default();
+                    f.set_name(d.name.to_string());
+                    f.set_help(d.help.to_string());
+                    f.set_field_type(d.kind);
+                    (d.name, f)
+                })
+                .collect(),
+        )
+    }
+
+    fn push(&mut self, def: &Def, values: &[&str], metric: Metric) {
+        let mut m = metric;
+        m.set_label(labels(def, values));
+        if let Some(f) = self.0.get_mut(def.name) {
+            f.mut_metric().push(m);
+        }
+    }
+
+    fn value(&mut self, def: &Def, values: &[&str], v: f64) {
+        let mut m = Metric::default();
+        if def.kind == COUNTER {
+            let mut c = Counter::default();
+            c.set_value(v);
+            m.set_counter(c);
+        } else {
+            let mut g = Gauge::default();
+            g.set_value(v);
+            m.set_gauge(g);
+        }
+        self.push(def, values, m);
+    }
+
+    fn histogram(&mut self, def: &Def, values: &[&str], h: &runtime::metrics::Histogram) {
+        let mut p = Histogram::default();
+        p.set_sample_count(h.count);
+        p.set_sample_sum(h.sum);
+        p.set_bucket(
+            h.cumulative()
+                .into_iter()
+                .filter(|(b, _)| b.is_finite())
+                .map(|(b, c)| {
+                    let mut bucket = Bucket::default();
+                    bucket.set_upper_bound(b);
+                    bucket.set_cumulative_count(c);
+                    bucket
+                })
+                .collect(),
+        );
+        let mut m = Metric::default();
+        m.set_histogram(p);
+        self.push(def, values, m);
+    }
+}
 
 /// The metrics text of every pipeline.
 pub fn render(supervisor: &Supervisor) -> Result<String, prometheus::Error> {
-    let registry = Registry::new();
-    let counter = |name: &str, help: &str| -> Result<IntCounterVec, prometheus::Error> {
-        let c = IntCounterVec::new(Opts::new(name, help), &["pipeline"])?;
-        registry.register(Box::new(c.clone()))?;
-        Ok(c)
-    };
-    let events_in = counter(EVENTS_IN, "Input messages read.")?;
-    let events_out = counter(EVENTS_OUT, "Records written to sinks.")?;
-    let errors = counter(ERRORS, "Input records that failed to decode.")?;
-    let dead = counter(DEAD_LETTERED, "Records written to dead-letter topics.")?;
-    let late = counter(LATE, "Events too late for their windows.")?;
-    let checkpoints = counter(CHECKPOINTS, "Checkpoints written.")?;
-    let kafka = counter(KAFKA_ERRORS, "Transient Kafka errors (retried).")?;
-    let restarts = counter(RESTARTS, "Restarts after failures.")?;
-    let lag = IntGaugeVec::new(
-        Opts::new(LAG, "Consumer lag over all partitions."),
-        &["pipeline"],
-    )?;
-    registry.register(Box::new(lag.clone()))?;
-    let up = IntGaugeVec::new(
-        Opts::new(UP, "1 when the pipeline is running."),
-        &["pipeline"],
-    )?;
-    registry.register(Box::new(up.clone()))?;
-    let watermark = GaugeVec::new(
-        Opts::new(
-            WATERMARK,
-            "Smallest window watermark, seconds since the epoch.",
-        ),
-        &["pipeline"],
-    )?;
-    registry.register(Box::new(watermark.clone()))?;
-    for (name, _, live) in supervisor.all() {
+    let mut f = Families::new();
+    for (name, version, live) in supervisor.all() {
+        let p = name.as_str();
         let s = &live.stats;
-        let l = [name.as_str()];
-        events_in
-            .with_label_values(&l)
-            .inc_by(s.events_in.load(Ordering::Relaxed));
-        events_out
-            .with_label_values(&l)
-            .inc_by(s.events_out.load(Ordering::Relaxed));
-        errors
-            .with_label_values(&l)
-            .inc_by(s.errors.load(Ordering::Relaxed));
-        dead.with_label_values(&l)
-            .inc_by(s.dead_lettered.load(Ordering::Relaxed));
-        late.with_label_values(&l)
-            .inc_by(s.late.load(Ordering::Relaxed));
-        checkpoints
-            .with_label_values(&l)
-            .inc_by(s.checkpoints.load(Ordering::Relaxed));
-        kafka
-            .with_label_values(&l)
-            .inc_by(s.kafka_errors.load(Ordering::Relaxed));
         let status = live.status();
-        restarts
-            .with_label_values(&l)
-            .inc_by(u64::from(status.restarts));
-        let measured = s.lag.load(Ordering::Relaxed);
-        if measured >= 0 {
-            lag.with_label_values(&l).set(measured);
-        }
-        up.with_label_values(&l)
-            .set(i64::from(status.phase == Phase::Running));
+        f.value(
+            &UP,
+            &[p],
+            f64::from(u8::from(status.phase == Phase::Running)),
+        );
+        f.value(&VERSION, &[p], f64::from(version));
+        f.value(&RESTARTS, &[p], f64::from(status.restarts));
+        f.value(
+            &CHECKPOINTS,
+            &[p],
+            s.checkpoints.load(Ordering::Relaxed) as f64,
+        );
+        f.value(
+            &ERRORS,
+            &[p, "decode"],
+            s.errors.load(Ordering::Relaxed) as f64,
+        );
+        f.value(
+            &ERRORS,
+            &[p, "kafka"],
+            s.kafka_errors.load(Ordering::Relaxed) as f64,
+        );
+        f.value(&ERRORS, &[p, "failure"], f64::from(status.restarts));
         let wm = s.watermark_ms.load(Ordering::Relaxed);
         if wm != i64::MIN && wm != i64::MAX {
-            watermark.with_label_values(&l).set(wm as f64 / 1000.0);
+            let now = chrono::Utc::now().timestamp_millis();
+            f.value(&WATERMARK_LAG, &[p], (now - wm) as f64 / 1000.0);
+        }
+        let Ok(d) = s.detail.lock().map(|d| d.clone()) else {
+            continue;
+        };
+        for (op, m) in &d.sources {
+            let l = [p, op.as_str(), m.topic.as_str()];
+            f.value(&EVENTS_IN, &l, m.events as f64);
+            f.value(&BYTES_IN, &l, m.bytes as f64);
+            f.value(&BATCHES, &l, m.batches as f64);
+            f.value(&DEAD_LETTERED, &l, m.dead_lettered as f64);
+            for (partition, lag) in &m.lag {
+                if *lag >= 0 {
+                    let part = partition.to_string();
+                    f.value(
+                        &CONSUMER_LAG,
+                        &[p, op.as_str(), m.topic.as_str(), part.as_str()],
+                        *lag as f64,
+                    );
+                }
+            }
+        }
+        for (op, m) in &d.sinks {
+            let l = [p, op.as_str(), m.topic.as_str()];
+            f.value(&EVENTS_OUT, &l, m.records as f64);
+            f.value(&BYTES_OUT, &l, m.bytes as f64);
+        }
+        for (op, n) in &d.late {
+            f.value(&LATE, &[p, op.as_str()], *n as f64);
+        }
+        f.histogram(&PROCESSING, &[p], &d.processing);
+        f.histogram(&END_TO_END, &[p], &d.end_to_end);
+        for (model, m) in &d.models {
+            let l = [p, model.as_str()];
+            f.value(&MODEL_KEYS, &l, m.keys as f64);
+            f.value(&MODEL_SAMPLES, &l, m.samples as f64);
+            f.value(&MODEL_SKIPPED, &l, m.skipped as f64);
+            if m.kind == "regression" {
+                f.value(&MODEL_DRIFT, &l, m.drift_alarms as f64);
+            }
+            for (def, window, v) in [
+                (&MODEL_MAE, "cumulative", m.mae),
+                (&MODEL_RMSE, "cumulative", m.rmse),
+                (&MODEL_R2, "cumulative", m.r2),
+                (&MODEL_MAE, "rolling", m.rolling_mae),
+                (&MODEL_RMSE, "rolling", m.rolling_rmse),
+                (&MODEL_R2, "rolling", m.rolling_r2),
+            ] {
+                if let Some(v) = v {
+                    f.value(def, &[p, model.as_str(), window], v);
+                }
+            }
+            for (feature, b) in &m.coefficients {
+                f.value(
+                    &MODEL_COEFFICIENT,
+                    &[p, model.as_str(), feature.as_str()],
+                    *b,
+                );
+            }
+            if let Some(i) = m.intercept {
+                f.value(&MODEL_INTERCEPT, &l, i);
+            }
+            for (cluster, size) in m.cluster_sizes.iter().enumerate() {
+                let c = cluster.to_string();
+                f.value(&MODEL_CLUSTER_SIZE, &[p, model.as_str(), c.as_str()], *size);
+            }
+            if let Some(i) = m.inertia {
+                f.value(&MODEL_INERTIA, &l, i);
+            }
         }
     }
+    // Families without a series are left out (the text format has no empty families).
+    let families: Vec<MetricFamily> =
+        f.0.into_values()
+            .filter(|fam| !fam.get_metric().is_empty())
+            .collect();
     let mut out = Vec::new();
-    TextEncoder::new().encode(&registry.gather(), &mut out)?;
+    TextEncoder::new().encode(&families, &mut out)?;
     String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
 }

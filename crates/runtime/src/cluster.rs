@@ -181,16 +181,21 @@ impl ClusteringOp {
     /// How the model does over all its keys: samples and total inertia of seeded keys.
     pub fn summary(&self) -> crate::ModelSummary {
         let seeded: Vec<&KeyState> = self.keys.values().filter(|k| k.model.is_seeded()).collect();
+        // Cluster sizes by cluster index, summed over keys.
+        let mut sizes = vec![0.0; self.config.k];
+        for k in &seeded {
+            for (s, c) in sizes.iter_mut().zip(k.model.centroids()) {
+                *s += c.weight;
+            }
+        }
         crate::ModelSummary {
             kind: "clustering",
             keys: self.keys.len() as u64,
             samples: self.keys.values().map(|k| k.model.samples()).sum(),
             skipped: self.skipped,
-            mae: None,
-            rmse: None,
-            r2: None,
-            drift_alarms: 0,
             inertia: (!seeded.is_empty()).then(|| seeded.iter().map(|k| k.model.inertia()).sum()),
+            cluster_sizes: if seeded.is_empty() { Vec::new() } else { sizes },
+            ..Default::default()
         }
     }
 

@@ -24,6 +24,7 @@
 
 pub mod checkpoint;
 pub mod cluster;
+pub mod metrics;
 pub mod model;
 pub mod slot;
 pub mod table;
@@ -138,8 +139,9 @@ pub struct Stats {
     pub kafka_errors: AtomicU64,
     /// The last of them (written rarely: only when an error happens).
     pub last_kafka_error: std::sync::Mutex<Option<String>>,
-    /// Per model (by name): its quality, refreshed once per micro-batch turn.
-    pub models: std::sync::Mutex<BTreeMap<String, ModelSummary>>,
+    /// Per source, sink, transform and model; latency histograms (published at most once
+    /// a second).
+    pub detail: std::sync::Mutex<metrics::Detail>,
 }
 
 impl Default for Stats {
@@ -155,33 +157,12 @@ impl Default for Stats {
             checkpoints: AtomicU64::new(0),
             kafka_errors: AtomicU64::new(0),
             last_kafka_error: std::sync::Mutex::new(None),
-            models: std::sync::Mutex::new(BTreeMap::new()),
+            detail: std::sync::Mutex::new(metrics::Detail::default()),
         }
     }
 }
 
-/// A model's quality over all its keys, refreshed after every micro-batch turn.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct ModelSummary {
-    /// `regression` or `clustering`.
-    pub kind: &'static str,
-    /// Keys (models) learnt.
-    pub keys: u64,
-    /// Rows learnt.
-    pub samples: u64,
-    /// Rows skipped for a null or non-finite feature.
-    pub skipped: u64,
-    /// Prequential mean absolute error (regression).
-    pub mae: Option<f64>,
-    /// Prequential root mean squared error (regression).
-    pub rmse: Option<f64>,
-    /// Prequential R² against each key's mean (regression).
-    pub r2: Option<f64>,
-    /// Drift alarms (regression with `drift`).
-    pub drift_alarms: u64,
-    /// Total inertia of seeded keys (clustering).
-    pub inertia: Option<f64>,
-}
+pub use metrics::ModelSummary;
 
 /// What a run did.
 #[derive(Debug, Default)]
@@ -272,6 +253,10 @@ struct SourceRt {
     topic: String,
     /// Next offset to read per partition, over the whole run (restored ones included).
     position: BTreeMap<i32, i64>,
+    /// Column of the decoded rows holding the event time, if the source declares one.
+    time_col: Option<usize>,
+    /// Event times (ms) of the rows of the current micro-batch, for the latency histogram.
+    times: Vec<i64>,
     kafka: KafkaSource,
     decoder: Decoder,
     on_error: OnError,
@@ -295,6 +280,9 @@ pub struct Runner {
     tables: HashMap<usize, TableState>,
     windowed: bool,
     checkpoints: Option<checkpoint::Store>,
+    /// Measured here, published to `stats` at most once a second.
+    detail: metrics::Detail,
+    last_publish: Option<Instant>,
     summary: Summary,
 }
 
@@ -447,6 +435,12 @@ impl Runner {
                         topic: spec.kafka.topic.clone(),
                         // Where every partition starts, even one that stays empty.
                         position: kafka.start_offsets().clone(),
+                        time_col: spec
+                            .event_time
+                            .as_ref()
+                            .and_then(|e| e.field.as_deref())
+                            .and_then(|f| schema.index_of(f).ok()),
+                        times: Vec::new(),
                         kafka,
                         decoder,
                         on_error: spec.on_error,
@@ -622,6 +616,33 @@ impl Runner {
                 tables.insert(i, TableState::new(schema.clone(), &t.key)?);
             }
         }
+        let mut detail = metrics::Detail::default();
+        for n in &plan.nodes {
+            match &n.kind {
+                NodeKind::Source { spec, .. } => {
+                    detail.sources.insert(
+                        n.name.clone(),
+                        metrics::SourceMetrics {
+                            topic: spec.kafka.topic.clone(),
+                            ..Default::default()
+                        },
+                    );
+                }
+                NodeKind::Sink { spec, .. } => {
+                    detail.sinks.insert(
+                        n.name.clone(),
+                        metrics::SinkMetrics {
+                            topic: spec.kafka.topic.clone(),
+                            ..Default::default()
+                        },
+                    );
+                }
+                NodeKind::Transform { spec, .. } if spec.window.is_some() => {
+                    detail.late.insert(n.name.clone(), 0);
+                }
+                _ => {}
+            }
+        }
         let mut runner = Self {
             pipeline: plan.name.clone(),
             nodes,
@@ -632,12 +653,14 @@ impl Runner {
             tables,
             windowed,
             checkpoints,
+            detail,
+            last_publish: None,
             summary,
         };
         if let Some(c) = restored {
             runner.restore(&c)?;
         }
-        runner.publish_models();
+        runner.publish(true);
         Ok(runner)
     }
 
@@ -759,6 +782,7 @@ impl Runner {
                     continue;
                 }
                 got_any = true;
+                let received = Instant::now();
                 self.process_raw(s, &raw).await?;
                 let next = raw.next_offsets();
                 self.sources[s]
@@ -766,6 +790,7 @@ impl Runner {
                     .extend(next.iter().map(|(p, o)| (*p, *o)));
                 pending_commits[s].extend(next);
                 self.flush_outputs().await?;
+                self.observe_latency(s, received, raw.len());
                 if !self.windowed && self.checkpoints.is_none() {
                     self.sources[s].kafka.commit(&pending_commits[s])?;
                     pending_commits[s].clear();
@@ -773,8 +798,8 @@ impl Runner {
             }
             if got_any {
                 last_input = Instant::now();
-                self.publish_models();
             }
+            self.publish(false);
             if self.checkpoints.is_some()
                 && last_checkpoint.elapsed() >= self.config.checkpoint_interval
             {
@@ -783,13 +808,15 @@ impl Runner {
             }
             self.update_idle(started);
             if last_lag.elapsed() > Duration::from_secs(1) {
-                let lag: i64 = self
-                    .sources
-                    .iter()
-                    .flat_map(|s| s.kafka.lag(&s.position).into_values())
-                    .filter(|l| *l >= 0)
-                    .sum();
-                self.stats.lag.store(lag, Ordering::Relaxed);
+                let mut total = 0;
+                for s in &self.sources {
+                    let lag = s.kafka.lag(&s.position);
+                    total += lag.values().filter(|l| **l >= 0).sum::<i64>();
+                    if let Some(m) = self.detail.sources.get_mut(&s.name) {
+                        m.lag = lag;
+                    }
+                }
+                self.stats.lag.store(total, Ordering::Relaxed);
                 last_lag = Instant::now();
             }
             if let Some(max) = self.config.max_events
@@ -861,24 +888,45 @@ impl Runner {
                 self.sources[s].kafka.commit(offsets)?;
             }
         }
+        self.publish(true);
         Ok(self.summary)
     }
 
-    /// Refreshes the models' summaries in the stats (once per turn, not per row).
-    fn publish_models(&self) {
-        let mut summaries = Vec::new();
-        for n in &self.nodes {
-            match &n.op {
-                Op::Model(op) => summaries.push((n.name.clone(), op.summary())),
-                Op::Clustering(op) => summaries.push((n.name.clone(), op.summary())),
-                _ => {}
-            }
+    /// Records the latencies of a micro-batch of `n` records read at `received`, once Kafka
+    /// has acknowledged its outputs.
+    fn observe_latency(&mut self, s: usize, received: Instant, n: usize) {
+        self.detail
+            .processing
+            .observe(received.elapsed().as_secs_f64(), n as u64);
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        for t in self.sources[s].times.drain(..) {
+            self.detail
+                .end_to_end
+                .observe((now_ms - t).max(0) as f64 / 1000.0, 1);
         }
-        if summaries.is_empty() {
+    }
+
+    /// Copies the measurements, with fresh model summaries, to the stats: at most once a
+    /// second unless `now` (no lock per event or per batch).
+    fn publish(&mut self, now: bool) {
+        if !now
+            && self
+                .last_publish
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
             return;
         }
-        if let Ok(mut models) = self.stats.models.lock() {
-            models.extend(summaries);
+        self.last_publish = Some(Instant::now());
+        for n in &self.nodes {
+            let summary = match &n.op {
+                Op::Model(op) => op.summary(),
+                Op::Clustering(op) => op.summary(),
+                _ => continue,
+            };
+            self.detail.models.insert(n.name.clone(), summary);
+        }
+        if let Ok(mut d) = self.stats.detail.lock() {
+            d.clone_from(&self.detail);
         }
     }
 
@@ -925,6 +973,25 @@ impl Runner {
             .decoder
             .decode(&raw.payloads())
             .map_err(internal)?;
+        let src = &mut self.sources[s];
+        if let Some(m) = self.detail.sources.get_mut(&src.name) {
+            m.events += n as u64;
+            m.bytes += raw.bytes.len() as u64;
+            m.batches += 1;
+            m.decode_errors += decoded.errors.len() as u64;
+        }
+        if let Some(c) = src.time_col {
+            let ms = cast(
+                decoded.batch.column(c),
+                &DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Millisecond, None),
+            )
+            .map_err(internal)?;
+            let ms = ms
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::TimestampMillisecondArray>()
+                .ok_or_else(|| internal("event time cast"))?;
+            src.times.extend(ms.iter().flatten());
+        }
         if !decoded.errors.is_empty() {
             self.stats
                 .errors
@@ -1002,6 +1069,7 @@ impl Runner {
                 .position(|x| *x == from)
                 .unwrap_or(0);
             let node_inputs = self.nodes[i].inputs.clone();
+            let late_name = self.nodes[i].name.clone();
             let mut outputs: Vec<(RecordBatch, i32, u8)> = Vec::new();
             match &mut self.nodes[i].op {
                 Op::Skipped | Op::Source => {}
@@ -1042,6 +1110,8 @@ impl Runner {
                         self.stats
                             .late
                             .fetch_add(out.late.len() as u64, Ordering::Relaxed);
+                        *self.detail.late.entry(late_name.clone()).or_default() +=
+                            out.late.len() as u64;
                         if *on_late == OnLate::DeadLetter {
                             let rows: Vec<u32> = out.late.iter().map(|(r, _)| *r as u32).collect();
                             let late = take_rows(&batch, rows)?;
@@ -1113,6 +1183,10 @@ impl Runner {
                 self.stats
                     .events_out
                     .fetch_add(records.len() as u64, Ordering::Relaxed);
+                if let Some(m) = self.detail.sinks.get_mut(&n.name) {
+                    m.records += records.len() as u64;
+                    m.bytes += records.iter().map(|r| r.value.len() as u64).sum::<u64>();
+                }
                 buffer.clear();
             }
         }
@@ -1147,6 +1221,9 @@ impl Runner {
             self.stats
                 .dead_lettered
                 .fetch_add(records.len() as u64, Ordering::Relaxed);
+            if let Some(m) = self.detail.sources.get_mut(&self.sources[s].name) {
+                m.dead_lettered += records.len() as u64;
+            }
             letters.clear();
         }
         Ok(())

@@ -161,33 +161,57 @@ impl Metrics {
         self.rolling.push_back((actual, residual));
     }
 
-    fn cumulative(&self) -> (Option<f64>, Option<f64>, Option<f64>) {
+    fn cumulative(&self) -> Errors {
+        Errors {
+            n: self.n,
+            abs: self.abs,
+            sq: self.sq,
+            sst: self.actual.variance() * self.actual.weight(),
+        }
+    }
+
+    fn rolling(&self) -> Errors {
+        let mut w = Welford::default();
+        let mut e = Errors::default();
+        for (a, r) in &self.rolling {
+            w.update(*a, 1.0);
+            e.n += 1;
+            e.abs += r.abs();
+            e.sq += r * r;
+        }
+        e.sst = w.variance() * w.weight();
+        e
+    }
+}
+
+/// Sums of prequential errors: they pool over keys by addition.
+#[derive(Debug, Default, Clone, Copy)]
+struct Errors {
+    n: u64,
+    abs: f64,
+    sq: f64,
+    /// Total sum of squares of the actual values around their mean.
+    sst: f64,
+}
+
+impl Errors {
+    fn add(&mut self, o: Errors) {
+        self.n += o.n;
+        self.abs += o.abs;
+        self.sq += o.sq;
+        self.sst += o.sst;
+    }
+
+    /// MAE, RMSE and R².
+    fn scores(&self) -> (Option<f64>, Option<f64>, Option<f64>) {
         if self.n == 0 {
             return (None, None, None);
         }
         let n = self.n as f64;
-        let sst = self.actual.variance() * self.actual.weight();
-        let r2 = (sst > 0.0).then(|| 1.0 - self.sq / sst);
-        (Some(self.abs / n), Some((self.sq / n).sqrt()), r2)
-    }
-
-    fn rolling(&self) -> (Option<f64>, Option<f64>, Option<f64>) {
-        if self.rolling.is_empty() {
-            return (None, None, None);
-        }
-        let n = self.rolling.len() as f64;
-        let mut w = Welford::default();
-        let (mut abs, mut sq) = (0.0, 0.0);
-        for (a, r) in &self.rolling {
-            w.update(*a, 1.0);
-            abs += r.abs();
-            sq += r * r;
-        }
-        let sst = w.variance() * n;
         (
-            Some(abs / n),
-            Some((sq / n).sqrt()),
-            (sst > 0.0).then(|| 1.0 - sq / sst),
+            Some(self.abs / n),
+            Some((self.sq / n).sqrt()),
+            (self.sst > 0.0).then(|| 1.0 - self.sq / self.sst),
         )
     }
 }
@@ -400,28 +424,54 @@ impl RegressionOp {
 
     /// How the model does over all its keys: samples, prequential MAE and RMSE over every
     /// prediction with a target, R² against each key's own mean (pooled), drift alarms.
+    ///
+    /// Coefficients are those of the global model, or for a keyed model the mean over keys
+    /// weighted by each key's samples (per-key coefficients are in the snapshots topic).
     pub fn summary(&self) -> crate::ModelSummary {
-        let (mut n, mut abs, mut sq, mut sst, mut samples, mut alarms) =
-            (0u64, 0.0, 0.0, 0.0, 0, 0);
+        let (mut cumulative, mut rolling) = (Errors::default(), Errors::default());
+        let (mut samples, mut alarms) = (0, 0);
+        let d = self.features.names.len();
+        let (mut coefficients, mut intercept, mut solved) = (vec![0.0; d], 0.0, 0.0);
         for ks in self.keys.values() {
-            let m = &ks.metrics;
-            n += m.n;
-            abs += m.abs;
-            sq += m.sq;
-            sst += m.actual.variance() * m.actual.weight();
+            cumulative.add(ks.metrics.cumulative());
+            rolling.add(ks.metrics.rolling());
             samples += ks.state.samples();
             alarms += ks.alarms;
+            if let Ok(sol) = ks.state.solve(self.ridge) {
+                let w = ks.state.samples() as f64;
+                for (c, b) in coefficients.iter_mut().zip(&sol.coefficients) {
+                    *c += w * b;
+                }
+                intercept += w * sol.intercept;
+                solved += w;
+            }
         }
+        let (mae, rmse, r2) = cumulative.scores();
+        let (rolling_mae, rolling_rmse, rolling_r2) = rolling.scores();
         crate::ModelSummary {
             kind: "regression",
             keys: self.keys.len() as u64,
             samples,
             skipped: self.skipped,
-            mae: (n > 0).then(|| abs / n as f64),
-            rmse: (n > 0).then(|| (sq / n as f64).sqrt()),
-            r2: (sst > 0.0).then(|| 1.0 - sq / sst),
+            mae,
+            rmse,
+            r2,
+            rolling_mae,
+            rolling_rmse,
+            rolling_r2,
             drift_alarms: alarms,
-            inertia: None,
+            coefficients: if solved > 0.0 {
+                self.features
+                    .names
+                    .iter()
+                    .cloned()
+                    .zip(coefficients.iter().map(|c| c / solved))
+                    .collect()
+            } else {
+                BTreeMap::new()
+            },
+            intercept: (solved > 0.0).then(|| intercept / solved),
+            ..Default::default()
         }
     }
 
@@ -484,7 +534,10 @@ impl RegressionOp {
                     coefficients.append(false).map_err(internal)?;
                 }
             }
-            let (c, r) = (ks.metrics.cumulative(), ks.metrics.rolling());
+            let (c, r) = (
+                ks.metrics.cumulative().scores(),
+                ks.metrics.rolling().scores(),
+            );
             for (b, v) in metrics.iter_mut().zip([c.0, c.1, c.2, r.0, r.1, r.2]) {
                 b.append_option(v);
             }

@@ -1,0 +1,165 @@
+//! What a running pipeline measures beyond its totals: per source and sink, per transform,
+//! two latency histograms and each model's quality. The runner keeps a [`Detail`] of its
+//! own (no lock per event) and publishes a copy to [`crate::Stats`] at most once a second;
+//! the daemon turns it into Prometheus metrics.
+
+use std::collections::BTreeMap;
+
+/// Upper bounds, in seconds, of the latency histograms' buckets (`+Inf` is implied).
+pub const LATENCY_BUCKETS: [f64; 16] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 600.0,
+    3600.0,
+];
+
+/// A histogram with [`LATENCY_BUCKETS`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative); the last counts those above every bound.
+    pub counts: [u64; LATENCY_BUCKETS.len() + 1],
+    /// Sum of the observed values.
+    pub sum: f64,
+    /// Number of observations.
+    pub count: u64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self {
+            counts: [0; LATENCY_BUCKETS.len() + 1],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+}
+
+impl Histogram {
+    /// Records `n` observations of `value` seconds.
+    pub fn observe(&mut self, value: f64, n: u64) {
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|b| value <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.counts[bucket] += n;
+        self.sum += value * n as f64;
+        self.count += n;
+    }
+
+    /// Cumulative counts per bound (`le`), as Prometheus exposes them, ending with `+Inf`.
+    pub fn cumulative(&self) -> Vec<(f64, u64)> {
+        let mut total = 0;
+        LATENCY_BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(self.counts)
+            .map(|(b, c)| {
+                total += c;
+                (b, total)
+            })
+            .collect()
+    }
+}
+
+/// One source.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SourceMetrics {
+    /// Its topic.
+    pub topic: String,
+    /// Messages read.
+    pub events: u64,
+    /// Payload bytes read.
+    pub bytes: u64,
+    /// Micro-batches read.
+    pub batches: u64,
+    /// Messages that failed to decode.
+    pub decode_errors: u64,
+    /// Records written to its dead-letter topic (bad records and late rows).
+    pub dead_lettered: u64,
+    /// Consumer lag per partition (when measured).
+    pub lag: BTreeMap<i32, i64>,
+}
+
+/// One sink.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SinkMetrics {
+    /// Its topic.
+    pub topic: String,
+    /// Records written (acknowledged).
+    pub records: u64,
+    /// Payload bytes written.
+    pub bytes: u64,
+}
+
+/// A model's quality over all its keys.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct ModelSummary {
+    /// `regression` or `clustering`.
+    pub kind: &'static str,
+    /// Keys (models) learnt.
+    pub keys: u64,
+    /// Rows learnt.
+    pub samples: u64,
+    /// Rows skipped for a null or non-finite feature.
+    pub skipped: u64,
+    /// Prequential mean absolute error, cumulative (regression).
+    pub mae: Option<f64>,
+    /// Prequential root mean squared error, cumulative (regression).
+    pub rmse: Option<f64>,
+    /// Prequential R² against each key's mean, cumulative (regression).
+    pub r2: Option<f64>,
+    /// The same over each key's last 1,000 predictions.
+    pub rolling_mae: Option<f64>,
+    /// The same over each key's last 1,000 predictions.
+    pub rolling_rmse: Option<f64>,
+    /// The same over each key's last 1,000 predictions.
+    pub rolling_r2: Option<f64>,
+    /// Drift alarms (regression with `drift`).
+    pub drift_alarms: u64,
+    /// Coefficient per declared feature (mean over keys weighted by samples).
+    pub coefficients: BTreeMap<String, f64>,
+    /// Intercept (mean over keys weighted by samples).
+    pub intercept: Option<f64>,
+    /// Total inertia of seeded keys (clustering).
+    pub inertia: Option<f64>,
+    /// Weight of each cluster, summed over keys (clustering).
+    pub cluster_sizes: Vec<f64>,
+}
+
+/// Everything measured per part of a pipeline.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Detail {
+    /// By source name.
+    pub sources: BTreeMap<String, SourceMetrics>,
+    /// By sink name.
+    pub sinks: BTreeMap<String, SinkMetrics>,
+    /// Late rows by transform name.
+    pub late: BTreeMap<String, u64>,
+    /// Seconds from reading a micro-batch to Kafka acknowledging its outputs, per record.
+    pub processing: Histogram,
+    /// Seconds from a record's event time to Kafka acknowledging the outputs of its
+    /// micro-batch, per record with an event time.
+    pub end_to_end: Histogram,
+    /// By model name.
+    pub models: BTreeMap<String, ModelSummary>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_upper_bounds_and_cumulate() {
+        let mut h = Histogram::default();
+        h.observe(0.001, 2); // on a bound: that bucket
+        h.observe(0.3, 1);
+        h.observe(1e9, 1); // above every bound
+        let c = h.cumulative();
+        assert_eq!(c[0], (0.001, 2));
+        assert_eq!(c[7], (0.25, 2));
+        assert_eq!(c[8], (0.5, 3));
+        assert_eq!(c[LATENCY_BUCKETS.len() - 1].1, 3);
+        assert_eq!(c[LATENCY_BUCKETS.len()], (f64::INFINITY, 4));
+        assert_eq!(h.count, 4);
+        assert!((h.sum - (0.002 + 0.3 + 1e9)).abs() < 1e-3);
+    }
+}
