@@ -8,7 +8,6 @@
 //! messages back from the broker and decides validity and lateness on its own.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -16,43 +15,8 @@ use base64::Engine;
 use connectors::{StoredMessage, read_all};
 use serde_json::Value;
 
-/// The package directory, read when the test runs: a build cache shared by checkouts at
-/// different paths may hold a test binary compiled in another checkout, so the compile-time
-/// `env!("CARGO_MANIFEST_DIR")` can name a directory that does not exist here.
-fn manifest_dir() -> String {
-    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string())
-}
-
-fn root() -> PathBuf {
-    Path::new(&manifest_dir())
-        .ancestors()
-        .nth(2)
-        .expect("repository root")
-        .to_path_buf()
-}
-
-fn bootstrap() -> Option<String> {
-    match std::env::var("KAFKA_BOOTSTRAP") {
-        Ok(b) => Some(b),
-        Err(_) if std::env::var_os("REQUIRE_KAFKA").is_some() => {
-            panic!("REQUIRE_KAFKA is set but KAFKA_BOOTSTRAP is not: start scripts/kafka")
-        }
-        Err(_) => {
-            eprintln!(
-                "skipped: no KAFKA_BOOTSTRAP (run scripts/gate, or scripts/kafka start and export KAFKA_BOOTSTRAP=127.0.0.1:9092)"
-            );
-            None
-        }
-    }
-}
-
-fn unique(name: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!("test.{name}.{}.{nanos}", std::process::id())
-}
+mod support;
+use support::{bootstrap, epoch_ms, root, unique};
 
 fn pipectl(args: &[&str], env: &[(&str, &str)]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_pipectl"))
@@ -94,16 +58,6 @@ fn header<'a>(m: &'a StoredMessage, key: &str) -> &'a str {
         .find(|(k, _)| k == key)
         .map(|(_, v)| v.as_str())
         .unwrap_or("")
-}
-
-fn epoch_ms(v: &Value) -> i64 {
-    match v {
-        Value::Number(n) => n.as_i64().expect("integer ms"),
-        Value::String(s) => chrono::DateTime::parse_from_rfc3339(s)
-            .expect("RFC 3339 timestamp")
-            .timestamp_millis(),
-        other => panic!("not a timestamp: {other}"),
-    }
 }
 
 fn close(a: f64, b: f64, rel: f64) -> bool {
@@ -796,4 +750,128 @@ fn a_checkpointed_run_from_latest_resumes_where_it_started_even_on_partitions_it
     run();
     assert_eq!(read(&bootstrap, &output).len(), 3000);
     std::fs::remove_dir_all(&checkpoints).ok();
+}
+
+#[test]
+fn tombstones_delete_rows_of_a_changelog_table() {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let Some(bootstrap) = bootstrap() else { return };
+    let dir = std::env::temp_dir().join(unique("tombstones"));
+    std::fs::create_dir_all(dir.join("schemas/shop")).expect("dir");
+    std::fs::write(
+        dir.join("schemas/shop/product.avsc"),
+        r#"{"type":"record","name":"Product","fields":[
+  {"name":"sku","type":"string"},{"name":"name","type":"string"},{"name":"price","type":"double"}]}"#,
+    )
+    .expect("schema");
+    std::fs::write(
+        dir.join("schemas/shop/order.avsc"),
+        r#"{"type":"record","name":"Order","fields":[
+  {"name":"order_id","type":"string"},{"name":"sku","type":"string"}]}"#,
+    )
+    .expect("schema");
+    let (products, orders, output) = (unique("products"), unique("orders"), unique("enriched"));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    for t in [&products, &orders] {
+        rt.block_on(connectors::create_topic(&bootstrap, t, 1))
+            .expect("topic");
+    }
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .expect("producer");
+    let send = |topic: &str, key: &str, value: Option<&str>| {
+        let mut record = BaseRecord::<str, str>::to(topic).key(key).partition(0);
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
+        producer.send(record).map_err(|(e, _)| e).expect("send");
+        producer.flush(Duration::from_secs(10)).expect("flush");
+    };
+    // B is deleted by a tombstone; C is updated after it.
+    send(
+        &products,
+        "A",
+        Some(r#"{"sku":"A","name":"anvil","price":10.0}"#),
+    );
+    send(
+        &products,
+        "B",
+        Some(r#"{"sku":"B","name":"bolt","price":0.5}"#),
+    );
+    send(
+        &products,
+        "C",
+        Some(r#"{"sku":"C","name":"clamp","price":3.0}"#),
+    );
+    send(&products, "B", None);
+    send(
+        &products,
+        "C",
+        Some(r#"{"sku":"C","name":"clamp v2","price":4.0}"#),
+    );
+    let pipeline = dir.join("enrich.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"apiVersion: pipelines/v1
+kind: Pipeline
+metadata: {{ name: tombstone-test }}
+spec:
+  sources:
+    - {{ name: products, kafka: {{ topic: "{products}", start_from: earliest }}, format: json, schema: shop/product, table: {{ key: sku }} }}
+    - {{ name: orders, kafka: {{ topic: "{orders}", start_from: earliest }}, format: json, schema: shop/order }}
+  transforms:
+    - name: enriched
+      sql: SELECT o.order_id, p.name FROM orders o JOIN products p ON o.sku = p.sku
+  sinks:
+    - {{ name: out, from: enriched, kafka: {{ topic: "{output}" }}, format: json }}
+"#
+        ),
+    )
+    .expect("pipeline");
+    let run = || {
+        pipectl(
+            &[
+                "run",
+                pipeline.to_str().expect("utf-8"),
+                "--bootstrap",
+                &bootstrap,
+                "--schemas",
+                dir.join("schemas").to_str().expect("utf-8"),
+                "--checkpoint-dir",
+                dir.join("checkpoints").to_str().expect("utf-8"),
+                "--until-idle",
+                "2s",
+                "--quiet",
+            ],
+            &[],
+        )
+    };
+    // The table first (its state is checkpointed), then the orders against it.
+    let first = run();
+    assert!(
+        String::from_utf8_lossy(&first.stderr).contains("0 errors"),
+        "a tombstone is not a bad record: {}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    send(&orders, "o1", Some(r#"{"order_id":"o1","sku":"A"}"#));
+    send(&orders, "o2", Some(r#"{"order_id":"o2","sku":"B"}"#));
+    send(&orders, "o3", Some(r#"{"order_id":"o3","sku":"C"}"#));
+    run();
+    let mut got: Vec<String> = read(&bootstrap, &output)
+        .iter()
+        .map(|m| {
+            let v: Value = serde_json::from_slice(&m.payload).expect("JSON");
+            format!(
+                "{} {}",
+                v["order_id"].as_str().expect("id"),
+                v["name"].as_str().expect("name")
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got, vec!["o1 anvil", "o3 clamp v2"]);
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -11,23 +11,11 @@
 //! to be reviewed line by line in the diff before committing (like `insta` or DataFusion's
 //! sqllogictest `--complete`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-/// The package directory, read when the test runs: a build cache shared by checkouts at
-/// different paths may hold a test binary compiled in another checkout, so the compile-time
-/// `env!("CARGO_MANIFEST_DIR")` can name a directory that does not exist here.
-fn manifest_dir() -> String {
-    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string())
-}
-
-fn root() -> PathBuf {
-    Path::new(&manifest_dir())
-        .ancestors()
-        .nth(2)
-        .expect("repository root")
-        .to_path_buf()
-}
+mod support;
+use support::root;
 
 fn pipectl(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_pipectl"))

@@ -105,6 +105,13 @@ pub struct RawBatch {
     pub offsets: Vec<i64>,
     /// Kafka timestamp of each message, ms (0 when the broker gave none).
     pub timestamps: Vec<i64>,
+    /// Message keys, back to back.
+    pub key_bytes: Vec<u8>,
+    /// `(start, end)` of each message's key in `key_bytes`, `None` without a key.
+    pub keys: Vec<Option<(usize, usize)>>,
+    /// Whether each message had no value at all (a tombstone in a compacted topic), as
+    /// opposed to an empty one.
+    pub null_value: Vec<bool>,
     /// Transient errors librdkafka reported while the batch was read (and retried).
     pub transient_errors: u64,
     /// The last of them.
@@ -128,6 +135,11 @@ impl RawBatch {
         &self.bytes[s..e]
     }
 
+    /// The key of message `i`.
+    pub fn key(&self, i: usize) -> Option<&[u8]> {
+        self.keys[i].map(|(s, e)| &self.key_bytes[s..e])
+    }
+
     /// Every payload, in order.
     pub fn payloads(&self) -> Vec<&[u8]> {
         (0..self.len()).map(|i| self.payload(i)).collect()
@@ -139,6 +151,9 @@ impl RawBatch {
         self.partitions.clear();
         self.offsets.clear();
         self.timestamps.clear();
+        self.key_bytes.clear();
+        self.keys.clear();
+        self.null_value.clear();
         self.transient_errors = 0;
         self.last_transient_error = None;
     }
@@ -401,6 +416,13 @@ impl KafkaSource {
             batch
                 .timestamps
                 .push(message.timestamp().to_millis().unwrap_or(0));
+            batch.null_value.push(message.payload().is_none());
+            let key = message.key().map(|k| {
+                let begin = batch.key_bytes.len();
+                batch.key_bytes.extend_from_slice(k);
+                (begin, batch.key_bytes.len())
+            });
+            batch.keys.push(key);
         }
         Ok(())
     }

@@ -969,10 +969,24 @@ impl Runner {
         for p in raw.next_offsets().keys() {
             self.sources[s].last_seen.insert(*p, now);
         }
-        let decoded = self.sources[s]
+        let mut decoded = self.sources[s]
             .decoder
             .decode(&raw.payloads())
             .map_err(internal)?;
+        // In a changelog table, a message without a value deletes its key (a tombstone): not
+        // a bad record. The deletes are applied in offset order with the upserts below.
+        let node = self.sources[s].node;
+        let mut tombstones: Vec<(usize, String)> = Vec::new();
+        if self.tables.contains_key(&node) {
+            // Without a key a tombstone names nothing: it stays a bad record.
+            decoded.errors.retain(|e| match raw.key(e.index) {
+                Some(k) if raw.null_value[e.index] => {
+                    tombstones.push((e.index, String::from_utf8_lossy(k).into_owned()));
+                    false
+                }
+                _ => true,
+            });
+        }
         let src = &mut self.sources[s];
         if let Some(m) = self.detail.sources.get_mut(&src.name) {
             m.events += n as u64;
@@ -1027,6 +1041,21 @@ impl Runner {
                 }
             }
         }
+        if let Some(table) = self.tables.get_mut(&node) {
+            // Rows are in message order: upsert the rows before each tombstone, then delete.
+            let mut next = 0;
+            for (message, key) in &tombstones {
+                let upto = decoded.rows.partition_point(|m| m < message);
+                if upto > next {
+                    table.upsert(&decoded.batch.slice(next, upto - next))?;
+                    next = upto;
+                }
+                table.delete(key)?;
+            }
+            if decoded.batch.num_rows() > next {
+                table.upsert(&decoded.batch.slice(next, decoded.batch.num_rows() - next))?;
+            }
+        }
         if decoded.batch.num_rows() == 0 {
             return Ok(());
         }
@@ -1037,10 +1066,6 @@ impl Runner {
                 .entry(raw.partitions[*message])
                 .or_default()
                 .push(row as u32);
-        }
-        let node = self.sources[s].node;
-        if let Some(table) = self.tables.get_mut(&node) {
-            table.upsert(&decoded.batch)?;
         }
         let mut queue = VecDeque::new();
         for (p, rows) in by_partition {

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
@@ -65,6 +65,26 @@ impl TableState {
         let s = concat_batches(&self.schema, self.rows.values()).map_err(internal)?;
         self.snapshot = Some(s.clone());
         Ok(s)
+    }
+
+    /// Removes the row whose key, as text, is `key` (a tombstone). Returns whether it was
+    /// there.
+    pub fn delete(&mut self, key: &str) -> Result<bool, RuntimeError> {
+        let text: datafusion::arrow::array::ArrayRef =
+            std::sync::Arc::new(datafusion::arrow::array::StringArray::from(vec![key]));
+        let typed =
+            datafusion::arrow::compute::cast(&text, self.schema.field(self.key).data_type())
+                .map_err(internal)?;
+        if typed.is_null(0) {
+            // Not a value of the key's type (such as `x` for an integer key): no such row.
+            return Ok(false);
+        }
+        let rows = self.converter.convert_columns(&[typed]).map_err(internal)?;
+        let removed = self.rows.remove(&rows.row(0).owned()).is_some();
+        if removed {
+            self.snapshot = None;
+        }
+        Ok(removed)
     }
 
     /// Every current row as Arrow IPC, for a checkpoint.

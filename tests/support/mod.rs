@@ -1,0 +1,62 @@
+//! Helpers shared by the test files in this directory (each includes this module; each uses
+//! a part of it).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+/// The repository root. The package directory is read when the test runs: a build cache
+/// shared by checkouts at different paths may hold a test binary compiled in another
+/// checkout, so the compile-time `env!("CARGO_MANIFEST_DIR")` can name a directory that does
+/// not exist here.
+pub fn root() -> PathBuf {
+    let manifest = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    Path::new(&manifest)
+        .ancestors()
+        .nth(2)
+        .expect("repository root")
+        .to_path_buf()
+}
+
+/// The test broker from `KAFKA_BOOTSTRAP`; `None` (the test passes vacuously, saying so)
+/// unless `REQUIRE_KAFKA` is set, as scripts/gate does.
+pub fn bootstrap() -> Option<String> {
+    match std::env::var("KAFKA_BOOTSTRAP") {
+        Ok(b) => Some(b),
+        Err(_) if std::env::var_os("REQUIRE_KAFKA").is_some() => {
+            panic!("REQUIRE_KAFKA is set but KAFKA_BOOTSTRAP is not: start scripts/kafka")
+        }
+        Err(_) => {
+            eprintln!(
+                "skipped: no KAFKA_BOOTSTRAP (run scripts/gate, or scripts/kafka start and export KAFKA_BOOTSTRAP=127.0.0.1:9092)"
+            );
+            None
+        }
+    }
+}
+
+/// Nanoseconds since the epoch.
+pub fn nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
+}
+
+/// A name no other test or run uses (topics, groups, directories).
+pub fn unique(name: &str) -> String {
+    format!("test.{name}.{}.{}", std::process::id(), nanos())
+}
+
+/// A timestamp written as epoch milliseconds or RFC 3339, in milliseconds.
+pub fn epoch_ms(v: &Value) -> i64 {
+    match v {
+        Value::Number(n) => n.as_i64().expect("integer ms"),
+        Value::String(s) => chrono::DateTime::parse_from_rfc3339(s)
+            .expect("RFC 3339 timestamp")
+            .timestamp_millis(),
+        other => panic!("not a timestamp: {other}"),
+    }
+}
