@@ -12,18 +12,8 @@ use std::time::{Duration, Instant};
 use connectors::read_all;
 use serde_json::Value;
 
-/// The package directory, read when the test runs (see tests/kafka.rs).
-fn manifest_dir() -> String {
-    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string())
-}
-
-fn root() -> PathBuf {
-    Path::new(&manifest_dir())
-        .ancestors()
-        .nth(2)
-        .expect("repository root")
-        .to_path_buf()
-}
+mod support;
+use support::{bootstrap, epoch_ms, nanos, root, unique};
 
 fn pipelined_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_pipelined"))
@@ -38,30 +28,6 @@ fn pipectl_bin() -> PathBuf {
         p.display()
     );
     p
-}
-
-fn bootstrap() -> Option<String> {
-    match std::env::var("KAFKA_BOOTSTRAP") {
-        Ok(b) => Some(b),
-        Err(_) if std::env::var_os("REQUIRE_KAFKA").is_some() => {
-            panic!("REQUIRE_KAFKA is set but KAFKA_BOOTSTRAP is not: start scripts/kafka")
-        }
-        Err(_) => {
-            eprintln!("skipped: no KAFKA_BOOTSTRAP (run scripts/gate)");
-            None
-        }
-    }
-}
-
-fn nanos() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default()
-}
-
-fn unique(name: &str) -> String {
-    format!("test.{name}.{}.{}", std::process::id(), nanos())
 }
 
 fn free_port() -> u16 {
@@ -284,16 +250,6 @@ fn generate(bootstrap: &str, topic: &str, count: u64, seed: u64) {
         .output()
         .expect("gen runs");
     ok(out);
-}
-
-fn epoch_ms(v: &Value) -> i64 {
-    match v {
-        Value::Number(n) => n.as_i64().expect("integer ms"),
-        Value::String(s) => chrono::DateTime::parse_from_rfc3339(s)
-            .expect("RFC 3339 timestamp")
-            .timestamp_millis(),
-        other => panic!("not a timestamp: {other}"),
-    }
 }
 
 /// The picked fields of each message, counted (a multiset).

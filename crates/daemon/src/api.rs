@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::registry::{Desired, Record, Registry, Version};
-use crate::supervisor::{Live, Phase, Supervisor};
+use crate::supervisor::{Live, Phase, Supervisor, log};
 
 /// The OpenAPI description, committed beside the code.
 pub const OPENAPI: &str = include_str!("../openapi.json");
@@ -382,6 +382,15 @@ async fn deploy(
             .live(&name)
             .is_some_and(|(_, l)| l.status().phase != Phase::Stopped);
         if !unchanged || was_stopped || !running {
+            log(&format!(
+                "deploy: {name} v{} ({})",
+                current.version,
+                if unchanged {
+                    "unchanged, restarted"
+                } else {
+                    "new version"
+                }
+            ));
             app.supervisor.start(&name, current.version, current.yaml);
         }
         let status = if previous.is_none() {
@@ -413,6 +422,7 @@ async fn stop(State(app): State<Arc<App>>, Path(name): Path<String>) -> Reply {
             })
             .map_err(ApiError::internal)?
             .ok_or_else(|| ApiError::not_found(&name))?;
+        log(&format!("stop: {name}"));
         let was_running = app.supervisor.stop(&name);
         Ok(Json(json!({ "name": name, "stopped": was_running })).into_response())
     })
@@ -437,6 +447,7 @@ async fn start(State(app): State<Arc<App>>, Path(name): Path<String>) -> Reply {
             .is_some_and(|(_, l)| l.status().phase != Phase::Stopped);
         if !running {
             let v = record.current().clone();
+            log(&format!("start: {name} v{}", v.version));
             app.supervisor.start(&name, v.version, v.yaml);
         }
         Ok(Json(json!({ "name": name, "started": !running })).into_response())
@@ -447,6 +458,7 @@ async fn start(State(app): State<Arc<App>>, Path(name): Path<String>) -> Reply {
 async fn delete_pipeline(State(app): State<Arc<App>>, Path(name): Path<String>) -> Reply {
     blocking(move || {
         record_or_404(&app, &name)?;
+        log(&format!("delete: {name}"));
         app.supervisor.remove(&name);
         app.registry
             .update(&name, |_| None)
@@ -511,6 +523,7 @@ async fn rollback(
             .map_err(ApiError::internal)?
             .ok_or_else(|| ApiError::not_found(&name))?;
         let v = record.current().clone();
+        log(&format!("rollback: {name} v{} runs the spec of v{target}", v.version));
         app.supervisor.start(&name, v.version, v.yaml);
         Ok(Json(json!({ "name": name, "version": v.version, "rollback_of": target }))
             .into_response())

@@ -147,7 +147,7 @@ async fn main() -> ExitCode {
         }
     }
     app.ready.store(true, Ordering::Relaxed);
-    eprintln!(
+    daemon::supervisor::log(&format!(
         "pipelined: listening on http://{} ({} pipelines, {} running){}",
         args.listen,
         records.len(),
@@ -160,11 +160,11 @@ async fn main() -> ExitCode {
         } else {
             ""
         }
-    );
+    ));
     let served = axum::serve(listener, api::router(app.clone(), args.max_body))
         .with_graceful_shutdown(shutdown_signal())
         .await;
-    eprintln!("pipelined: stopping pipelines (each writes a final checkpoint)");
+    daemon::supervisor::log("pipelined: stopping pipelines (each writes a final checkpoint)");
     let stopper = app.clone();
     let _ = tokio::task::spawn_blocking(move || stopper.supervisor.stop_all()).await;
     match served {

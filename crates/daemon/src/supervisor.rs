@@ -76,19 +76,28 @@ impl Status {
     }
 }
 
-/// Live view of one pipeline, shared with its thread.
+/// Live view of one pipeline, shared with its thread. Its changes of phase are logged to
+/// standard error, one line each.
 #[derive(Debug)]
 pub struct Live {
     /// Counters of the runner.
     pub stats: Arc<Stats>,
     status: Mutex<Status>,
+    /// `NAME vVERSION`, for the log.
+    who: String,
+}
+
+/// A line of the daemon's log on standard error.
+pub fn log(message: &str) {
+    eprintln!("{} {message}", now());
 }
 
 impl Live {
-    fn new(phase: Phase) -> Arc<Self> {
+    fn new(name: &str, version: u32, phase: Phase) -> Arc<Self> {
         Arc::new(Self {
             stats: Arc::new(Stats::default()),
             status: Mutex::new(Status::new(phase)),
+            who: format!("{name} v{version}"),
         })
     }
 
@@ -107,10 +116,12 @@ impl Live {
         if s.phase != phase {
             s.phase = phase;
             s.since = now();
+            log(&format!("pipeline {}: {phase:?}", self.who).to_lowercase());
         }
     }
 
     fn failed(&self, error: String) {
+        log(&format!("pipeline {}: failed: {error}", self.who));
         let mut s = self.lock();
         s.phase = Phase::Failed;
         s.since = now();
@@ -157,7 +168,7 @@ impl Supervisor {
     /// the old version has stopped.
     pub fn start(&self, name: &str, version: u32, yaml: String) {
         self.stop(name);
-        let live = Live::new(Phase::Starting);
+        let live = Live::new(name, version, Phase::Starting);
         let (tx, rx) = watch::channel(false);
         let thread = {
             let (name, settings, live) = (name.to_string(), self.settings.clone(), live.clone());
@@ -189,7 +200,7 @@ impl Supervisor {
             name.to_string(),
             Slot {
                 version,
-                live: Live::new(Phase::Stopped),
+                live: Live::new(name, version, Phase::Stopped),
                 stop: None,
                 thread: None,
             },
@@ -303,6 +314,9 @@ fn run_thread(
                 }
                 Err(e) => {
                     live.failed(e);
+                    log(&format!(
+                        "pipeline {name} v{version}: restarting in {backoff:?}"
+                    ));
                     let mut stop = stop.clone();
                     let stopped = tokio::select! {
                         () = tokio::time::sleep(backoff) => false,
@@ -358,6 +372,9 @@ async fn attempt(
     let runner = Runner::new(&plan, config, live.stats.clone())
         .await
         .map_err(|e| e.to_string())?;
+    for w in runner.warnings() {
+        log(&format!("pipeline {name} v{version}: warning: {w}"));
+    }
     live.lock().warnings = runner.warnings().to_vec();
     live.set(Phase::Running);
     let mut stop = stop;
