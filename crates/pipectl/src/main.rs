@@ -283,8 +283,21 @@ async fn run(cli: Cli) -> ExitCode {
             watch,
             output,
         } => with_pipeline(&server, &name, |c| {
+            // With -w, the table also shows rates since the previous poll.
+            let mut previous: Option<(std::time::Instant, u64, u64)> = None;
             loop {
-                let v = c.call("GET", &remote::pipeline_path(&name, "/status"), None)?;
+                let mut v = c.call("GET", &remote::pipeline_path(&name, "/status"), None)?;
+                let (i, o) = (
+                    v["events_in"].as_u64().unwrap_or(0),
+                    v["events_out"].as_u64().unwrap_or(0),
+                );
+                if let Some((at, pi, po)) = previous {
+                    let dt = at.elapsed().as_secs_f64().max(1e-3);
+                    v["events_in_per_second"] = serde_json::json!(i.saturating_sub(pi) as f64 / dt);
+                    v["events_out_per_second"] =
+                        serde_json::json!(o.saturating_sub(po) as f64 / dt);
+                }
+                previous = Some((std::time::Instant::now(), i, o));
                 remote::print(&v, output, remote::status_table);
                 if !watch {
                     return Ok(());

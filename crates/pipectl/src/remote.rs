@@ -314,6 +314,8 @@ pub fn status_table(v: &Value) -> String {
         "since",
         "events_in",
         "events_out",
+        "events_in_per_second",
+        "events_out_per_second",
         "errors",
         "dead_lettered",
         "late",
@@ -324,7 +326,16 @@ pub fn status_table(v: &Value) -> String {
         "restarts",
         "last_error",
     ] {
-        out.push_str(&format!("{:<15}{}\n", format!("{key}:"), text(&v[key])));
+        match &v[key] {
+            // Rates exist only when watching.
+            Value::Null if key.ends_with("_per_second") => {}
+            Value::Number(n) if key.ends_with("_per_second") => out.push_str(&format!(
+                "{:<15}{:.0}\n",
+                format!("{}/s:", key.trim_end_matches("_per_second")),
+                n.as_f64().unwrap_or(0.0)
+            )),
+            x => out.push_str(&format!("{:<15}{}\n", format!("{key}:"), text(x))),
+        }
     }
     if let Some(models) = v["models"].as_object() {
         for (name, m) in models {

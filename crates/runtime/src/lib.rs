@@ -1262,30 +1262,61 @@ impl Runner {
 
 /// Fingerprint of what a node's state means: its definition and the rows it reads and
 /// writes. Sources hold state only as changelog tables (their schema and key).
+///
+/// It must be the same in every process: schemas are written by [`canonical`] (the `Debug`
+/// text of a schema shows field metadata in hash-map order, which differs between maps).
 fn fingerprint_of(n: &planner::PlannedNode) -> u64 {
     let text = match &n.kind {
-        NodeKind::Source { spec, schema, .. } => format!("{:?}{schema:?}", spec.table),
+        NodeKind::Source { spec, schema, .. } => {
+            format!("{:?}{}", spec.table, canonical(schema))
+        }
         NodeKind::Transform {
             spec,
             inputs,
             schema,
             ..
-        } => format!(
-            "{:?}{:?}{:?}{inputs:?}{schema:?}",
-            spec.sql, spec.window, spec.join
-        ),
+        } => {
+            let inputs: Vec<String> = inputs
+                .iter()
+                .map(|t| format!("{:?}.{}({})", t.schema, t.table, canonical(&t.arrow)))
+                .collect();
+            format!(
+                "{:?}{:?}{:?}{inputs:?}{}",
+                spec.sql,
+                spec.window,
+                spec.join,
+                canonical(schema)
+            )
+        }
         NodeKind::Model {
             spec,
             predictions,
             snapshots,
             ..
         } => format!(
-            "{:?}{:?}{:?}{:?}{predictions:?}{snapshots:?}",
-            spec.key, spec.regression, spec.clustering, spec.input
+            "{:?}{:?}{:?}{:?}{}{}",
+            spec.key,
+            spec.regression,
+            spec.clustering,
+            spec.input,
+            canonical(predictions),
+            canonical(snapshots)
         ),
         NodeKind::Sink { .. } => String::new(),
     };
     checkpoint::fingerprint(&text)
+}
+
+/// A schema as text that does not depend on hash-map order: each field's name, nullability
+/// and type (`DataType`'s `Display` sorts nested fields' metadata); fields' own metadata
+/// does not change what state means and is left out.
+fn canonical(schema: &datafusion::arrow::datatypes::Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| format!("{}:{}:{}", f.name(), f.is_nullable(), f.data_type()))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The dead-letter topic of a source.
@@ -1317,4 +1348,36 @@ fn key_bytes(column: &dyn Array) -> Result<Vec<Option<Vec<u8>>>, RuntimeError> {
         .iter()
         .map(|v| v.map(|s| s.as_bytes().to_vec()))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema};
+
+    use super::canonical;
+
+    /// The same schema built twice, with metadata in hash maps of their own (whose
+    /// iteration orders differ), must read the same: checkpoints are restored by it.
+    #[test]
+    fn canonical_schema_text_does_not_depend_on_hash_map_order() {
+        let build = || {
+            let metadata: HashMap<String, String> = (0..16)
+                .map(|i| (format!("key{i}"), format!("value{i}")))
+                .collect();
+            let inner = Field::new("kind", DataType::Utf8, false).with_metadata(metadata.clone());
+            Schema::new(vec![
+                Field::new("status", DataType::Utf8, true).with_metadata(metadata.clone()),
+                Field::new("nested", DataType::Struct(Fields::from(vec![inner])), true),
+            ])
+        };
+        let texts: std::collections::BTreeSet<String> =
+            (0..20).map(|_| canonical(&build())).collect();
+        assert_eq!(texts.len(), 1, "{texts:?}");
+        // The Debug text, which fingerprints used before, is not stable.
+        let debug: std::collections::BTreeSet<String> =
+            (0..20).map(|_| format!("{:?}", build())).collect();
+        assert!(debug.len() > 1, "hash-map order did vary in this process");
+    }
 }
