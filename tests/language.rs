@@ -126,6 +126,10 @@ fn every_example_pipeline_is_valid() {
         stdout.lines().filter(|l| l.contains(": valid")).count(),
         examples.len()
     );
+    // A directory stands for its YAML files, in name order.
+    let out = pipectl(&["validate", "pipelines"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), stdout);
 }
 
 #[test]

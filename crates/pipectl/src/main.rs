@@ -34,7 +34,7 @@ struct Cli {
 enum Command {
     /// Check pipeline files and report every error with file, line and column.
     Validate {
-        /// Pipeline YAML files.
+        /// Pipeline YAML files, or directories of them.
         #[arg(required = true)]
         files: Vec<PathBuf>,
         /// Directory of event schemas (default: the nearest `schemas/` above each file).
@@ -116,7 +116,7 @@ enum Command {
     /// Validate pipeline files locally, show the difference with what the daemon runs, and
     /// deploy them (a changed file becomes the next version of its pipeline).
     Deploy {
-        /// Pipeline YAML files.
+        /// Pipeline YAML files, or directories of them.
         #[arg(required = true)]
         files: Vec<PathBuf>,
         /// Validate (locally and on the daemon) and show the difference; change nothing.
@@ -563,12 +563,26 @@ async fn deploy(
     schemas: Option<&Path>,
     server: &remote::ServerArgs,
 ) -> ExitCode {
+    let files = expand_dirs(files);
     let mut valid = Vec::new();
     let mut worst = 0u8;
-    for file in files {
+    let mut names: std::collections::BTreeMap<String, PathBuf> = Default::default();
+    for file in &files {
         match check_file(file, schemas).await {
             Checked::Valid(_, doc) => match doc.pipeline.as_ref() {
-                Some(p) => valid.push((file, p.metadata.name.clone())),
+                Some(p) if names.contains_key(&p.metadata.name) => {
+                    eprintln!(
+                        "error: {} and {} both define pipeline `{}`",
+                        names[&p.metadata.name].display(),
+                        file.display(),
+                        p.metadata.name
+                    );
+                    worst = worst.max(1);
+                }
+                Some(p) => {
+                    names.insert(p.metadata.name.clone(), file.clone());
+                    valid.push((file, p.metadata.name.clone()));
+                }
                 None => worst = worst.max(1),
             },
             Checked::Invalid => worst = worst.max(1),
@@ -701,9 +715,34 @@ fn render(d: &Diagnostic, file: &str, lines: &[&str]) -> String {
     out
 }
 
+/// Files as given, with each directory replaced by its `*.yaml` and `*.yml` files (sorted),
+/// as `kubectl apply -f DIR` does.
+fn expand_dirs(files: &[PathBuf]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for f in files {
+        if f.is_dir() {
+            let mut inside: Vec<PathBuf> = std::fs::read_dir(f)
+                .map(|d| {
+                    d.filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|p| {
+                            p.is_file() && p.extension().is_some_and(|x| x == "yaml" || x == "yml")
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            inside.sort();
+            out.extend(inside);
+        } else {
+            out.push(f.clone());
+        }
+    }
+    out
+}
+
 async fn validate(files: &[PathBuf], schemas: Option<&Path>) -> ExitCode {
+    let files = expand_dirs(files);
     let mut worst = 0u8;
-    for file in files {
+    for file in &files {
         match check_file(file, schemas).await {
             Checked::Valid(_, doc) => {
                 let p = doc.pipeline.as_ref().map(|p| &p.spec);
