@@ -108,7 +108,10 @@ async fn main() -> ExitCode {
     let registry = match Registry::open(&args.state_dir) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!(
+                "error: {e} (state dir {}; is another pipelined using it? each daemon needs its own)",
+                args.state_dir.display()
+            );
             return ExitCode::from(1);
         }
     };
