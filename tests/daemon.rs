@@ -868,6 +868,15 @@ fn every_dashboard_panel_has_data_from_the_example_pipelines() {
         queries.len()
     );
     assert!(missing.is_empty(), "queries without data: {missing:#?}");
+    // Keys become labels only where a model opts in, and no more keys than its cap.
+    let keyed = prometheus.query(r#"model_key_samples{pipeline="line-failure-forecast"}"#);
+    assert!(!keyed.is_empty() && keyed.len() <= 8, "{keyed:?}");
+    assert!(
+        prometheus
+            .query(r#"model_key_samples{pipeline="shipment-delay"}"#)
+            .is_empty(),
+        "a model without metrics.per_key has no per-key series"
+    );
     let _ = feed.kill();
     let _ = feed.wait();
     drop(prometheus);

@@ -161,6 +161,10 @@ MODELS = dashboard(
         panel("Drift alarms over time", [(f"increase(model_drift_alarms_total{{{MSEL}}}[{RATE}])", "{{pipeline}}/{{model}}")], "short"),
         panel("Cluster sizes", [(f"model_cluster_size{{{MSEL}}}", "{{pipeline}}/{{model}} cluster {{cluster}}")], "short"),
         panel("Inertia", [(f"model_inertia{{{MSEL}}}", "{{pipeline}}/{{model}}")], "short"),
+        panel("R² per key", [(f"model_key_r2{{{MSEL}}}", "{{pipeline}}/{{model}} {{key}}")], "short",
+              description="Models with `metrics: { per_key: N }`: their N keys with the most samples."),
+        panel("Inertia per key", [(f"model_key_inertia{{{MSEL}}}", "{{pipeline}}/{{model}} {{key}}")], "short",
+              description="Clustering models with `metrics: { per_key: N }`."),
     ],
 )
 

@@ -5,8 +5,11 @@
 //! Labels are bounded: `pipeline` (deployed pipelines), `operator` (source, sink or
 //! transform names of the spec), `topic` (topics named in the spec), `partition` (the
 //! topic's partitions), `model` and `feature` (names in the spec), `cluster` (0 to k-1),
-//! `kind` and `window` (fixed sets). No label ever carries an event field: keyed models are
-//! exported in aggregate over their keys (per-key numbers are in their snapshot topics).
+//! `kind` and `window` (fixed sets). An event field becomes a label only where a pipeline
+//! opts in with a cap: a keyed model with `metrics: { per_key: N }` (N at most 100) gets
+//! `model_key_*` series labelled `key` for its N keys with the most samples. Otherwise keyed
+//! models are exported in aggregate over their keys (per-key numbers are in their snapshot
+//! topics).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -236,6 +239,43 @@ pub const MODEL_INERTIA: Def = def(
     MODEL,
 );
 
+const KEYED: &[&str] = &["pipeline", "model", "key"];
+/// Per-key samples (opt-in).
+pub const KEY_SAMPLES: Def = def(
+    "model_key_samples",
+    GAUGE,
+    "Rows learnt by one key's model (models with metrics.per_key; its top keys by samples).",
+    KEYED,
+);
+/// Per-key MAE (opt-in).
+pub const KEY_MAE: Def = def(
+    "model_key_mae",
+    GAUGE,
+    "Prequential mean absolute error of one key's model, cumulative (opt-in, top keys).",
+    KEYED,
+);
+/// Per-key RMSE (opt-in).
+pub const KEY_RMSE: Def = def(
+    "model_key_rmse",
+    GAUGE,
+    "Prequential root mean squared error of one key's model, cumulative (opt-in, top keys).",
+    KEYED,
+);
+/// Per-key R² (opt-in).
+pub const KEY_R2: Def = def(
+    "model_key_r2",
+    GAUGE,
+    "Prequential R² of one key's model, cumulative (opt-in, top keys).",
+    KEYED,
+);
+/// Per-key inertia (opt-in).
+pub const KEY_INERTIA: Def = def(
+    "model_key_inertia",
+    GAUGE,
+    "Inertia of one key's clusters (opt-in, top keys).",
+    KEYED,
+);
+
 /// The whole catalog, in exposition order.
 pub const CATALOG: &[&Def] = &[
     &UP,
@@ -265,6 +305,11 @@ pub const CATALOG: &[&Def] = &[
     &MODEL_DRIFT,
     &MODEL_CLUSTER_SIZE,
     &MODEL_INERTIA,
+    &KEY_SAMPLES,
+    &KEY_MAE,
+    &KEY_RMSE,
+    &KEY_R2,
+    &KEY_INERTIA,
 ];
 
 /// Metric families being filled, one per catalog entry.
@@ -444,6 +489,20 @@ pub fn render(supervisor: &Supervisor) -> Result<String, prometheus::Error> {
             }
             if let Some(i) = m.inertia {
                 f.value(&MODEL_INERTIA, &l, i);
+            }
+            for (key, q) in &m.per_key {
+                let k = [p, model.as_str(), key.as_str()];
+                f.value(&KEY_SAMPLES, &k, q.samples as f64);
+                for (def, v) in [
+                    (&KEY_MAE, q.mae),
+                    (&KEY_RMSE, q.rmse),
+                    (&KEY_R2, q.r2),
+                    (&KEY_INERTIA, q.inertia),
+                ] {
+                    if let Some(v) = v {
+                        f.value(def, &k, v);
+                    }
+                }
             }
         }
     }

@@ -45,6 +45,8 @@ pub struct ClusteringOp {
     snapshots: SchemaRef,
     /// Rows skipped for a null or non-finite feature.
     pub skipped: u64,
+    /// Keys with their own metrics (`metrics: { per_key }`), if any.
+    per_key: Option<usize>,
 }
 
 impl std::fmt::Debug for ClusteringOp {
@@ -90,6 +92,7 @@ impl ClusteringOp {
             predictions,
             snapshots,
             skipped: 0,
+            per_key: model.metrics.as_ref().map(|m| m.per_key as usize),
         })
     }
 
@@ -195,6 +198,26 @@ impl ClusteringOp {
             skipped: self.skipped,
             inertia: (!seeded.is_empty()).then(|| seeded.iter().map(|k| k.model.inertia()).sum()),
             cluster_sizes: if seeded.is_empty() { Vec::new() } else { sizes },
+            per_key: crate::metrics::top_keys(
+                match self.per_key {
+                    Some(_) => self
+                        .keys
+                        .iter()
+                        .map(|(k, ks)| {
+                            (
+                                k.clone(),
+                                crate::metrics::KeyQuality {
+                                    samples: ks.model.samples(),
+                                    inertia: ks.model.is_seeded().then(|| ks.model.inertia()),
+                                    ..Default::default()
+                                },
+                            )
+                        })
+                        .collect(),
+                    None => Vec::new(),
+                },
+                self.per_key,
+            ),
             ..Default::default()
         }
     }

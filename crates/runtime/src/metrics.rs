@@ -123,6 +123,37 @@ pub struct ModelSummary {
     pub inertia: Option<f64>,
     /// Weight of each cluster, summed over keys (clustering).
     pub cluster_sizes: Vec<f64>,
+    /// Per key, for models that opt in (`metrics: { per_key: N }`): the N keys with the
+    /// most samples.
+    pub per_key: BTreeMap<String, KeyQuality>,
+}
+
+/// One key's quality, for models with per-key metrics.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct KeyQuality {
+    /// Rows learnt.
+    pub samples: u64,
+    /// Prequential MAE, cumulative (regression).
+    pub mae: Option<f64>,
+    /// Prequential RMSE, cumulative (regression).
+    pub rmse: Option<f64>,
+    /// Prequential R², cumulative (regression).
+    pub r2: Option<f64>,
+    /// Inertia (clustering).
+    pub inertia: Option<f64>,
+}
+
+/// The `cap` entries with the most samples (ties by key), as a map by key.
+pub fn top_keys(
+    mut all: Vec<(String, KeyQuality)>,
+    cap: Option<usize>,
+) -> BTreeMap<String, KeyQuality> {
+    let Some(cap) = cap else {
+        return BTreeMap::new();
+    };
+    all.sort_by(|a, b| b.1.samples.cmp(&a.1.samples).then_with(|| a.0.cmp(&b.0)));
+    all.truncate(cap);
+    all.into_iter().collect()
 }
 
 /// Everything measured per part of a pipeline.
@@ -146,6 +177,23 @@ pub struct Detail {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn top_keys_keeps_those_with_most_samples() {
+        let q = |samples| KeyQuality {
+            samples,
+            ..Default::default()
+        };
+        let all = vec![
+            ("a".to_string(), q(5)),
+            ("b".to_string(), q(9)),
+            ("c".to_string(), q(9)),
+            ("d".to_string(), q(1)),
+        ];
+        let top = top_keys(all.clone(), Some(2));
+        assert_eq!(top.keys().collect::<Vec<_>>(), vec!["b", "c"]);
+        assert!(top_keys(all, None).is_empty());
+    }
 
     #[test]
     fn histogram_buckets_are_upper_bounds_and_cumulate() {

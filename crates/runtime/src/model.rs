@@ -246,6 +246,8 @@ pub struct RegressionOp {
     /// Rows skipped for a null or non-finite feature.
     pub skipped: u64,
     x: Vec<f64>,
+    /// Keys with their own metrics (`metrics: { per_key }`), if any.
+    per_key: Option<usize>,
 }
 
 impl std::fmt::Debug for RegressionOp {
@@ -298,6 +300,7 @@ impl RegressionOp {
             predictions,
             snapshots,
             skipped: 0,
+            per_key: model.metrics.as_ref().map(|m| m.per_key as usize),
         })
     }
 
@@ -448,6 +451,29 @@ impl RegressionOp {
         }
         let (mae, rmse, r2) = cumulative.scores();
         let (rolling_mae, rolling_rmse, rolling_r2) = rolling.scores();
+        let per_key = crate::metrics::top_keys(
+            match self.per_key {
+                Some(_) => self
+                    .keys
+                    .iter()
+                    .map(|(k, ks)| {
+                        let (mae, rmse, r2) = ks.metrics.cumulative().scores();
+                        (
+                            k.clone(),
+                            crate::metrics::KeyQuality {
+                                samples: ks.state.samples(),
+                                mae,
+                                rmse,
+                                r2,
+                                inertia: None,
+                            },
+                        )
+                    })
+                    .collect(),
+                None => Vec::new(),
+            },
+            self.per_key,
+        );
         crate::ModelSummary {
             kind: "regression",
             keys: self.keys.len() as u64,
@@ -471,6 +497,7 @@ impl RegressionOp {
                 BTreeMap::new()
             },
             intercept: (solved > 0.0).then(|| intercept / solved),
+            per_key,
             ..Default::default()
         }
     }

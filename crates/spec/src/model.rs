@@ -319,6 +319,19 @@ pub struct Model {
     /// How often a snapshot (coefficients or centroids, metrics) is emitted.
     #[serde(default)]
     pub snapshot_every: Option<SnapshotEvery>,
+    /// Prometheus metrics per key. Off by default: keys are event values, so they become
+    /// metric labels only when asked for, and only for a bounded number of keys.
+    #[serde(default)]
+    pub metrics: Option<ModelMetrics>,
+}
+
+/// Per-key metrics of a keyed model.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct ModelMetrics {
+    /// Export quality metrics with a `key` label for at most this many keys (those with the
+    /// most samples), 1 to 100.
+    pub per_key: u32,
 }
 
 /// Incremental linear regression.

@@ -382,6 +382,23 @@ fn check_model(
             "give exactly one of `regression` or `clustering`",
         )),
     }
+    if let Some(metrics) = &m.metrics {
+        if m.key.is_none() {
+            out.push(Diagnostic::at_path(
+                format!("{path}.metrics.per_key"),
+                "per-key metrics need a keyed model: set `key`, or remove `metrics`",
+            ));
+        }
+        if !(1..=100).contains(&metrics.per_key) {
+            out.push(Diagnostic::at_path(
+                format!("{path}.metrics.per_key"),
+                format!(
+                    "per_key is {}: give 1 to 100 (each key is a set of metric series)",
+                    metrics.per_key
+                ),
+            ));
+        }
+    }
     if let Some(every) = &m.snapshot_every {
         if every.events.is_none() && every.time.is_none() {
             out.push(Diagnostic::at_path(
