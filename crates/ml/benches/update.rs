@@ -68,6 +68,7 @@ fn kmeans(c: &mut Criterion) {
                 k,
                 seed_sample: 1_000,
                 seed_tries: 1,
+                seed_trim: 0.0,
                 half_life_ms: None,
                 reseed_below: 0.0,
                 standardize: false,

@@ -12,7 +12,11 @@
 //! over the cluster's RMS radius.
 //!
 //! With `standardize`, features are scaled by the seed sample's means and standard deviations
-//! (then fixed, so that centres keep their meaning over time).
+//! (then fixed, so that centres keep their meaning over time); a feature constant in the
+//! sample is only centred, as scikit-learn's StandardScaler does.
+//!
+//! With `seed_trim`, that fraction of the seed sample, the points farthest from their fifth
+//! nearest neighbour (isolated points), is left out of seeding.
 
 use crate::Welford;
 
@@ -25,6 +29,11 @@ pub struct KMeansConfig {
     pub seed_sample: usize,
     /// Seeding runs; the one with the least inertia wins.
     pub seed_tries: usize,
+    /// Fraction of the seed sample left out of seeding as outliers: the points farthest from
+    /// their nearest neighbours. k-means++ favours far points as centres, so without it an
+    /// outlier in the sample can become a centre that later outliers join unnoticed.
+    #[serde(default)]
+    pub seed_trim: f64,
     /// Forgetting half-life in ms of event time, if any.
     pub half_life_ms: Option<f64>,
     /// Reseed clusters whose weight share falls below this.
@@ -113,6 +122,35 @@ impl SplitMix64 {
     }
 }
 
+/// `points` without the `fraction` of them farthest from their `m`-th nearest neighbour.
+fn trim(points: Vec<Vec<f64>>, fraction: f64, m: usize) -> Vec<Vec<f64>> {
+    let n = points.len();
+    let drop = (n as f64 * fraction).floor() as usize;
+    if drop == 0 || n <= m {
+        return points;
+    }
+    let mut isolation: Vec<(f64, usize)> = (0..n)
+        .map(|i| {
+            let mut d: Vec<f64> = (0..n)
+                .filter(|j| *j != i)
+                .map(|j| dist2(&points[i], &points[j]))
+                .collect();
+            let (_, kth, _) = d.select_nth_unstable_by(m - 1, f64::total_cmp);
+            (*kth, i)
+        })
+        .collect();
+    isolation.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let mut dropped = vec![false; n];
+    for (_, i) in isolation.iter().take(drop) {
+        dropped[*i] = true;
+    }
+    points
+        .into_iter()
+        .zip(dropped)
+        .filter_map(|(p, d)| (!d).then_some(p))
+        .collect()
+}
+
 fn dist2(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
 }
@@ -180,11 +218,7 @@ impl KMeans {
 
     fn scale(&self, x: &[f64]) -> Vec<f64> {
         match &self.scaler {
-            Some(s) => x
-                .iter()
-                .zip(s)
-                .map(|(v, (m, sd))| if *sd > 0.0 { (v - m) / sd } else { 0.0 })
-                .collect(),
+            Some(s) => x.iter().zip(s).map(|(v, (m, sd))| (v - m) / sd).collect(),
             None => x.to_vec(),
         }
     }
@@ -291,14 +325,20 @@ impl KMeans {
                     s.update(*v, 1.0);
                 }
             }
+            // A feature constant in the sample keeps its unit (scale 1), so that later values
+            // away from the constant still count.
             self.scaler = Some(
                 stats
                     .iter()
-                    .map(|s| (s.mean(), s.variance().sqrt()))
+                    .map(|s| {
+                        let sd = s.variance().sqrt();
+                        (s.mean(), if sd > 0.0 { sd } else { 1.0 })
+                    })
                     .collect(),
             );
         }
         let points: Vec<Vec<f64>> = sample.iter().map(|r| self.scale(r)).collect();
+        let points = trim(points, self.config.seed_trim, 5);
         let k = self.config.k.min(points.len());
         let mut best: Option<(f64, Vec<usize>)> = None;
         for _ in 0..self.config.seed_tries.max(1) {
@@ -413,6 +453,7 @@ mod tests {
             k: 2,
             seed_sample: 10,
             seed_tries: 2,
+            seed_trim: 0.0,
             half_life_ms: None,
             reseed_below: 0.0,
             standardize: false,
@@ -431,5 +472,114 @@ mod tests {
         let a = m.assign(&[99.0]).expect("seeded");
         let b = m.assign(&[1.0]).expect("seeded");
         assert_ne!(a.cluster, b.cluster);
+    }
+
+    /// Three tight groups of 98 points and 6 isolated points (2%), far away: with
+    /// `seed_trim: 0.03` every centre lands on a group and the isolated points score as
+    /// outliers; without trimming, k-means++ makes isolated points centres (for these seeds).
+    #[test]
+    fn trimmed_seeding_keeps_isolated_points_from_becoming_centres() {
+        let mut sample = Vec::new();
+        let mut rng = SplitMix64(99);
+        for g in [0.0, 10.0, 20.0] {
+            for _ in 0..98 {
+                sample.push(vec![g + rng.next_f64() - 0.5, rng.next_f64() - 0.5]);
+            }
+        }
+        let isolated: Vec<Vec<f64>> = (0..6)
+            .map(|i| vec![10.0 * i as f64, 60.0 + 15.0 * i as f64])
+            .collect();
+        // Isolated points spread through the sample, as a stream delivers them.
+        for (i, p) in isolated.iter().enumerate() {
+            sample.insert(i * 49, p.clone());
+        }
+        let model = |trim: f64, seed: u64| {
+            let mut m = KMeans::new(
+                2,
+                KMeansConfig {
+                    k: 3,
+                    seed_sample: sample.len(),
+                    seed_tries: 1,
+                    seed_trim: trim,
+                    half_life_ms: None,
+                    reseed_below: 0.0,
+                    standardize: false,
+                    random_seed: seed,
+                },
+            );
+            m.update(&sample, 0);
+            m
+        };
+        let on_a_group = |m: &KMeans| {
+            m.centroids().iter().all(|c| {
+                c.center[1].abs() < 1.0
+                    && [0.0, 10.0, 20.0]
+                        .iter()
+                        .any(|g| (c.center[0] - g).abs() < 1.0)
+            })
+        };
+        let mut untrimmed_failures = 0;
+        for seed in 0..10 {
+            let trimmed = model(0.03, seed);
+            assert!(
+                on_a_group(&trimmed),
+                "seed {seed}: {:?}",
+                trimmed.centroids()
+            );
+            for p in &isolated {
+                let a = trimmed.assign(p).expect("seeded");
+                assert!(
+                    a.outlier_score > 10.0,
+                    "seed {seed}: {p:?} scores {}",
+                    a.outlier_score
+                );
+            }
+            if !on_a_group(&model(0.0, seed)) {
+                untrimmed_failures += 1;
+            }
+        }
+        assert!(
+            untrimmed_failures > 0,
+            "the failure trimming prevents did not occur"
+        );
+    }
+
+    /// A feature constant in the seed sample is centred, not zeroed: a later value away from
+    /// the constant moves the row away from its centre (as with scikit-learn's
+    /// StandardScaler, which keeps such a feature with scale 1).
+    #[test]
+    fn standardising_keeps_a_feature_that_was_constant_in_the_seed_sample() {
+        let mut m = KMeans::new(
+            2,
+            KMeansConfig {
+                k: 2,
+                seed_sample: 40,
+                seed_tries: 1,
+                seed_trim: 0.0,
+                half_life_ms: None,
+                reseed_below: 0.0,
+                standardize: true,
+                random_seed: 3,
+            },
+        );
+        let sample: Vec<Vec<f64>> = (0..40)
+            .map(|i| {
+                vec![
+                    if i % 2 == 0 { 0.0 } else { 10.0 } + (i % 5) as f64 * 0.1,
+                    7.0,
+                ]
+            })
+            .collect();
+        m.update(&sample, 0);
+        let usual = m.assign(&[0.2, 7.0]).expect("seeded");
+        let odd = m.assign(&[0.2, 10.0]).expect("seeded");
+        assert_eq!(usual.cluster, odd.cluster);
+        assert!(
+            odd.distance > usual.distance + 2.9,
+            "{} vs {}",
+            odd.distance,
+            usual.distance
+        );
+        assert_eq!(m.center_in_input_units(odd.cluster)[1], 7.0);
     }
 }

@@ -213,6 +213,7 @@ fn kmeans_finds_the_segments_scikit_learn_finds_and_scores_outliers() {
             k: 4,
             seed_sample: 500,
             seed_tries: 5,
+            seed_trim: 0.0,
             half_life_ms: None,
             reseed_below: 0.0,
             standardize: false,

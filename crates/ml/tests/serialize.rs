@@ -60,6 +60,7 @@ fn kmeans_resumes_exactly_while_seeding_and_after() {
         k: 3,
         seed_sample: 50,
         seed_tries: 3,
+        seed_trim: 0.0,
         half_life_ms: Some(60_000.0),
         reseed_below: 0.01,
         standardize: true,

@@ -75,6 +75,7 @@ impl ClusteringOp {
                 k: c.k as usize,
                 seed_sample: c.seed_sample as usize,
                 seed_tries: c.seed_tries as usize,
+                seed_trim: c.seed_trim,
                 half_life_ms: c.half_life.map(|h| h.as_millis() as f64),
                 reseed_below: c.reseed_below,
                 standardize: c.standardize,

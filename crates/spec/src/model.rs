@@ -374,6 +374,11 @@ pub struct Clustering {
     /// k-means++ runs on the seed sample; the one with the least inertia wins.
     #[serde(default = "default_seed_tries")]
     pub seed_tries: u32,
+    /// Fraction of the seed sample left out as outliers before seeding (the points farthest
+    /// from their nearest neighbours), 0 to 0.25. Use it when the data has anomalies that
+    /// must not become centres: 2 to 5 times the expected anomaly rate.
+    #[serde(default)]
+    pub seed_trim: f64,
     /// Standardise features online before clustering (recommended when units differ).
     #[serde(default = "default_true")]
     pub standardize: bool,

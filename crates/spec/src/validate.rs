@@ -533,6 +533,15 @@ fn check_clustering(c: &Clustering, m: &Model, path: &str, out: &mut Vec<Diagnos
             ),
         ));
     }
+    if !(0.0..=0.25).contains(&c.seed_trim) {
+        out.push(Diagnostic::at_path(
+            format!("{path}.seed_trim"),
+            format!(
+                "`seed_trim` is {}: give a fraction from 0 to 0.25",
+                c.seed_trim
+            ),
+        ));
+    }
     if c.seed_tries == 0 {
         out.push(Diagnostic::at_path(
             format!("{path}.seed_tries"),
