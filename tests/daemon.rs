@@ -120,6 +120,10 @@ impl Drop for Daemon {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // The log stays for a failed test to be read, and goes when the test passed.
+        if !std::thread::panicking() {
+            std::fs::remove_file(&self.log).ok();
+        }
     }
 }
 
