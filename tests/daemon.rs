@@ -140,34 +140,19 @@ fn http(
         .timeout_global(Some(Duration::from_secs(60)))
         .build()
         .into();
-    let url = format!("{base}{path}");
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let result = match method {
-        "GET" => {
-            let mut r = agent.get(&url);
-            if let Some(a) = &auth {
-                r = r.header("Authorization", a);
-            }
-            r.call()
-        }
-        "DELETE" => {
-            let mut r = agent.delete(&url);
-            if let Some(a) = &auth {
-                r = r.header("Authorization", a);
-            }
-            r.call()
-        }
-        _ => {
-            let mut r = agent.post(&url);
-            if let Some(a) = &auth {
-                r = r.header("Authorization", a);
-            }
-            match body {
-                Some(b) => r.send_json(b),
-                None => r.send_empty(),
-            }
-        }
-    };
+    let mut request = ureq::http::Request::builder()
+        .method(method)
+        .uri(format!("{base}{path}"));
+    if let Some(t) = token {
+        request = request.header("Authorization", format!("Bearer {t}"));
+    }
+    if body.is_some() {
+        request = request.header("Content-Type", "application/json");
+    }
+    let request = request
+        .body(body.map(Value::to_string).unwrap_or_default())
+        .expect("request");
+    let result = agent.run(request);
     match result {
         Ok(mut resp) => {
             let status = resp.status().as_u16();
@@ -245,6 +230,18 @@ spec:
       format: json
 "#
     )
+}
+
+/// `pipectl gen` in the background (events arriving while a test watches), output dropped.
+fn feed(bootstrap: &str, args: &[&str]) -> Child {
+    Command::new(pipectl_bin())
+        .args(["gen", "--bootstrap", bootstrap])
+        .args(args)
+        .current_dir(root())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("gen runs")
 }
 
 fn generate(bootstrap: &str, topic: &str, count: u64, seed: u64) {
@@ -796,22 +793,12 @@ fn every_dashboard_panel_has_data_from_the_example_pipelines() {
     ok(pipectl(&url, &args));
     let prometheus = Prometheus::start(&format!("127.0.0.1:{port}"));
     // Fresh events while Prometheus watches, so that rates and latency quantiles move.
-    let mut feed = Command::new(pipectl_bin())
-        .args([
-            "gen",
-            "--bootstrap",
-            &bootstrap,
-            "--kind",
-            "all",
-            "--count",
-            "400",
-        ])
-        .args(["--rate", "40", "--start", "now", "--seed", "4"])
-        .current_dir(root())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("gen runs");
+    let mut feed = feed(
+        &bootstrap,
+        &[
+            "--kind", "all", "--count", "400", "--rate", "40", "--start", "now", "--seed", "4",
+        ],
+    );
 
     // Every pipeline runs (issue 5's acceptance: every example running under the daemon).
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -985,22 +972,21 @@ fn a_crashed_daemon_loses_nothing_on_restart() {
     let url = daemon.url.clone();
     ok(pipectl(&url, &["deploy", file.to_str().expect("utf-8")]));
     // Events keep arriving while the daemon is killed in the middle of processing them.
-    let mut feed = Command::new(pipectl_bin())
-        .args([
-            "gen",
-            "--bootstrap",
-            &bootstrap,
+    let mut feed = feed(
+        &bootstrap,
+        &[
             "--kind",
             "production/sensor_reading",
-        ])
-        .args([
-            "--count", "6000", "--rate", "1500", "--seed", "2", "--topic", &input,
-        ])
-        .current_dir(root())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("gen runs");
+            "--count",
+            "6000",
+            "--rate",
+            "1500",
+            "--seed",
+            "2",
+            "--topic",
+            &input,
+        ],
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let s = json_of(pipectl(&url, &["status", &name, "-o", "json"]));

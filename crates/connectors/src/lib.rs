@@ -242,10 +242,7 @@ fn committed_offsets(
                     })
                     .collect());
             }
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                std::thread::sleep(Duration::from_millis(200));
-            }
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
             Err(e) => {
                 return Err(kafka(format!("reading the committed offsets of `{topic}`"))(e));
             }

@@ -81,20 +81,6 @@ fn token(args: &Args) -> Result<Option<String>, String> {
     }
 }
 
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
@@ -165,7 +151,7 @@ async fn main() -> ExitCode {
         }
     ));
     let served = axum::serve(listener, api::router(app.clone(), args.max_body))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(runtime::stop_signal())
         .await;
     daemon::supervisor::log("pipelined: stopping pipelines (each writes a final checkpoint)");
     let stopper = app.clone();

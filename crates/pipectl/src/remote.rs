@@ -155,35 +155,20 @@ impl Client {
     /// Calls the API: `method` on `path` with an optional JSON body. Returns the JSON of a
     /// 2xx answer; other answers become a [`Failure`] with the server's message.
     pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, Failure> {
-        let url = format!("{}{path}", self.base);
-        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
-        let result = match method {
-            "GET" => {
-                let mut r = self.agent.get(&url);
-                if let Some(a) = &auth {
-                    r = r.header("Authorization", a);
-                }
-                r.call()
-            }
-            "DELETE" => {
-                let mut r = self.agent.delete(&url);
-                if let Some(a) = &auth {
-                    r = r.header("Authorization", a);
-                }
-                r.call()
-            }
-            _ => {
-                let mut r = self.agent.post(&url);
-                if let Some(a) = &auth {
-                    r = r.header("Authorization", a);
-                }
-                match body {
-                    Some(b) => r.send_json(b),
-                    None => r.send_empty(),
-                }
-            }
-        };
-        let mut response = result.map_err(|e| {
+        let mut request = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            request = request.header("Authorization", format!("Bearer {t}"));
+        }
+        if body.is_some() {
+            request = request.header("Content-Type", "application/json");
+        }
+        let text = body.map(Value::to_string).unwrap_or_default();
+        let request = request
+            .body(text)
+            .map_err(|e| Failure::new(2, format!("error: bad server URL {}: {e}", self.base)))?;
+        let mut response = self.agent.run(request).map_err(|e| {
             Failure::new(
                 EXIT_UNREACHABLE,
                 format!(

@@ -17,21 +17,6 @@ fn watermark_text(ms: i64) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-/// Resolves on Ctrl-C (SIGINT) or SIGTERM: the run then stops cleanly (and checkpoints).
-pub async fn stop_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-}
-
 /// Runs `plan` until the config's stop condition or Ctrl-C, printing a status line every
 /// second (on a terminal, in place) and a summary at the end.
 pub async fn run(
@@ -95,7 +80,7 @@ pub async fn run(
             }
         })
     };
-    let result = runner.run(stop_signal()).await;
+    let result = runner.run(runtime::stop_signal()).await;
     status.abort();
     let _ = status.await;
     if std::io::stderr().is_terminal() && !quiet {

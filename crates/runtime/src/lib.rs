@@ -1094,7 +1094,7 @@ impl Runner {
                 .position(|x| *x == from)
                 .unwrap_or(0);
             let node_inputs = self.nodes[i].inputs.clone();
-            let late_name = self.nodes[i].name.clone();
+            let mut late = 0u64;
             let mut outputs: Vec<(RecordBatch, i32, u8)> = Vec::new();
             match &mut self.nodes[i].op {
                 Op::Skipped | Op::Source => {}
@@ -1135,8 +1135,7 @@ impl Runner {
                         self.stats
                             .late
                             .fetch_add(out.late.len() as u64, Ordering::Relaxed);
-                        *self.detail.late.entry(late_name.clone()).or_default() +=
-                            out.late.len() as u64;
+                        late = out.late.len() as u64;
                         if *on_late == OnLate::DeadLetter {
                             let rows: Vec<u32> = out.late.iter().map(|(r, _)| *r as u32).collect();
                             let late = take_rows(&batch, rows)?;
@@ -1177,6 +1176,12 @@ impl Runner {
                         buffer.push((k, value));
                     }
                 }
+            }
+            // Only windows have late rows; their counters exist from the start.
+            if late > 0
+                && let Some(n) = self.detail.late.get_mut(&self.nodes[i].name)
+            {
+                *n += late;
             }
             for (b, p, port) in outputs {
                 for (r, wants) in &readers {
@@ -1317,6 +1322,22 @@ fn canonical(schema: &datafusion::arrow::datatypes::Schema) -> String {
         .map(|f| format!("{}:{}:{}", f.name(), f.is_nullable(), f.data_type()))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM: what `pipectl run` and the daemon stop on (a
+/// run then stops cleanly, with a final checkpoint).
+pub async fn stop_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }
 
 /// The dead-letter topic of a source.
