@@ -17,6 +17,8 @@ use std::process::{Command, Output};
 mod support;
 use support::root;
 
+const TEST_SECRET: &str = "s3cr3t-value-42";
+
 fn pipectl(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_pipectl"))
         .args(args)
@@ -25,6 +27,9 @@ fn pipectl(args: &[&str]) -> Output {
         .env_remove("PII_SALT")
         .env_remove("PIPECTL_TEST_SURELY_UNSET_TOPIC")
         .env_remove("PIPECTL_SCHEMAS")
+        .env_remove("NOPE")
+        // A secret that tests/bad/secrets-and-env.yaml misuses: no output may contain it.
+        .env("PIPECTL_TEST_SECRET", TEST_SECRET)
         .output()
         .expect("pipectl runs")
 }
@@ -90,6 +95,9 @@ fn bad_pipelines_report_exactly_the_expected_errors() {
             failures.push(format!("{file}: printed on stdout"));
         }
         let stderr = String::from_utf8_lossy(&out.stderr);
+        if stderr.contains(TEST_SECRET) {
+            failures.push(format!("{file}: a secret's value is in the output"));
+        }
         let expected = root().join(&file).with_extension("err");
         if let Some(diff) = expect_file(&expected, &stderr) {
             failures.push(diff);

@@ -36,6 +36,12 @@ pub const DOC_KEY: &str = "doc";
 /// Why a schema could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
+    /// The reference is not a plain path under the schema directory (`..`, an absolute
+    /// path, odd characters): refused before any file is touched.
+    #[error(
+        "invalid schema reference `{0}`: write a path under `schemas/` without `.avsc`, such as `production/sensor_reading`"
+    )]
+    BadReference(String),
     /// The reference names no file.
     #[error(
         "no event schema `{reference}`: no file `{reference}.avsc` in the schema directory{hint}"
@@ -102,20 +108,31 @@ impl SchemaRegistry {
         &self.root
     }
 
-    /// Every schema reference under the root, sorted.
+    /// Every schema reference under the root, sorted. Symbolic links are not followed and
+    /// the walk stops after 10,000 entries, so a link to `/` costs nothing.
     pub fn references(&self) -> Vec<String> {
         let mut out = Vec::new();
         let mut stack = vec![self.root.clone()];
+        let mut budget = 10_000usize;
         while let Some(dir) = stack.pop() {
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue;
             };
             for entry in entries.flatten() {
+                budget = budget.saturating_sub(1);
+                if budget == 0 {
+                    break;
+                }
                 let path = entry.path();
-                if path.is_dir() {
+                let Ok(kind) = entry.file_type() else {
+                    continue;
+                };
+                if kind.is_dir() {
                     stack.push(path);
-                } else if path.extension().is_some_and(|e| e == "avsc")
+                } else if kind.is_file()
+                    && path.extension().is_some_and(|e| e == "avsc")
                     && let Ok(rel) = path.with_extension("").strip_prefix(&self.root)
+                    && is_reference(&rel.to_string_lossy())
                 {
                     out.push(rel.to_string_lossy().replace('\\', "/"));
                 }
@@ -126,23 +143,39 @@ impl SchemaRegistry {
     }
 
     /// Loads `reference` (a path under the root without `.avsc`).
+    ///
+    /// Confined to the root: the reference must be plain path segments (letters, digits,
+    /// `_`, `-`), and the file, with symbolic links resolved, must lie inside the root. A file
+    /// outside it is reported exactly as a missing one, so that no path's existence can be
+    /// probed, and nothing of it is read.
     pub fn load(&self, reference: &str) -> Result<EventSchema, SchemaError> {
+        if !is_reference(reference) {
+            return Err(SchemaError::BadReference(reference.to_string()));
+        }
+        let not_found = |path: PathBuf| {
+            let known = self.references();
+            let hint = match closest(reference, &known) {
+                Some(c) => format!("; did you mean `{c}`?"),
+                None if known.is_empty() => String::new(),
+                None => format!(" (known: {})", known.join(", ")),
+            };
+            SchemaError::NotFound {
+                reference: reference.to_string(),
+                path,
+                hint,
+            }
+        };
         let path = self.root.join(format!("{reference}.avsc"));
+        let inside = match (self.root.canonicalize(), path.canonicalize()) {
+            (Ok(root), Ok(file)) => file.starts_with(&root) && file.is_file(),
+            _ => false,
+        };
+        if !inside {
+            return Err(not_found(path));
+        }
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let known = self.references();
-                let hint = match closest(reference, &known) {
-                    Some(c) => format!("; did you mean `{c}`?"),
-                    None if known.is_empty() => String::new(),
-                    None => format!(" (known: {})", known.join(", ")),
-                };
-                return Err(SchemaError::NotFound {
-                    reference: reference.to_string(),
-                    path,
-                    hint,
-                });
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found(path)),
             Err(source) => return Err(SchemaError::Io { path, source }),
         };
         let arrow = parse_avsc(&text).map_err(|e| match e {
@@ -161,6 +194,17 @@ impl SchemaRegistry {
             arrow,
         })
     }
+}
+
+/// Whether `reference` is plain path segments of letters, digits, `_` and `-`.
+pub fn is_reference(reference: &str) -> bool {
+    !reference.is_empty()
+        && reference.split('/').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+        })
 }
 
 fn closest<'a>(word: &str, candidates: &'a [String]) -> Option<&'a str> {
@@ -564,5 +608,48 @@ mod tests {
                 .contains("did you mean `production/sensor_reading`?"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn schemas_are_confined_to_their_directory() {
+        let base = std::env::temp_dir().join(format!("schema-confine-{}", std::process::id()));
+        let root = base.join("schemas");
+        std::fs::create_dir_all(root.join("ok")).expect("dirs");
+        // A valid schema outside the root, reachable through `..` and through a link.
+        let outside = base.join("outside.avsc");
+        let secret = r#"{"type": "record", "name": "SecretRecord", "fields": [{"name": "topsecret", "type": "int"}]}"#;
+        std::fs::write(&outside, secret).expect("outside");
+        std::os::unix::fs::symlink(&outside, root.join("ok/link.avsc")).expect("link");
+        std::os::unix::fs::symlink(&base, root.join("up")).expect("dir link");
+        let registry = SchemaRegistry::new(&root);
+        for reference in [
+            "../outside",
+            "/etc/passwd",
+            "ok/../../outside",
+            "ok/link",
+            "up/outside",
+        ] {
+            let err = registry.load(reference).expect_err(reference).to_string();
+            assert!(
+                !err.contains("topsecret") && !err.contains("SecretRecord"),
+                "{reference}: {err}"
+            );
+        }
+        // Outside through a link reads exactly as missing: nothing to probe.
+        let linked = registry.load("ok/link").expect_err("link").to_string();
+        let missing = registry
+            .load("ok/nothing")
+            .expect_err("missing")
+            .to_string();
+        assert_eq!(
+            linked.replace("ok/link", "X"),
+            missing.replace("ok/nothing", "X")
+        );
+        assert!(
+            registry.references().is_empty(),
+            "{:?}",
+            registry.references()
+        );
+        std::fs::remove_dir_all(&base).ok();
     }
 }

@@ -7,6 +7,7 @@
 //! DDL/DML, feature types. It reports through the same located diagnostics as the spec crate,
 //! so `pipectl validate` prints one list. It does not run anything.
 
+pub mod bounded;
 mod explain;
 pub mod outputs;
 pub mod sql;
@@ -236,6 +237,11 @@ impl Planner<'_> {
         let path = format!("spec.sources[{}]", s.index);
         let (schema, avro_json) = match self.registry.load(&s.schema) {
             Ok(schema) => (schema.arrow, schema.avro_json),
+            // The spec checks reported the reference itself.
+            Err(event_schema::SchemaError::BadReference(_)) => {
+                self.failed.insert(s.name.clone());
+                return;
+            }
             Err(e) => {
                 self.error(format!("{path}.schema"), e.to_string());
                 self.failed.insert(s.name.clone());
@@ -994,14 +1000,48 @@ fn is_categorical_type(dt: &DataType) -> bool {
     is_key_type(dt)
 }
 
-/// Convenience for tests and tools: load, validate and plan a pipeline file's text.
+/// Stack of the thread that parses and plans: SQL parsing, DataFusion's planner and the
+/// drop of a parsed tree recurse over expressions. The SQL limits bound the depth; this is the
+/// second guard, so that no SQL can overflow a stack. Only touched pages cost memory.
+pub const PLANNER_STACK_BYTES: usize = 256 * 1024 * 1024;
+
+/// Loads, validates and plans a pipeline file's text, on a thread of its own with a
+/// [`PLANNER_STACK_BYTES`] stack (the caller's thread and runtime are not blocked). `env`
+/// resolves `${NAME}`; only the names the text mentions are looked up.
 pub async fn check(
     file: &str,
     text: &str,
     registry: &SchemaRegistry,
-    env: &dyn Fn(&str) -> Option<String>,
+    env: &dyn spec::Env,
 ) -> (Document, Option<PipelinePlan>) {
-    let mut doc = spec::load(file, text, env);
-    let plan = plan(&mut doc, registry).await;
-    (doc, plan)
+    let snapshot = spec::interp::Snapshot::of(text, env);
+    let (file, text, registry) = (file.to_string(), text.to_string(), registry.clone());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let name = file.clone();
+    let spawned = std::thread::Builder::new()
+        .name("planner".into())
+        .stack_size(PLANNER_STACK_BYTES)
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .map(|rt| {
+                    rt.block_on(async {
+                        let mut doc = spec::load(&file, &text, &snapshot);
+                        let plan = plan(&mut doc, &registry).await;
+                        (doc, plan)
+                    })
+                });
+            let _ = tx.send(result);
+        });
+    let failure = |message: String| (Document::failed(&name, message), None);
+    if let Err(e) = spawned {
+        return failure(format!("cannot start the planner thread: {e}"));
+    }
+    match rx.await {
+        Ok(Ok(result)) => result,
+        Ok(Err(e)) => failure(format!("cannot start the planner runtime: {e}")),
+        Err(_) => failure(
+            "internal error: the planner thread ended without an answer (please report)".into(),
+        ),
+    }
 }

@@ -54,8 +54,30 @@ pub struct ParsedQuery {
     pub tables: Vec<TableRef>,
 }
 
-/// Parses `sql`: exactly one statement, and a query.
+/// Largest SQL text of one transform, bytes.
+pub const MAX_SQL_BYTES: usize = 64 * 1024;
+/// Deepest nesting of expressions (`a + b + c` nests two deep).
+pub const MAX_EXPR_DEPTH: usize = 256;
+/// Most expression nodes in one transform.
+pub const MAX_EXPR_NODES: usize = 20_000;
+/// Most tables, subqueries and table functions one transform reads (each join adds one).
+pub const MAX_RELATIONS: usize = 32;
+/// Most SELECT blocks in one transform (UNION branches, subqueries, CTEs).
+pub const MAX_SELECTS: usize = 64;
+
+/// Parses `sql`: exactly one statement, and a query, within the size limits above. Call it
+/// on a thread with a large stack (as [`crate::check`] does): the parser and the checks
+/// recurse over the expression tree.
 pub fn parse(sql: &str) -> Result<ParsedQuery, SqlError> {
+    if sql.len() > MAX_SQL_BYTES {
+        return Err(SqlError::new(
+            Some((1, 1)),
+            format!(
+                "the SQL is {} bytes, over the limit of {MAX_SQL_BYTES}; split the transform",
+                sql.len()
+            ),
+        ));
+    }
     let mut statements = DFParserBuilder::new(sql)
         .build()
         .and_then(|mut p| p.parse_statements())
@@ -87,8 +109,91 @@ pub fn parse(sql: &str) -> Result<ParsedQuery, SqlError> {
             ),
         ));
     }
+    check_size(&statement)?;
     let tables = table_refs(&statement)?;
     Ok(ParsedQuery { statement, tables })
+}
+
+/// Counts what [`parse`] bounds.
+#[derive(Default)]
+struct Size {
+    depth: usize,
+    deepest: usize,
+    nodes: usize,
+    relations: usize,
+    selects: usize,
+    first_too_deep: Option<SqlPos>,
+}
+
+impl ast::Visitor for Size {
+    type Break = ();
+    fn pre_visit_expr(&mut self, expr: &ast::Expr) -> std::ops::ControlFlow<()> {
+        self.depth += 1;
+        self.nodes += 1;
+        if self.depth > self.deepest {
+            self.deepest = self.depth;
+            if self.depth > MAX_EXPR_DEPTH && self.first_too_deep.is_none() {
+                let start = expr.span().start;
+                self.first_too_deep =
+                    (start.line > 0).then_some((start.line as usize, start.column as usize));
+            }
+        }
+        if self.nodes > MAX_EXPR_NODES || self.depth > MAX_EXPR_DEPTH {
+            return std::ops::ControlFlow::Break(());
+        }
+        std::ops::ControlFlow::Continue(())
+    }
+    fn post_visit_expr(&mut self, _: &ast::Expr) -> std::ops::ControlFlow<()> {
+        self.depth -= 1;
+        std::ops::ControlFlow::Continue(())
+    }
+    fn pre_visit_table_factor(&mut self, _: &ast::TableFactor) -> std::ops::ControlFlow<()> {
+        self.relations += 1;
+        std::ops::ControlFlow::Continue(())
+    }
+    fn pre_visit_select(&mut self, _: &ast::Select) -> std::ops::ControlFlow<()> {
+        self.selects += 1;
+        std::ops::ControlFlow::Continue(())
+    }
+}
+
+fn check_size(statement: &DfStatement) -> Result<(), SqlError> {
+    let DfStatement::Statement(s) = statement else {
+        return Ok(());
+    };
+    let mut size = Size::default();
+    let _ = ast::Visit::visit(&**s, &mut size);
+    if size.deepest > MAX_EXPR_DEPTH {
+        return Err(SqlError::new(
+            size.first_too_deep.or(Some((1, 1))),
+            format!(
+                "an expression nests more than {MAX_EXPR_DEPTH} deep; write long chains of OR as `IN (...)`, or split the transform"
+            ),
+        ));
+    }
+    if size.nodes > MAX_EXPR_NODES {
+        return Err(SqlError::new(
+            Some((1, 1)),
+            format!("the SQL has more than {MAX_EXPR_NODES} expressions; split the transform"),
+        ));
+    }
+    if size.selects > MAX_SELECTS {
+        return Err(SqlError::new(
+            Some((1, 1)),
+            format!(
+                "the SQL has more than {MAX_SELECTS} SELECT blocks (UNION branches, subqueries); split the transform"
+            ),
+        ));
+    }
+    if size.relations > MAX_RELATIONS {
+        return Err(SqlError::new(
+            Some((1, 1)),
+            format!(
+                "the SQL reads more than {MAX_RELATIONS} tables and subqueries; join in several transforms"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn statement_pos(statement: &DfStatement) -> Option<SqlPos> {
@@ -172,7 +277,9 @@ pub fn session() -> SessionContext {
     options.sql_parser.collect_spans = true;
     // Keep string columns as the decoders produce them (Utf8), so plans and schemas agree.
     options.sql_parser.map_string_types_to_utf8view = false;
-    SessionContext::new_with_config(config)
+    let ctx = SessionContext::new_with_config(config);
+    crate::bounded::register(&ctx);
+    ctx
 }
 
 /// Plans the query against `inputs`; returns the logical plan and its optimized form.
@@ -236,8 +343,28 @@ pub async fn plan_with_tables(
             format!("{kind} is not allowed in a transform: it is one SELECT query"),
         ));
     }
+    // Before optimizing: DataFusion folds constant calls while it optimizes.
+    check_bounded(&logical)?;
     let optimized = state.optimize(&logical).map_err(|e| from_datafusion(&e))?;
+    // Constant folding may have turned arguments into literals (`repeat(repeat('x', 1000),
+    // 100000)`): check again what the optimizer left.
+    check_bounded(&optimized)?;
     Ok((ctx, logical, optimized))
+}
+
+/// Refuses calls of size-expanding functions whose constant arguments are over the bounds.
+fn check_bounded(plan: &LogicalPlan) -> Result<(), SqlError> {
+    let mut bounded = Ok(());
+    let _ = plan.apply(|node| {
+        for e in node.expressions() {
+            if let Err(err) = crate::bounded::check_constants(&e) {
+                bounded = Err(err);
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    bounded.map_err(|e| from_datafusion(&e))
 }
 
 /// Plan nodes that write or change state; a `SELECT ... INTO` plans to one of these.
@@ -350,6 +477,91 @@ mod tests {
             let err = parse(sql).expect_err(sql);
             assert!(err.message.contains(needle), "{sql}: {}", err.message);
         }
+    }
+
+    /// Runs `f` on a thread with the planner's stack, as `crate::check` does.
+    fn on_planner_stack(f: impl FnOnce() + Send + 'static) {
+        std::thread::Builder::new()
+            .stack_size(crate::PLANNER_STACK_BYTES)
+            .spawn(f)
+            .expect("thread")
+            .join()
+            .expect("no panic");
+    }
+
+    #[test]
+    fn deep_wide_and_long_sql_is_refused_with_its_limit() {
+        on_planner_stack(|| {
+            let terms = |n: usize, sep: &str, term: &str| vec![term; n].join(sep);
+            for (sql, needle) in [
+                (
+                    format!("SELECT {} FROM t", terms(300, " + ", "a")),
+                    "nests more than 256 deep",
+                ),
+                (
+                    format!("SELECT a FROM t WHERE {}", terms(3000, " OR ", "a = 1")),
+                    "nests more than 256 deep",
+                ),
+                (
+                    terms(100, " UNION ALL ", "SELECT a FROM t"),
+                    "SELECT blocks",
+                ),
+                (
+                    format!(
+                        "SELECT t0.a FROM t t0 {}",
+                        (1..40)
+                            .map(|i| format!("JOIN t t{i} ON t0.a = t{i}.a"))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    ),
+                    "more than 32 tables",
+                ),
+                (
+                    format!("SELECT {} AS x FROM t", "a".repeat(70_000)),
+                    "over the limit of 65536",
+                ),
+            ] {
+                let err = parse(&sql).expect_err(needle);
+                assert!(err.message.contains(needle), "{needle}: {}", err.message);
+            }
+            // A long IN list is flat, and fine.
+            let list = (0..3000)
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            parse(&format!("SELECT a FROM t WHERE a IN ({list})")).expect("flat IN list");
+        });
+    }
+
+    #[tokio::test]
+    async fn expanding_functions_over_constants_are_refused_while_planning() {
+        let table = InputTable {
+            schema: None,
+            table: "t".into(),
+            arrow: std::sync::Arc::new(datafusion::arrow::datatypes::Schema::new(vec![
+                datafusion::arrow::datatypes::Field::new(
+                    "a",
+                    datafusion::arrow::datatypes::DataType::Utf8,
+                    true,
+                ),
+            ])),
+        };
+        for sql in [
+            "SELECT unnest(range(1000000000)) AS x FROM t",
+            "SELECT repeat('x', 100000000) AS x FROM t",
+            "SELECT repeat(repeat('x', 1000), 100000) AS x FROM t",
+            "SELECT lpad(a, 1000000000) AS x FROM t",
+            "SELECT array_repeat(a, 1000000000) AS x FROM t",
+            "SELECT generate_series(1, 10 * 100000) AS x FROM t",
+        ] {
+            let q = parse(sql).expect(sql);
+            let err = plan(&q, std::slice::from_ref(&table)).await.expect_err(sql);
+            assert!(err.message.contains("would make"), "{sql}: {}", err.message);
+        }
+        let q = parse("SELECT repeat(a, 3) AS x, range(1, 10) AS r FROM t").expect("ok");
+        plan(&q, std::slice::from_ref(&table))
+            .await
+            .expect("small calls are fine");
     }
 
     #[tokio::test]

@@ -57,7 +57,7 @@ spec:
           ON o.order_id = s.order_id AND s.ts BETWEEN o.ts AND o.ts + INTERVAL '1' HOUR
 "#;
     let registry = event_schema::SchemaRegistry::new(schemas_dir());
-    match planner::check("shop.yaml", yaml, &registry, &|_| None).await {
+    match planner::check("shop.yaml", yaml, &registry, &|_: &str| None).await {
         (_, Some(p)) => p,
         (doc, None) => panic!("{:?}", doc.diagnostics()),
     }

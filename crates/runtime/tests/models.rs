@@ -23,7 +23,7 @@ async fn operator(on_drift: &str) -> (RegressionOp, JsonDecoder) {
     );
     let dir = event_schema::find_schema_dir(Path::new(&manifest_dir())).expect("schemas");
     let registry = event_schema::SchemaRegistry::new(dir);
-    let plan = match planner::check("m.yaml", &yaml, &registry, &|_| None).await {
+    let plan = match planner::check("m.yaml", &yaml, &registry, &|_: &str| None).await {
         (_, Some(p)) => p,
         (doc, None) => panic!("{:?}", doc.diagnostics()),
     };

@@ -26,7 +26,7 @@ async fn plan(window: &str, sql: &str) -> PipelinePlan {
         "apiVersion: pipelines/v1\nkind: Pipeline\nmetadata: {{ name: t }}\nspec:\n  sources:\n    - name: clicks\n      kafka: {{ topic: t }}\n      format: json\n      schema: web/click\n      event_time: {{ field: ts, max_out_of_order: 10ms }}\n  transforms:\n    - name: w\n      window: {window}\n      sql: \"{sql}\"\n"
     );
     let registry = event_schema::SchemaRegistry::new(schemas_dir());
-    match planner::check("t.yaml", &yaml, &registry, &|_| None).await {
+    match planner::check("t.yaml", &yaml, &registry, &|_: &str| None).await {
         (_, Some(p)) => p,
         (doc, None) => panic!("{:?}", doc.diagnostics()),
     }

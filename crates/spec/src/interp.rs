@@ -35,6 +35,60 @@ impl std::fmt::Display for InterpError {
     }
 }
 
+/// Where `${NAME}` values come from: the process environment for `pipectl`, only the
+/// variables the operator exposes for the daemon (see docs/security.md).
+pub trait Env {
+    /// The value of `name`, if this environment has it.
+    fn get(&self, name: &str) -> Option<String>;
+    /// Whether `name` is a secret: it may only be the whole value of a secret Kafka property
+    /// (`sasl.password: ${NAME}`), never part of a topic, SQL or anything else that can be
+    /// written out or shown.
+    fn is_secret(&self, _name: &str) -> bool {
+        false
+    }
+}
+
+impl<F: Fn(&str) -> Option<String>> Env for F {
+    fn get(&self, name: &str) -> Option<String> {
+        self(name)
+    }
+}
+
+/// The variables a text may refer to, looked up once: an [`Env`] that can move to another
+/// thread (planning runs on a thread of its own) and that resolves nothing else.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    vars: std::collections::HashMap<String, (Option<String>, bool)>,
+}
+
+impl Snapshot {
+    /// Looks up in `env` every name that `text` writes as `${NAME` (anywhere: an over-count
+    /// costs a lookup, never a value in the pipeline).
+    pub fn of(text: &str, env: &dyn Env) -> Self {
+        let mut vars = std::collections::HashMap::new();
+        for (i, _) in text.match_indices("${") {
+            let rest = &text[i + 2..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            let name = &rest[..end];
+            if is_env_name(name) && !vars.contains_key(name) {
+                vars.insert(name.to_string(), (env.get(name), env.is_secret(name)));
+            }
+        }
+        Self { vars }
+    }
+}
+
+impl Env for Snapshot {
+    fn get(&self, name: &str) -> Option<String> {
+        self.vars.get(name).and_then(|(v, _)| v.clone())
+    }
+    fn is_secret(&self, name: &str) -> bool {
+        self.vars.get(name).is_some_and(|(_, s)| *s)
+    }
+}
+
 /// Whether `text` asks for interpolation at all (cheap check before allocating).
 pub fn has_interpolation(text: &str) -> bool {
     text.contains('$')
@@ -42,10 +96,16 @@ pub fn has_interpolation(text: &str) -> bool {
 
 /// Replaces every `${NAME}` in `text` using `lookup`. Collects every error rather than stopping
 /// at the first, so one run reports all unset variables.
-pub fn interpolate(
+pub fn interpolate(text: &str, lookup: &dyn Env) -> Result<String, Vec<InterpError>> {
+    interpolate_names(text, lookup).map(|(value, _)| value)
+}
+
+/// [`interpolate`], also returning the names of the variables the text refers to, in order.
+pub fn interpolate_names(
     text: &str,
-    lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<String, Vec<InterpError>> {
+    lookup: &dyn Env,
+) -> Result<(String, Vec<String>), Vec<InterpError>> {
+    let mut names = Vec::new();
     let mut out = String::with_capacity(text.len());
     let mut errors = Vec::new();
     let mut rest = text;
@@ -68,8 +128,11 @@ pub fn interpolate(
             if !is_env_name(name) {
                 errors.push(InterpError::Malformed(format!("${{{inner}}}")));
             } else {
+                names.push(name.to_string());
                 match (
-                    lookup(name).filter(|v| !v.is_empty() || default.is_none()),
+                    lookup
+                        .get(name)
+                        .filter(|v| !v.is_empty() || default.is_none()),
                     default,
                 ) {
                     (Some(v), _) => out.push_str(&v),
@@ -85,13 +148,20 @@ pub fn interpolate(
     }
     out.push_str(rest);
     if errors.is_empty() {
-        Ok(out)
+        Ok((out, names))
     } else {
         Err(errors)
     }
 }
 
-fn is_env_name(name: &str) -> bool {
+/// The variable name when `text` is exactly `${NAME}` (no default, nothing around it).
+pub fn exact_reference(text: &str) -> Option<&str> {
+    let name = text.strip_prefix("${")?.strip_suffix('}')?;
+    is_env_name(name).then_some(name)
+}
+
+/// Whether `name` can name a variable: `[A-Za-z_][A-Za-z0-9_]*`.
+pub fn is_env_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')

@@ -7,13 +7,15 @@
 pub mod diag;
 pub mod duration;
 pub mod interp;
+pub mod kafka;
 mod load;
 pub mod model;
 pub mod validate;
 pub mod yaml;
 
 pub use diag::{Diagnostic, Pos};
-pub use load::{Document, load, load_with_limits};
+pub use interp::Env;
+pub use load::{Document, load, load_with_limits, redact};
 pub use model::Pipeline;
 
 /// The JSON Schema of the pipeline language, pretty-printed with a trailing newline (the form

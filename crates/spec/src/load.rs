@@ -8,11 +8,12 @@
 //! our own deletion is not reported.
 
 use std::collections::{BTreeSet, HashSet};
-use std::rc::Rc;
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 
 use crate::diag::{Diagnostic, Pos, one_of, suggestion};
+use crate::interp::Env;
 use crate::model::{
     ApiVersion, DocumentKind, Metadata, Model, Pipeline, PipelineSpec, Sink, Source, Transform,
 };
@@ -38,9 +39,28 @@ pub struct Document {
     unresolved: HashSet<Pos>,
     /// Positions of the interpolation errors themselves, which are always kept.
     env_errors: usize,
+    /// Variables the environment marks as secrets.
+    pub(crate) secret_vars: HashSet<String>,
+    /// Resolved values of secrets: never shown (see [`Document::redact`]).
+    secrets: Vec<String>,
 }
 
 impl Document {
+    /// A document that could not be checked at all, with the reason.
+    pub fn failed(file: &str, message: impl Into<String>) -> Self {
+        Self {
+            file: file.to_string(),
+            pipeline: None,
+            broken: BTreeSet::new(),
+            source_map: None,
+            diagnostics: vec![Diagnostic::at_path("", message)],
+            unresolved: HashSet::new(),
+            env_errors: 0,
+            secret_vars: HashSet::new(),
+            secrets: Vec::new(),
+        }
+    }
+
     /// Every problem, located and in file order.
     pub fn diagnostics(&self) -> Vec<Diagnostic> {
         let mut all: Vec<Diagnostic> = self
@@ -57,11 +77,25 @@ impl Document {
             .filter(|(i, d)| {
                 *i < self.env_errors || !d.pos.is_some_and(|p| self.unresolved.contains(&p))
             })
-            .map(|(_, d)| d)
+            .map(|(_, mut d)| {
+                d.message = self.redact(&d.message);
+                d
+            })
             .collect();
         all.sort_by(|a, b| a.pos.cmp(&b.pos).then_with(|| a.message.cmp(&b.message)));
         all.dedup();
         all
+    }
+
+    /// `text` with every resolved secret replaced by `***`: for anything derived from the
+    /// pipeline that is logged, shown or returned (errors of Kafka, of the runtime).
+    pub fn redact(&self, text: &str) -> String {
+        redact(text, &self.secrets)
+    }
+
+    /// The resolved secret values, to redact text made later (a run's errors).
+    pub fn secrets(&self) -> &[String] {
+        &self.secrets
     }
 
     /// Adds a problem found by a later stage (the planner).
@@ -81,17 +115,12 @@ const SPEC_FIELDS: [&str; 4] = ["sources", "transforms", "models", "sinks"];
 const MAX_ERRORS_PER_COMPONENT: usize = 20;
 
 /// Loads a pipeline from `text`. `file` names it in messages; `env` resolves `${VAR}`.
-pub fn load(file: &str, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Document {
+pub fn load(file: &str, text: &str, env: &dyn Env) -> Document {
     load_with_limits(file, text, env, &Limits::default())
 }
 
 /// [`load`] with explicit limits.
-pub fn load_with_limits(
-    file: &str,
-    text: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-    limits: &Limits,
-) -> Document {
+pub fn load_with_limits(file: &str, text: &str, env: &dyn Env, limits: &Limits) -> Document {
     let mut doc = Document {
         file: file.to_string(),
         pipeline: None,
@@ -100,6 +129,8 @@ pub fn load_with_limits(
         diagnostics: Vec::new(),
         unresolved: HashSet::new(),
         env_errors: 0,
+        secret_vars: HashSet::new(),
+        secrets: Vec::new(),
     };
     let parsed = match yaml::parse(text, limits, env) {
         Ok(parsed) => parsed,
@@ -118,7 +149,23 @@ pub fn load_with_limits(
     doc.diagnostics.extend(env_problems);
     doc.diagnostics.extend(other_problems);
     doc.unresolved = parsed.unresolved.into_iter().collect();
-    doc.source_map = Some(SourceMap::new(text, &root));
+    let map = SourceMap::new(text, &root);
+    for (path, scalar) in map.scalars() {
+        for var in &scalar.vars {
+            if env.is_secret(var) {
+                doc.secret_vars.insert(var.clone());
+            }
+        }
+        let secret_property = validate::property_of(path).is_some_and(crate::kafka::is_secret);
+        let secret_var = scalar.vars.iter().any(|v| env.is_secret(v));
+        if (secret_property || secret_var) && scalar.interpolated && !scalar.value.is_empty() {
+            doc.secrets.push(scalar.value.clone());
+        }
+    }
+    // Longest first, so that a secret containing another is replaced whole.
+    doc.secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    doc.secrets.dedup();
+    doc.source_map = Some(map);
 
     let Kind::Map(entries) = &root.kind else {
         doc.diagnostics.push(Diagnostic::at_path(
@@ -158,7 +205,7 @@ pub fn load_with_limits(
 
 /// Reports keys of a mapping that are not in `allowed`, with a suggestion.
 fn check_keys(
-    entries: &[(Rc<Node>, Rc<Node>)],
+    entries: &[(Arc<Node>, Arc<Node>)],
     parent: &str,
     allowed: &[&str],
     doc: &mut Document,
@@ -270,7 +317,7 @@ fn entry_at(node: &Node, pos: Pos) -> Option<(Pos, String)> {
     }
 }
 
-fn read_spec(node: &Rc<Node>, doc: &mut Document) -> PipelineSpec {
+fn read_spec(node: &Arc<Node>, doc: &mut Document) -> PipelineSpec {
     let mut spec = PipelineSpec::default();
     let Kind::Map(entries) = &node.kind else {
         doc.diagnostics.push(Diagnostic::at_path(
@@ -328,6 +375,17 @@ fn read_list<T: DeserializeOwned>(
                     doc.broken.insert(name.to_string());
                 }
             }
+        }
+    }
+    out
+}
+
+/// `text` with every one of `secrets` replaced by `***`.
+pub fn redact(text: &str, secrets: &[String]) -> String {
+    let mut out = text.to_string();
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        if out.contains(secret.as_str()) {
+            out = out.replace(secret.as_str(), "***");
         }
     }
     out

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use crate::diag::{Diagnostic, one_of, suggestion};
+use crate::kafka::{self, Client};
 use crate::load::Document;
 use crate::model::{
     Clustering, Feature, Model, OnDrift, OnError, Pipeline, Regression, Sink, Source, StartFrom,
@@ -37,19 +38,9 @@ impl ComponentKind {
     }
 }
 
-/// Property keys whose values are secrets and must come from `${ENV}`.
-const SECRET_MARKERS: [&str; 5] = ["password", "secret", "sasl.jaas.config", "token", "private"];
-/// Properties the engine sets itself.
-const ENGINE_PROPERTIES: [&str; 5] = [
-    "group.id",
-    "enable.auto.commit",
-    "enable.auto.offset.store",
-    "transactional.id",
-    "enable.idempotence",
-];
-
 /// Runs every structural check, appending to `out`.
 pub fn check(p: &Pipeline, doc: &Document, out: &mut Vec<Diagnostic>) {
+    check_interpolation(doc, out);
     check_pipeline_name(&p.metadata.name, out);
     let names = check_names(p, out);
     let known = |name: &str| names.contains_key(name) || doc.broken.contains(name);
@@ -192,34 +183,94 @@ fn check_topic(topic: &str, path: String, out: &mut Vec<Diagnostic>) {
 fn check_properties(
     properties: &BTreeMap<String, String>,
     path: &str,
+    client: Client,
     doc: &Document,
     out: &mut Vec<Diagnostic>,
 ) {
-    for key in properties.keys() {
+    for (key, value) in properties {
         let field = format!("{path}.{key}");
-        if ENGINE_PROPERTIES.contains(&key.as_str()) {
-            out.push(Diagnostic::at_path(
-                field.clone(),
-                format!("`{key}` is set by the engine and cannot be overridden; remove it"),
-            ));
-        }
-        let lower = key.to_ascii_lowercase();
-        if SECRET_MARKERS.iter().any(|m| lower.contains(m)) {
-            let from_env = doc
-                .source_map
-                .as_ref()
-                .and_then(|m| m.node(&field))
-                .is_some_and(|n| matches!(&n.kind, crate::yaml::Kind::Scalar(s) if s.interpolated));
-            if !from_env {
-                out.push(Diagnostic::at_path(
-                    field,
-                    format!(
-                        "`{key}` is a secret and must not be written in the file; use an environment variable such as `${{KAFKA_PASSWORD}}`"
-                    ),
-                ));
-            }
+        let raw = doc
+            .source_map
+            .as_ref()
+            .and_then(|m| m.node(&field))
+            .and_then(|n| match &n.kind {
+                crate::yaml::Kind::Scalar(s) => s.raw.clone(),
+                _ => None,
+            })
+            .unwrap_or_else(|| value.clone());
+        if let Err(message) = kafka::check(key, value, &raw, client) {
+            out.push(Diagnostic::at_path(field, message));
         }
     }
+}
+
+/// Where `${ENV}` may go. Names never interpolate (they become metric labels, consumer
+/// groups and directory names). A secret (a variable the environment marks secret, or one
+/// used in a secret property) may only be the whole value of a secret Kafka property, so it
+/// can never be written to a topic, a label, a log or an error.
+fn check_interpolation(doc: &Document, out: &mut Vec<Diagnostic>) {
+    let Some(map) = &doc.source_map else {
+        return;
+    };
+    let mut scalars: Vec<(&str, &crate::yaml::Scalar)> =
+        map.scalars().filter(|(_, s)| !s.vars.is_empty()).collect();
+    scalars.sort_by_key(|(path, _)| *path);
+    let in_secret_property: HashSet<&str> = scalars
+        .iter()
+        .filter(|(path, _)| property_of(path).is_some_and(kafka::is_secret))
+        .flat_map(|(_, s)| s.vars.iter().map(String::as_str))
+        .collect();
+    for (path, scalar) in scalars {
+        if is_name_path(path) {
+            out.push(Diagnostic::at_path(
+                path,
+                "names cannot use `${...}`: they become metric labels, consumer groups and directory names; write the name itself",
+            ));
+            continue;
+        }
+        if property_of(path).is_some_and(kafka::is_secret) {
+            continue;
+        }
+        if let Some(var) = scalar
+            .vars
+            .iter()
+            .find(|v| doc.secret_vars.contains(*v) || in_secret_property.contains(v.as_str()))
+        {
+            out.push(Diagnostic::at_path(
+                path,
+                format!(
+                    "`${{{var}}}` is a secret: it can only be the whole value of a secret Kafka property such as `sasl.password`, where it is never shown or written"
+                ),
+            ));
+        }
+    }
+}
+
+/// The property name when `path` is a Kafka property of a source or sink.
+pub fn property_of(path: &str) -> Option<&str> {
+    let rest = path
+        .strip_prefix("spec.sources[")
+        .or_else(|| path.strip_prefix("spec.sinks["))?;
+    let (_, rest) = rest.split_once("].kafka.properties.")?;
+    Some(rest)
+}
+
+fn is_name_path(path: &str) -> bool {
+    if path == "metadata.name" {
+        return true;
+    }
+    [
+        "spec.sources[",
+        "spec.transforms[",
+        "spec.models[",
+        "spec.sinks[",
+    ]
+    .iter()
+    .filter_map(|p| path.strip_prefix(p))
+    .any(|rest| {
+        rest.split_once("].name")
+            .is_some_and(|(i, tail)| tail.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
+    })
 }
 
 fn check_source(s: &Source, doc: &Document, out: &mut Vec<Diagnostic>) {
@@ -228,6 +279,7 @@ fn check_source(s: &Source, doc: &Document, out: &mut Vec<Diagnostic>) {
     check_properties(
         &s.kafka.properties,
         &format!("{path}.kafka.properties"),
+        Client::Consumer,
         doc,
         out,
     );
@@ -467,8 +519,76 @@ fn check_features(features: &[Feature], m: &Model, path: &str, out: &mut Vec<Dia
     }
 }
 
+/// Most model inputs of a regression once one-hot and hashed features are expanded: the
+/// co-moment matrix is quadratic in them and is solved (cubic) for predictions.
+pub const MAX_REGRESSION_INPUTS: u64 = 128;
+/// Most inputs of a clustering model once features are expanded.
+pub const MAX_CLUSTERING_INPUTS: u64 = 256;
+/// Largest estimated model state of one key, bytes (see [`regression_state_bytes`] and
+/// [`clustering_state_bytes`]).
+pub const MAX_STATE_PER_KEY: u64 = 4 * 1024 * 1024;
+/// Largest k-means seed sample (rows buffered per key before the first assignment).
+pub const MAX_SEED_SAMPLE: u32 = 100_000;
+/// Most k-means++ restarts on the seed sample.
+pub const MAX_SEED_TRIES: u32 = 20;
+
+/// Model inputs after expansion: 1 per numeric feature, one per one-hot value, the buckets of
+/// a hashed feature.
+pub fn expanded_inputs(features: &[Feature]) -> u64 {
+    features
+        .iter()
+        .map(|f| match f {
+            Feature::Numeric(_) => 1,
+            Feature::Categorical(c) => match (&c.one_hot, c.hash_buckets) {
+                (Some(values), _) => values.len() as u64,
+                (None, Some(n)) => u64::from(n),
+                (None, None) => 1,
+            },
+        })
+        .sum()
+}
+
+/// Estimated state of one key of a regression with `d` inputs, bytes: the co-moment matrix of
+/// inputs and target, `8 (d + 1)^2`, their shift and means, `16 (d + 1)`, and the rolling
+/// error window, 1,000 residuals of 16 bytes.
+pub fn regression_state_bytes(d: u64) -> u64 {
+    8 * (d + 1) * (d + 1) + 16 * (d + 1) + 16_000
+}
+
+/// Estimated state of one key of k-means with `d` inputs: per cluster the centre, the sum of
+/// its points and the per-feature scale, `24 k d`, and the seed sample, `8 d` per row.
+pub fn clustering_state_bytes(k: u64, d: u64, seed_sample: u64) -> u64 {
+    24 * k * d + 8 * d * seed_sample
+}
+
+fn check_state(inputs: u64, max_inputs: u64, bytes: u64, path: &str, out: &mut Vec<Diagnostic>) {
+    if inputs > max_inputs {
+        out.push(Diagnostic::at_path(
+            format!("{path}.features"),
+            format!(
+                "the features expand to {inputs} model inputs (one per numeric column, one-hot value and hash bucket), over the limit of {max_inputs}; use fewer one-hot values or hash buckets"
+            ),
+        ));
+    } else if bytes > MAX_STATE_PER_KEY {
+        out.push(Diagnostic::at_path(
+            path,
+            format!(
+                "the model's state would take about {bytes} bytes per key, over the limit of {MAX_STATE_PER_KEY}; use fewer inputs, clusters or seed rows"
+            ),
+        ));
+    }
+}
+
 fn check_regression(r: &Regression, m: &Model, path: &str, out: &mut Vec<Diagnostic>) {
     check_features(&r.features, m, path, out);
+    let d = expanded_inputs(&r.features);
+    check_state(
+        d,
+        MAX_REGRESSION_INPUTS,
+        regression_state_bytes(d),
+        path,
+        out,
+    );
     if r.features.iter().any(|f| f.column() == r.target) {
         out.push(Diagnostic::at_path(
             format!("{path}.target"),
@@ -518,6 +638,28 @@ fn check_regression(r: &Regression, m: &Model, path: &str, out: &mut Vec<Diagnos
 
 fn check_clustering(c: &Clustering, m: &Model, path: &str, out: &mut Vec<Diagnostic>) {
     check_features(&c.features, m, path, out);
+    let d = expanded_inputs(&c.features);
+    if c.seed_sample > MAX_SEED_SAMPLE {
+        out.push(Diagnostic::at_path(
+            format!("{path}.seed_sample"),
+            format!(
+                "`seed_sample` is {}: at most {MAX_SEED_SAMPLE} rows are buffered for seeding",
+                c.seed_sample
+            ),
+        ));
+    } else {
+        let bytes = clustering_state_bytes(u64::from(c.k), d, u64::from(c.seed_sample));
+        check_state(d, MAX_CLUSTERING_INPUTS, bytes, path, out);
+    }
+    if c.seed_tries > MAX_SEED_TRIES {
+        out.push(Diagnostic::at_path(
+            format!("{path}.seed_tries"),
+            format!(
+                "`seed_tries` is {}: give 1 to {MAX_SEED_TRIES}",
+                c.seed_tries
+            ),
+        ));
+    }
     if !(2..=1024).contains(&c.k) {
         out.push(Diagnostic::at_path(
             format!("{path}.k"),
@@ -597,6 +739,7 @@ fn check_sink(
     check_properties(
         &s.kafka.properties,
         &format!("{path}.kafka.properties"),
+        Client::Producer,
         doc,
         out,
     );

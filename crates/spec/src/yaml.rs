@@ -10,11 +10,11 @@
 //! Hostile input is stopped while building the tree: a size cap on the text, a depth cap on
 //! nesting, and a cap on the number of nodes the document expands to once aliases are
 //! followed (a "billion laughs" bomb is a small text that expands enormously). Aliases share
-//! their anchor's subtree (`Rc`), so the expansion is counted, never materialised.
+//! their anchor's subtree (`Arc`), so the expansion is counted, never materialised.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use saphyr_parser::{Event, Parser, ScalarStyle, Span};
 use serde::de::{self, DeserializeSeed, IntoDeserializer, Visitor};
@@ -60,9 +60,9 @@ pub enum Kind {
     /// A scalar after interpolation.
     Scalar(Scalar),
     /// A sequence.
-    Seq(Vec<Rc<Node>>),
+    Seq(Vec<Arc<Node>>),
     /// A mapping whose keys are scalars, in file order.
-    Map(Vec<(Rc<Node>, Rc<Node>)>),
+    Map(Vec<(Arc<Node>, Arc<Node>)>),
 }
 
 /// A scalar value.
@@ -74,6 +74,10 @@ pub struct Scalar {
     pub style: ScalarStyle,
     /// Whether the value came (at least in part) from `${ENV}` interpolation.
     pub interpolated: bool,
+    /// The text as written, when it differs from `value` or failed to interpolate.
+    pub raw: Option<String>,
+    /// Names of the `${ENV}` variables the text refers to.
+    pub vars: Vec<String>,
 }
 
 impl Node {
@@ -92,7 +96,7 @@ impl Node {
                 items.iter().enumerate().find_map(|(i, item)| {
                     item.without(pos).map(|new| {
                         let mut items = items.clone();
-                        items[i] = Rc::new(new);
+                        items[i] = Arc::new(new);
                         Node::seq(self.pos, items)
                     })
                 })
@@ -109,7 +113,7 @@ impl Node {
                 entries.iter().enumerate().find_map(|(i, (k, v))| {
                     v.without(pos).map(|new| {
                         let mut entries = entries.clone();
-                        entries[i] = (k.clone(), Rc::new(new));
+                        entries[i] = (k.clone(), Arc::new(new));
                         Node::map(self.pos, entries)
                     })
                 })
@@ -117,7 +121,7 @@ impl Node {
         }
     }
 
-    fn seq(pos: Pos, items: Vec<Rc<Node>>) -> Node {
+    fn seq(pos: Pos, items: Vec<Arc<Node>>) -> Node {
         let size = items.iter().fold(1usize, |a, n| a.saturating_add(n.size));
         Node {
             pos,
@@ -126,7 +130,7 @@ impl Node {
         }
     }
 
-    fn map(pos: Pos, entries: Vec<(Rc<Node>, Rc<Node>)>) -> Node {
+    fn map(pos: Pos, entries: Vec<(Arc<Node>, Arc<Node>)>) -> Node {
         let size = entries.iter().fold(1usize, |a, (k, v)| {
             a.saturating_add(k.size).saturating_add(v.size)
         });
@@ -146,7 +150,7 @@ impl Node {
     }
 
     /// The value at `key`, if this is a mapping that has it.
-    pub fn get(&self, key: &str) -> Option<&Rc<Node>> {
+    pub fn get(&self, key: &str) -> Option<&Arc<Node>> {
         match &self.kind {
             Kind::Map(entries) => entries
                 .iter()
@@ -181,13 +185,13 @@ enum Frame {
     Seq {
         pos: Pos,
         anchor: usize,
-        items: Vec<Rc<Node>>,
+        items: Vec<Arc<Node>>,
     },
     Map {
         pos: Pos,
         anchor: usize,
-        entries: Vec<(Rc<Node>, Rc<Node>)>,
-        key: Option<Rc<Node>>,
+        entries: Vec<(Arc<Node>, Arc<Node>)>,
+        key: Option<Arc<Node>>,
     },
 }
 
@@ -195,7 +199,7 @@ enum Frame {
 #[derive(Debug)]
 pub struct Parsed {
     /// The root node.
-    pub root: Rc<Node>,
+    pub root: Arc<Node>,
     /// Duplicate keys and interpolation errors.
     pub problems: Vec<Diagnostic>,
     /// Positions of scalars whose `${ENV}` could not be resolved: later checks of these values
@@ -208,11 +212,7 @@ pub struct Parsed {
 /// A fatal problem (syntax, a limit) returns `Err` with that one diagnostic. Problems that do
 /// not stop the tree from being built (an unset variable, a duplicate key) are returned beside
 /// the tree so that they are reported together with everything found later.
-pub fn parse(
-    text: &str,
-    limits: &Limits,
-    lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<Parsed, Diagnostic> {
+pub fn parse(text: &str, limits: &Limits, lookup: &dyn interp::Env) -> Result<Parsed, Diagnostic> {
     if text.len() > limits.max_bytes {
         return Err(Diagnostic {
             pos: Some(Pos::new(1, 1)),
@@ -264,10 +264,10 @@ pub fn parse(
 
 struct Builder<'a> {
     limits: &'a Limits,
-    lookup: &'a dyn Fn(&str) -> Option<String>,
+    lookup: &'a dyn interp::Env,
     stack: Vec<Frame>,
-    anchors: HashMap<usize, Rc<Node>>,
-    root: Option<Rc<Node>>,
+    anchors: HashMap<usize, Arc<Node>>,
+    root: Option<Arc<Node>>,
     documents: usize,
     problems: Vec<Diagnostic>,
     unresolved: Vec<Pos>,
@@ -291,9 +291,15 @@ impl Builder<'_> {
             Event::Scalar(value, style, anchor, _tag) => {
                 let raw_has = interp::has_interpolation(&value);
                 let is_key = matches!(self.stack.last(), Some(Frame::Map { key: None, .. }));
+                let mut raw = None;
+                let mut vars = Vec::new();
                 let (value, interpolated) = if raw_has && !is_key {
-                    match interp::interpolate(&value, self.lookup) {
-                        Ok(v) => (v, true),
+                    match interp::interpolate_names(&value, self.lookup) {
+                        Ok((v, names)) => {
+                            vars = names;
+                            raw = Some(value.into_owned());
+                            (v, true)
+                        }
                         Err(errors) => {
                             self.unresolved.push(pos);
                             for e in errors {
@@ -303,18 +309,21 @@ impl Builder<'_> {
                                     message: e.to_string(),
                                 });
                             }
+                            raw = Some(value.to_string());
                             (value.into_owned(), false)
                         }
                     }
                 } else {
                     (value.into_owned(), false)
                 };
-                let node = Rc::new(Node {
+                let node = Arc::new(Node {
                     pos,
                     kind: Kind::Scalar(Scalar {
                         value,
                         style,
                         interpolated,
+                        raw,
+                        vars,
                     }),
                     size: 1,
                 });
@@ -358,7 +367,7 @@ impl Builder<'_> {
                     }) => (Node::map(pos, entries), anchor),
                     None => return Err(fatal(pos, "unbalanced YAML events")),
                 };
-                self.finish(Rc::new(node), anchor)?;
+                self.finish(Arc::new(node), anchor)?;
             }
             Event::StreamStart | Event::StreamEnd | Event::DocumentEnd | Event::Nothing => {}
         }
@@ -385,7 +394,7 @@ impl Builder<'_> {
     }
 
     /// Attaches a finished node to its parent (or makes it the root).
-    fn finish(&mut self, node: Rc<Node>, anchor: usize) -> Result<(), Diagnostic> {
+    fn finish(&mut self, node: Arc<Node>, anchor: usize) -> Result<(), Diagnostic> {
         if node.size > self.limits.max_nodes {
             return Err(fatal(
                 node.pos,
@@ -765,7 +774,7 @@ impl<'de> de::Deserializer<'de> for NodeDe<'_> {
 
 struct SeqAccess<'a, 'b> {
     de: &'b NodeDe<'a>,
-    items: std::slice::Iter<'b, Rc<Node>>,
+    items: std::slice::Iter<'b, Arc<Node>>,
     index: usize,
 }
 
@@ -796,7 +805,7 @@ impl<'de> de::SeqAccess<'de> for SeqAccess<'_, '_> {
 
 struct MapAccess<'a, 'b> {
     de: &'b NodeDe<'a>,
-    entries: std::slice::Iter<'b, (Rc<Node>, Rc<Node>)>,
+    entries: std::slice::Iter<'b, (Arc<Node>, Arc<Node>)>,
     value: Option<(&'b Node, String)>,
 }
 
@@ -913,15 +922,15 @@ impl<'de> de::VariantAccess<'de> for NodeDe<'_> {
 pub struct SourceMap {
     lines: Vec<String>,
     /// Path -> (key position, value node).
-    index: HashMap<String, (Option<Pos>, Rc<Node>)>,
+    index: HashMap<String, (Option<Pos>, Arc<Node>)>,
 }
 
 impl SourceMap {
     /// Indexes every path of the tree (aliases count once per place they appear; the tree's
     /// size cap bounds the walk).
-    pub fn new(text: &str, root: &Rc<Node>) -> Self {
+    pub fn new(text: &str, root: &Arc<Node>) -> Self {
         let mut index = HashMap::new();
-        let mut stack: Vec<(String, Option<Pos>, Rc<Node>)> =
+        let mut stack: Vec<(String, Option<Pos>, Arc<Node>)> =
             vec![(String::new(), None, root.clone())];
         while let Some((path, key_pos, node)) = stack.pop() {
             match &node.kind {
@@ -951,8 +960,18 @@ impl SourceMap {
         }
     }
 
+    /// Every scalar of the file with its field path, in no particular order.
+    pub fn scalars(&self) -> impl Iterator<Item = (&str, &Scalar)> {
+        self.index
+            .iter()
+            .filter_map(|(path, (_, node))| match &node.kind {
+                Kind::Scalar(s) => Some((path.as_str(), s)),
+                _ => None,
+            })
+    }
+
     /// The node at `path`, if the file has it.
-    pub fn node(&self, path: &str) -> Option<&Rc<Node>> {
+    pub fn node(&self, path: &str) -> Option<&Arc<Node>> {
         self.index.get(path).map(|(_, n)| n)
     }
 
@@ -1038,7 +1057,7 @@ mod tests {
         None
     }
 
-    fn tree(text: &str) -> Rc<Node> {
+    fn tree(text: &str) -> Arc<Node> {
         parse(text, &Limits::default(), &no_env)
             .expect("parses")
             .root
