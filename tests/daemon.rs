@@ -4,9 +4,8 @@
 //! `KAFKA_BOOTSTRAP`); the API tests (authentication, OpenAPI, refusals) need no Kafka.
 
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use connectors::read_all;
@@ -14,188 +13,11 @@ use serde_json::Value;
 
 mod support;
 use support::{bootstrap, epoch_ms, nanos, root, unique};
-
-fn pipelined_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_pipelined"))
-}
-
-/// `pipectl` is built beside `pipelined` by `cargo test --workspace` (scripts/gate).
-fn pipectl_bin() -> PathBuf {
-    let p = pipelined_bin().with_file_name("pipectl");
-    assert!(
-        p.exists(),
-        "{} is missing: run the workspace's tests (scripts/gate) or `cargo build -p pipectl`",
-        p.display()
-    );
-    p
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-const TOKEN: &str = "test-token-0123456789abcdef";
-
-/// A daemon child process, stopped (SIGTERM, then waited for) when dropped.
-struct Daemon {
-    child: Option<Child>,
-    url: String,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(state: &Path, port: u16, bootstrap: &str) -> Self {
-        Self::start_with(state, port, bootstrap, &[])
-    }
-
-    fn start_with(state: &Path, port: u16, bootstrap: &str, extra: &[&str]) -> Self {
-        let log = state.with_extension(format!("{port}.log"));
-        let child = Command::new(pipelined_bin())
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .arg("--state-dir")
-            .arg(state)
-            .args(["--bootstrap", bootstrap])
-            .arg("--schemas")
-            .arg(root().join("schemas"))
-            .args(["--checkpoint-interval", "1s"])
-            .args(extra)
-            .env("PIPELINED_TOKEN", TOKEN)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("pipelined starts");
-        let d = Self {
-            child: Some(child),
-            url: format!("http://127.0.0.1:{port}"),
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while http(&d.url, "GET", "/readyz", None, None).0 != 200 {
-            assert!(Instant::now() < deadline, "daemon not ready:\n{}", d.logs());
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        d
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Kills the process at once (SIGKILL): a crash, no final checkpoint.
-    fn crash(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Stops gracefully (every pipeline writes a final checkpoint) and waits.
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                if let Ok(Some(status)) = child.try_wait() {
-                    assert!(status.success(), "daemon exit {status}:\n{}", self.logs());
-                    break;
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    panic!("daemon did not stop in 60 s:\n{}", self.logs());
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // The log stays for a failed test to be read, and goes when the test passed.
-        if !std::thread::panicking() {
-            std::fs::remove_file(&self.log).ok();
-        }
-    }
-}
-
-/// One HTTP request: (status, body as JSON or as a string).
-fn http(
-    base: &str,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&Value>,
-) -> (u16, Value) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(60)))
-        .build()
-        .into();
-    let mut request = ureq::http::Request::builder()
-        .method(method)
-        .uri(format!("{base}{path}"));
-    if let Some(t) = token {
-        request = request.header("Authorization", format!("Bearer {t}"));
-    }
-    if body.is_some() {
-        request = request.header("Content-Type", "application/json");
-    }
-    let request = request
-        .body(body.map(Value::to_string).unwrap_or_default())
-        .expect("request");
-    let result = agent.run(request);
-    match result {
-        Ok(mut resp) => {
-            let status = resp.status().as_u16();
-            let mut text = String::new();
-            let _ = resp.body_mut().as_reader().read_to_string(&mut text);
-            (
-                status,
-                serde_json::from_str(&text).unwrap_or(Value::String(text)),
-            )
-        }
-        Err(_) => (0, Value::Null),
-    }
-}
-
-fn pipectl(url: &str, args: &[&str]) -> Output {
-    Command::new(pipectl_bin())
-        .args(args)
-        .env("PIPECTL_SERVER", url)
-        .env("PIPECTL_TOKEN", TOKEN)
-        .env_remove("PIPECTL_CONFIG")
-        .env(
-            "XDG_CONFIG_HOME",
-            std::env::temp_dir().join("no-pipectl-config"),
-        )
-        .current_dir(root())
-        .output()
-        .expect("pipectl runs")
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "pipectl failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn json_of(out: Output) -> Value {
-    serde_json::from_str(&ok(out)).expect("pipectl -o json prints JSON")
-}
+#[path = "support/daemon.rs"]
+mod daemon_support;
+use daemon_support::{
+    Daemon, TOKEN, feed, free_port, http, json_of, ok, pipectl, pipectl_bin, pipelined_bin,
+};
 
 fn pipeline_yaml(name: &str, group: &str, input: &str, output: &str, filter: &str) -> String {
     format!(
@@ -230,18 +52,6 @@ spec:
       format: json
 "#
     )
-}
-
-/// `pipectl gen` in the background (events arriving while a test watches), output dropped.
-fn feed(bootstrap: &str, args: &[&str]) -> Child {
-    Command::new(pipectl_bin())
-        .args(["gen", "--bootstrap", bootstrap])
-        .args(args)
-        .current_dir(root())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("gen runs")
 }
 
 fn generate(bootstrap: &str, topic: &str, count: u64, seed: u64) {

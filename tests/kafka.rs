@@ -16,7 +16,7 @@ use connectors::{StoredMessage, read_all};
 use serde_json::Value;
 
 mod support;
-use support::{bootstrap, epoch_ms, root, unique};
+use support::{bootstrap, epoch_ms, root, test_python, unique};
 
 fn pipectl(args: &[&str], env: &[(&str, &str)]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_pipectl"))
@@ -31,21 +31,6 @@ fn pipectl(args: &[&str], env: &[(&str, &str)]) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
-}
-
-fn oracle_python() -> String {
-    if let Ok(p) = std::env::var("ORACLE_PYTHON") {
-        return p;
-    }
-    let out = Command::new(root().join("scripts/python-env"))
-        .output()
-        .expect("scripts/python-env runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn read(bootstrap: &str, topic: &str) -> Vec<StoredMessage> {
@@ -122,7 +107,7 @@ fn window_oracle(
     std::fs::write(&raw_path, raw).expect("write input");
     let windows_path = dir.join("windows.jsonl");
     let invalid_path = dir.join("invalid.json");
-    let out = Command::new(oracle_python())
+    let out = Command::new(test_python())
         .arg(root().join("tests/oracle/window_oracle.py"))
         .args(["--input", raw_path.to_str().expect("utf-8")])
         .args(["--size-ms", "60000", "--allowed-ms", "5000"])

@@ -37,6 +37,23 @@ pub fn bootstrap() -> Option<String> {
     }
 }
 
+/// The Python of the test environment (DuckDB, scikit-learn, Schemathesis): `ORACLE_PYTHON`
+/// as scripts/gate sets it, else made by scripts/python-env.
+pub fn test_python() -> String {
+    if let Ok(p) = std::env::var("ORACLE_PYTHON") {
+        return p;
+    }
+    let out = std::process::Command::new(root().join("scripts/python-env"))
+        .output()
+        .expect("scripts/python-env runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// Nanoseconds since the epoch.
 pub fn nanos() -> u128 {
     std::time::SystemTime::now()

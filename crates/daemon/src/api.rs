@@ -34,6 +34,8 @@ pub struct App {
     pub token: Option<String>,
     /// Whether every registered pipeline has been started.
     pub ready: AtomicBool,
+    /// Checks deployed pipelines in a child process under a budget.
+    pub checker: crate::check::Checker,
 }
 
 /// An error response.
@@ -95,8 +97,43 @@ pub fn router(app: Arc<App>, max_body: usize) -> Router {
         )
         .merge(api)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(middleware::map_response(json_errors))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(app)
+}
+
+/// Every error the API answers is JSON (`{"error": ...}`), including the ones axum makes
+/// itself (a path that does not decode, a method not allowed).
+async fn json_errors(response: Response) -> Response {
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if response.status().as_u16() < 400 || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_string()
+    } else {
+        text
+    };
+    let body = json!({ "error": message }).to_string();
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 /// Compares in time independent of where the strings differ.
@@ -111,10 +148,13 @@ async fn auth(
     next: Next,
 ) -> Response {
     if let Some(token) = &app.token {
+        // The scheme is case-insensitive (RFC 7235), the token is not.
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(|v| v.trim_start().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token);
         let ok = given.is_some_and(|g| same(g.trim().as_bytes(), token.as_bytes()));
         if !ok {
             let mut r = ApiError::new(
@@ -261,6 +301,7 @@ async fn versions(State(app): State<Arc<App>>, Path(name): Path<String>) -> Repl
 
 /// A deploy request.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct DeployBody {
     /// The pipeline file's text.
     yaml: String,
@@ -276,38 +317,56 @@ struct DeployQuery {
 }
 
 /// Validates and plans a pipeline as `pipectl validate` does, with the daemon's schemas and
-/// environment: its name when valid, else the diagnostics. (Planning is not `Send`, so it
-/// runs on a blocking thread.)
+/// exposed variables, in a child process under a memory and time budget (see `check`).
 async fn validate(
     app: &Arc<App>,
     file: &str,
     yaml: &str,
 ) -> Result<(Option<String>, Vec<spec::Diagnostic>), ApiError> {
-    let schemas = app.supervisor.settings().schemas.clone();
-    let (file, yaml) = (file.to_string(), yaml.to_string());
-    blocking(move || {
-        let registry = event_schema::SchemaRegistry::new(&schemas);
-        let (doc, plan) = tokio::runtime::Handle::current().block_on(planner::check(
-            &file,
-            &yaml,
-            &registry,
-            &spec::process_env,
+    match app.checker.check(file, yaml).await {
+        Ok(outcome) => Ok((outcome.name, outcome.diagnostics)),
+        Err(why) => Ok((None, vec![spec::Diagnostic::at_path("", why)])),
+    }
+}
+
+/// A JSON body, or a 415/400 error in JSON that says what is wrong and where.
+fn json_body<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &[u8],
+    what: &str,
+) -> Result<T, ApiError> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            let v = v.trim();
+            v.eq_ignore_ascii_case("application/json")
+                || (v.len() > 5 && v[v.len() - 5..].eq_ignore_ascii_case("+json"))
+        });
+    if !json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("{what}: send JSON with `Content-Type: application/json`"),
         ));
-        let diagnostics = doc.diagnostics();
-        let name = plan
-            .filter(|_| diagnostics.is_empty())
-            .map(|p| p.name.clone());
-        Ok((name, diagnostics))
+    }
+    // serde_json's message ends with "at line L column C".
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{what}: invalid JSON: {e}"),
+        )
     })
-    .await
 }
 
 async fn deploy(
     State(app): State<Arc<App>>,
-    Query(q): Query<DeployQuery>,
-    body: Result<Json<DeployBody>, axum::extract::rejection::JsonRejection>,
+    q: Result<Query<DeployQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
 ) -> Reply {
-    let Json(body) = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let body: DeployBody = json_body(&headers, &body, "a deploy request")?;
     let file = body.file.unwrap_or_else(|| "pipeline.yaml".into());
     let (name, diagnostics) = validate(&app, &file, &body.yaml).await?;
     let name = match name {
@@ -474,6 +533,7 @@ async fn delete_pipeline(State(app): State<Arc<App>>, Path(name): Path<String>) 
 
 /// A rollback request.
 #[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RollbackBody {
     /// The version to restore; default: the one before the current.
     #[serde(default)]
@@ -483,12 +543,30 @@ struct RollbackBody {
 async fn rollback(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
-    body: Option<Json<RollbackBody>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
 ) -> Reply {
-    let to = body.and_then(|Json(b)| b.to);
+    // No body (or an empty one) means "the version before the current".
+    let to = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        json_body::<RollbackBody>(&headers, &body, "a rollback request")?.to
+    };
+    if to == Some(0) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "versions start at 1; give `to` of 1 or more",
+        ));
+    }
     blocking(move || {
         let record = record_or_404(&app, &name)?;
         let current = record.current().version;
+        if to.is_none() && current <= 1 {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("`{name}` has only version {current}: there is nothing earlier to roll back to"),
+            ));
+        }
         let target = to.unwrap_or(current.saturating_sub(1));
         let Some(old) = record.versions.iter().find(|v| v.version == target).cloned() else {
             return Err(ApiError::new(

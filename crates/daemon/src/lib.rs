@@ -4,8 +4,11 @@
 //! checkpoint.
 
 pub mod api;
+pub mod check;
+pub mod env;
 pub mod metrics;
 pub mod registry;
+pub mod server;
 pub mod supervisor;
 
 /// Now, RFC 3339 with milliseconds, UTC.

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use daemon::api::{self, App};
+use daemon::check::{Budget, Checker};
+use daemon::env::PipelineEnv;
 use daemon::registry::{Desired, Registry};
 use daemon::supervisor::{Settings, Supervisor};
 
@@ -40,6 +42,42 @@ struct Args {
     /// Largest request body, bytes.
     #[arg(long, default_value_t = 2 * 1024 * 1024)]
     max_body: usize,
+    /// Most HTTP connections open at once; past it clients get 503.
+    #[arg(long, default_value_t = 256)]
+    max_connections: usize,
+    /// Longest wait for a request's headers, or for its body.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    request_timeout: Duration,
+    /// Longest wait for a pipeline to stop (stop, delete, redeploy, shutdown); a pipeline
+    /// still busy then is abandoned with a log line.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    stop_timeout: Duration,
+    /// Expose process variables whose names start with PREFIX to pipelines, as plain values
+    /// (repeatable). Nothing else of the daemon's environment reaches a pipeline.
+    #[arg(long = "pipeline-env", value_name = "PREFIX")]
+    pipeline_env: Vec<String>,
+    /// Expose process variables whose names start with PREFIX to pipelines, as secrets: only
+    /// usable as the whole value of a secret Kafka property (repeatable).
+    #[arg(long = "secret-env", value_name = "PREFIX")]
+    secret_env: Vec<String>,
+    /// Expose each file DIR/NAME to pipelines as the secret NAME.
+    #[arg(long, value_name = "DIR")]
+    secrets_dir: Option<PathBuf>,
+    /// Memory budget of checking one deployed pipeline (a child process), MiB.
+    #[arg(long, default_value_t = 2048)]
+    check_memory_mib: u64,
+    /// Time budget of checking one deployed pipeline.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    check_time: Duration,
+    /// Internal: check one pipeline read from standard input (the daemon's child).
+    #[arg(long, hide = true)]
+    check_pipeline: bool,
+    /// Internal: the child's address-space limit, bytes.
+    #[arg(long, hide = true, default_value_t = 2 << 30)]
+    check_memory: u64,
+    /// Internal: the child's CPU-time limit, seconds.
+    #[arg(long, hide = true, default_value_t = 10)]
+    check_seconds: u64,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -81,9 +119,37 @@ fn token(args: &Args) -> Result<Option<String>, String> {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
+    let env = match PipelineEnv::new(
+        args.pipeline_env.clone(),
+        args.secret_env.clone(),
+        args.secrets_dir.clone(),
+    ) {
+        Ok(env) => env,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check_pipeline {
+        return daemon::check::run_child(
+            args.schemas.clone(),
+            env,
+            args.check_memory,
+            args.check_seconds,
+        );
+    }
+    match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt.block_on(serve(args, env)),
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn serve(args: Args, env: PipelineEnv) -> ExitCode {
     let token = match token(&args) {
         Ok(t) => t,
         Err(e) => {
@@ -101,11 +167,27 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let checker = match Checker::new(
+        args.schemas.clone(),
+        env.clone(),
+        Budget {
+            memory: args.check_memory_mib << 20,
+            time: args.check_time,
+        },
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: cannot find the daemon's own executable for pipeline checks: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let supervisor = Supervisor::new(Settings {
         bootstrap: args.bootstrap.clone(),
         state_dir: args.state_dir.clone(),
         schemas: args.schemas.clone(),
         checkpoint_interval: args.checkpoint_interval,
+        env,
+        stop_timeout: args.stop_timeout,
     });
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,
@@ -119,6 +201,7 @@ async fn main() -> ExitCode {
         supervisor,
         token,
         ready: AtomicBool::new(false),
+        checker,
     });
     // Start what was running before the daemon stopped, each from its checkpoint.
     let records = match app.registry.all() {
@@ -150,12 +233,30 @@ async fn main() -> ExitCode {
             ""
         }
     ));
-    let served = axum::serve(listener, api::router(app.clone(), args.max_body))
-        .with_graceful_shutdown(runtime::stop_signal())
-        .await;
+    let limits = daemon::server::Limits {
+        max_connections: args.max_connections,
+        header_timeout: args.request_timeout,
+        body_timeout: args.request_timeout,
+        max_body: args.max_body,
+        shutdown_timeout: Duration::from_secs(5),
+    };
+    let served = daemon::server::serve(
+        listener,
+        api::router(app.clone(), args.max_body),
+        limits,
+        runtime::stop_signal(),
+    )
+    .await;
     daemon::supervisor::log("pipelined: stopping pipelines (each writes a final checkpoint)");
     let stopper = app.clone();
-    let _ = tokio::task::spawn_blocking(move || stopper.supervisor.stop_all()).await;
+    // Each pipeline gets `stop_timeout`; they stop in parallel, so this is the bound too.
+    let stopping = tokio::task::spawn_blocking(move || stopper.supervisor.stop_all());
+    if tokio::time::timeout(args.stop_timeout + Duration::from_secs(5), stopping)
+        .await
+        .is_err()
+    {
+        daemon::supervisor::log("pipelined: pipelines did not stop in time; exiting anyway");
+    }
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

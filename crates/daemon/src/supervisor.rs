@@ -6,13 +6,15 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use runtime::{RunConfig, Runner, Stats};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::env::PipelineEnv;
 use crate::now;
 
 /// Where and how pipelines run.
@@ -26,7 +28,15 @@ pub struct Settings {
     pub schemas: PathBuf,
     /// Time between checkpoints.
     pub checkpoint_interval: Duration,
+    /// The variables pipelines may use.
+    pub env: PipelineEnv,
+    /// Longest wait for a pipeline to stop; past it, it is abandoned (it ends at its next
+    /// micro-batch boundary, writing nothing more if it was deleted).
+    pub stop_timeout: Duration,
 }
+
+/// Stack of a pipeline's thread: planning and running recurse over SQL expressions.
+const PIPELINE_STACK_BYTES: usize = 64 * 1024 * 1024;
 
 impl Settings {
     /// The checkpoint directory of a pipeline.
@@ -85,6 +95,10 @@ pub struct Live {
     status: Mutex<Status>,
     /// `NAME vVERSION`, for the log.
     who: String,
+    /// Resolved secrets of the pipeline: replaced by `***` in its errors and warnings.
+    secrets: Mutex<Vec<String>>,
+    /// Set when a stop gave up waiting for the run.
+    abandoned: AtomicBool,
 }
 
 /// A line of the daemon's log on standard error.
@@ -98,6 +112,8 @@ impl Live {
             stats: Arc::new(Stats::default()),
             status: Mutex::new(Status::new(phase)),
             who: format!("{name} v{version}"),
+            secrets: Mutex::new(Vec::new()),
+            abandoned: AtomicBool::new(false),
         })
     }
 
@@ -120,7 +136,13 @@ impl Live {
         }
     }
 
+    fn redact(&self, text: &str) -> String {
+        let secrets = self.secrets.lock().unwrap_or_else(|e| e.into_inner());
+        spec::redact(text, &secrets)
+    }
+
     fn failed(&self, error: String) {
+        let error = self.redact(&error);
         log(&format!("pipeline {}: failed: {error}", self.who));
         let mut s = self.lock();
         s.phase = Phase::Failed;
@@ -136,6 +158,8 @@ struct Slot {
     live: Arc<Live>,
     stop: Option<watch::Sender<bool>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Set when the pipeline is deleted: its run writes no checkpoint any more.
+    discard: Arc<AtomicBool>,
 }
 
 /// The pipelines of this daemon.
@@ -170,11 +194,22 @@ impl Supervisor {
         self.stop(name);
         let live = Live::new(name, version, Phase::Starting);
         let (tx, rx) = watch::channel(false);
+        let discard = Arc::new(AtomicBool::new(false));
         let thread = {
             let (name, settings, live) = (name.to_string(), self.settings.clone(), live.clone());
+            let run = Run {
+                name,
+                version,
+                yaml,
+                settings,
+                live,
+                stop: rx,
+                discard: discard.clone(),
+            };
             std::thread::Builder::new()
-                .name(format!("pipeline-{name}"))
-                .spawn(move || run_thread(name, version, yaml, settings, live, rx))
+                .name(format!("pipeline-{}", run.name))
+                .stack_size(PIPELINE_STACK_BYTES)
+                .spawn(move || run_thread(run))
         };
         let thread = match thread {
             Ok(t) => Some(t),
@@ -190,6 +225,7 @@ impl Supervisor {
                 live,
                 stop: Some(tx),
                 thread,
+                discard,
             },
         );
     }
@@ -203,12 +239,14 @@ impl Supervisor {
                 live: Live::new(name, version, Phase::Stopped),
                 stop: None,
                 thread: None,
+                discard: Arc::new(AtomicBool::new(false)),
             },
         );
     }
 
-    /// Stops a pipeline and waits for it (its final checkpoint written). Returns whether it
-    /// was running.
+    /// Stops a pipeline and waits for it (its final checkpoint written), at most
+    /// `stop_timeout`: a pipeline still busy then is abandoned with a log line and ends by
+    /// itself at its next micro-batch boundary. Returns whether it was running.
     pub fn stop(&self, name: &str) -> bool {
         let (stop, thread, live) = {
             let mut slots = self.slots();
@@ -221,21 +259,36 @@ impl Supervisor {
         if let Some(stop) = stop {
             let _ = stop.send(true);
         }
-        if let Some(thread) = thread
-            && thread.join().is_err()
-        {
-            live.failed("the pipeline thread panicked while stopping".into());
+        if let Some(thread) = thread {
+            let deadline = Instant::now() + self.settings.stop_timeout;
+            while !thread.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if !thread.is_finished() {
+                live.abandoned.store(true, Ordering::Relaxed);
+                log(&format!(
+                    "pipeline {}: did not stop within {:?}; abandoned (it ends at its next micro-batch)",
+                    live.who, self.settings.stop_timeout
+                ));
+                live.set(Phase::Stopped);
+            } else if thread.join().is_err() {
+                live.failed("the pipeline thread panicked while stopping".into());
+            }
         }
         was_running
     }
 
-    /// Stops and forgets a pipeline.
+    /// Stops and forgets a pipeline; its run writes no checkpoint from now on, so that the
+    /// caller can delete the checkpoints.
     pub fn remove(&self, name: &str) {
+        if let Some(slot) = self.slots().get(name) {
+            slot.discard.store(true, Ordering::Relaxed);
+        }
         self.stop(name);
         self.slots().remove(name);
     }
 
-    /// Stops every pipeline (daemon shutdown), in parallel.
+    /// Stops every pipeline (daemon shutdown), in parallel, each within `stop_timeout`.
     pub fn stop_all(&self) {
         let names: Vec<String> = self.slots().keys().cloned().collect();
         std::thread::scope(|s| {
@@ -259,16 +312,29 @@ impl Supervisor {
     }
 }
 
-/// The body of a pipeline's thread: plan, run, and on failure restart with backoff, until
-/// asked to stop.
-fn run_thread(
+/// What a pipeline's thread runs.
+struct Run {
     name: String,
     version: u32,
     yaml: String,
     settings: Settings,
     live: Arc<Live>,
     stop: watch::Receiver<bool>,
-) {
+    discard: Arc<AtomicBool>,
+}
+
+/// The body of a pipeline's thread: plan, run, and on failure restart with backoff, until
+/// asked to stop.
+fn run_thread(run: Run) {
+    let Run {
+        name,
+        version,
+        yaml,
+        settings,
+        live,
+        stop,
+        discard,
+    } = run;
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -280,20 +346,22 @@ fn run_thread(
         }
     };
     let local = tokio::task::LocalSet::new();
+    let ended = live.clone();
     local.block_on(&rt, async move {
         let mut backoff = Duration::from_secs(1);
         loop {
             live.set(Phase::Starting);
             // Run as a task so that a panic is caught and reported instead of ending the
             // thread silently.
-            let attempt = tokio::task::spawn_local(attempt(
-                name.clone(),
+            let attempt = tokio::task::spawn_local(attempt(Run {
+                name: name.clone(),
                 version,
-                yaml.clone(),
-                settings.clone(),
-                live.clone(),
-                stop.clone(),
-            ));
+                yaml: yaml.clone(),
+                settings: settings.clone(),
+                live: live.clone(),
+                stop: stop.clone(),
+                discard: discard.clone(),
+            }));
             let outcome = match attempt.await {
                 Ok(r) => r,
                 Err(e) if e.is_panic() => Err(format!("panicked: {}", panic_text(e))),
@@ -331,6 +399,9 @@ fn run_thread(
             }
         }
     });
+    if ended.abandoned.load(Ordering::Relaxed) {
+        log(&format!("pipeline {}: abandoned run ended", ended.who));
+    }
 }
 
 fn panic_text(e: tokio::task::JoinError) -> String {
@@ -345,17 +416,20 @@ fn panic_text(e: tokio::task::JoinError) -> String {
 }
 
 /// One start of a pipeline: plan it, connect, run until stopped or failed.
-async fn attempt(
-    name: String,
-    version: u32,
-    yaml: String,
-    settings: Settings,
-    live: Arc<Live>,
-    stop: watch::Receiver<bool>,
-) -> Result<(), String> {
+async fn attempt(run: Run) -> Result<(), String> {
+    let Run {
+        name,
+        version,
+        yaml,
+        settings,
+        live,
+        stop,
+        discard,
+    } = run;
     let registry = event_schema::SchemaRegistry::new(&settings.schemas);
     let file = format!("{name}.yaml");
-    let (doc, plan) = planner::check(&file, &yaml, &registry, &spec::process_env).await;
+    let (doc, plan) = planner::check(&file, &yaml, &registry, &settings.env).await;
+    *live.secrets.lock().unwrap_or_else(|e| e.into_inner()) = doc.secrets().to_vec();
     let diagnostics = doc.diagnostics();
     let Some(plan) = plan.filter(|_| diagnostics.is_empty()) else {
         // It was valid when deployed: the daemon's environment or schemas changed since.
@@ -369,19 +443,21 @@ async fn attempt(
     config.version = version.to_string();
     config.checkpoint_dir = Some(settings.checkpoint_dir(&name));
     config.checkpoint_interval = settings.checkpoint_interval;
+    config.discard = discard;
     let runner = Runner::new(&plan, config, live.stats.clone())
         .await
         .map_err(|e| e.to_string())?;
-    for w in runner.warnings() {
+    let warnings: Vec<String> = runner.warnings().iter().map(|w| live.redact(w)).collect();
+    for w in &warnings {
         log(&format!("pipeline {name} v{version}: warning: {w}"));
     }
-    live.lock().warnings = runner.warnings().to_vec();
+    live.lock().warnings = warnings;
     live.set(Phase::Running);
     let mut stop = stop;
     let stopped = async move {
         let _ = stop.wait_for(|s| *s).await;
     };
     let summary = runner.run(stopped).await.map_err(|e| e.to_string())?;
-    live.lock().warnings = summary.warnings;
+    live.lock().warnings = summary.warnings.iter().map(|w| live.redact(w)).collect();
     Ok(())
 }

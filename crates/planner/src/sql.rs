@@ -347,8 +347,10 @@ pub async fn plan_with_tables(
     check_bounded(&logical)?;
     let optimized = state.optimize(&logical).map_err(|e| from_datafusion(&e))?;
     // Constant folding may have turned arguments into literals (`repeat(repeat('x', 1000),
-    // 100000)`): check again what the optimizer left.
+    // 100000)`): check again what the optimizer left, and the size of the constants it made
+    // (each is copied into every row of every batch).
     check_bounded(&optimized)?;
+    check_literals(&optimized)?;
     Ok((ctx, logical, optimized))
 }
 
@@ -365,6 +367,38 @@ fn check_bounded(plan: &LogicalPlan) -> Result<(), SqlError> {
         Ok(TreeNodeRecursion::Continue)
     });
     bounded.map_err(|e| from_datafusion(&e))
+}
+
+/// Largest constant in a planned transform, bytes (after constant folding).
+pub const MAX_LITERAL_BYTES: usize = 16 * 1024;
+/// Largest sum of the constants of a planned transform, bytes.
+pub const MAX_LITERALS_BYTES: usize = 1024 * 1024;
+
+fn check_literals(plan: &LogicalPlan) -> Result<(), SqlError> {
+    let mut total = 0usize;
+    let mut largest = 0usize;
+    let _ = plan.apply(|node| {
+        for e in node.expressions() {
+            let _ = e.apply(|e| {
+                if let datafusion::logical_expr::Expr::Literal(v, _) = e {
+                    let size = v.size();
+                    total = total.saturating_add(size);
+                    largest = largest.max(size);
+                }
+                Ok(TreeNodeRecursion::Continue)
+            });
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    if largest > MAX_LITERAL_BYTES || total > MAX_LITERALS_BYTES {
+        return Err(SqlError::new(
+            Some((1, 1)),
+            format!(
+                "the constants of this SQL fold to a value of {largest} bytes ({total} in all), over the limit of {MAX_LITERAL_BYTES} per value and {MAX_LITERALS_BYTES} in all: each is copied into every row"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Plan nodes that write or change state; a `SELECT ... INTO` plans to one of these.
@@ -558,6 +592,15 @@ mod tests {
             let err = plan(&q, std::slice::from_ref(&table)).await.expect_err(sql);
             assert!(err.message.contains("would make"), "{sql}: {}", err.message);
         }
+        let many = (0..20)
+            .map(|i| format!("repeat('x', 1000000) AS a{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let q = parse(&format!("SELECT {many} FROM t")).expect("parses");
+        let err = plan(&q, std::slice::from_ref(&table))
+            .await
+            .expect_err("folded");
+        assert!(err.message.contains("fold to a value"), "{}", err.message);
         let q = parse("SELECT repeat(a, 3) AS x, range(1, 10) AS r FROM t").expect("ok");
         plan(&q, std::slice::from_ref(&table))
             .await

@@ -33,7 +33,7 @@ pub mod window;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use connectors::{KafkaSink, KafkaSource, OutRecord, RawBatch, SourceConfig, Start};
@@ -98,6 +98,9 @@ pub struct RunConfig {
     pub checkpoint_dir: Option<std::path::PathBuf>,
     /// Time between checkpoints.
     pub checkpoint_interval: Duration,
+    /// Once set, no checkpoint is written any more: the pipeline is being deleted, and a run
+    /// that stops late must not bring its checkpoint back.
+    pub discard: Arc<AtomicBool>,
 }
 
 impl RunConfig {
@@ -112,6 +115,7 @@ impl RunConfig {
             version: "1".into(),
             checkpoint_dir: None,
             checkpoint_interval: Duration::from_secs(10),
+            discard: Arc::new(AtomicBool::new(false)),
         }
     }
 }
@@ -698,6 +702,9 @@ impl Runner {
         let Some(store) = self.checkpoints.clone() else {
             return Ok(());
         };
+        if self.config.discard.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         let mut operators = BTreeMap::new();
         for i in 0..self.nodes.len() {
             let state = if let Some(table) = self.tables.get_mut(&i) {
