@@ -4,7 +4,8 @@
 //! `KAFKA_BOOTSTRAP`); the API tests (authentication, OpenAPI, refusals) need no Kafka.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,7 @@ use connectors::read_all;
 use serde_json::Value;
 
 mod support;
-use support::{bootstrap, epoch_ms, nanos, root, unique};
+use support::{bootstrap, epoch_ms, nanos, root, test_python, unique};
 #[path = "support/daemon.rs"]
 mod daemon_support;
 use daemon_support::{
@@ -359,6 +360,282 @@ fn the_api_needs_the_token_and_matches_its_openapi_description() {
         Some(&serde_json::json!({ "yaml": big })),
     );
     assert_eq!(status, 413);
+    daemon.stop();
+    std::fs::remove_dir_all(&state).ok();
+}
+
+/// One raw HTTP/1.1 exchange: writes `request` and reads until the server closes or `wait`
+/// passes. Returns what was read and whether the server closed the connection.
+fn raw(url: &str, request: &[u8], wait: Duration) -> (String, bool) {
+    use std::io::Write;
+    let addr = url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).expect("connects");
+    stream.set_read_timeout(Some(wait)).expect("timeout");
+    stream.write_all(request).expect("writes");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + wait;
+    let closed = loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) => break false,
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+    };
+    (String::from_utf8_lossy(&got).into_owned(), closed)
+}
+
+#[test]
+fn slow_stalled_and_excess_connections_are_answered_and_dropped_within_bounds() {
+    let state = std::env::temp_dir().join(unique("daemon-slow"));
+    let mut daemon = Daemon::start_with(
+        &state,
+        free_port(),
+        "127.0.0.1:1",
+        &["--request-timeout", "2s"],
+    );
+    let url = daemon.url.clone();
+    let addr = url.trim_start_matches("http://").to_string();
+    // 300 connections that send half a request and stall (they were held 30 s each, without
+    // a bound on their number). The first 256 are held until the header timeout; the rest are
+    // told at once that there are too many.
+    let mut stalled: Vec<std::net::TcpStream> = (0..300)
+        .map(|_| {
+            use std::io::Write;
+            let mut s = std::net::TcpStream::connect(&addr).expect("connects");
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+                .expect("writes");
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            s
+        })
+        .collect();
+    let mut refused = 0;
+    let mut dropped = 0;
+    let started = Instant::now();
+    for s in &mut stalled {
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        let text = String::from_utf8_lossy(&buf);
+        if text.starts_with("HTTP/1.1 503") {
+            assert!(
+                text.contains(r#"{"error":"too many connections"}"#),
+                "{text}"
+            );
+            refused += 1;
+        } else if buf.is_empty() {
+            dropped += 1;
+        }
+    }
+    println!(
+        "300 stalled connections: {refused} refused with 503, {dropped} dropped by the header timeout, all within {} ms",
+        started.elapsed().as_millis()
+    );
+    assert_eq!(refused + dropped, 300);
+    assert!(
+        refused >= 44,
+        "the connection cap did not apply: {refused} refused"
+    );
+    drop(stalled);
+    assert_eq!(http(&url, "GET", "/healthz", None, None).0, 200);
+
+    // A body announced as 10 GB: refused from its headers, without reading it.
+    let (reply, closed) = raw(
+        &url,
+        format!("POST /api/v1/pipelines HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 10000000000\r\n\r\n{{\"yaml\"").as_bytes(),
+        Duration::from_secs(10),
+    );
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    assert!(reply.contains(r#""error""#) && closed, "{reply}");
+    // A body that never arrives: 408 after the timeout, and the connection is closed.
+    let (reply, closed) = raw(
+        &url,
+        format!("POST /api/v1/pipelines HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"yaml\": \"").as_bytes(),
+        Duration::from_secs(10),
+    );
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains("did not arrive") && closed, "{reply}");
+    // An idle kept-alive connection is closed too.
+    let (reply, closed) = raw(
+        &url,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    assert!(reply.starts_with("HTTP/1.1 200") && closed, "{reply}");
+    daemon.stop();
+    std::fs::remove_dir_all(&state).ok();
+}
+
+#[test]
+fn every_api_error_is_json_and_the_auth_scheme_is_case_insensitive() {
+    let state = std::env::temp_dir().join(unique("daemon-errors"));
+    let mut daemon = Daemon::start_with(&state, free_port(), "127.0.0.1:1", &[]);
+    let url = daemon.url.clone();
+    let send = |request: String| raw(&url, request.as_bytes(), Duration::from_secs(10)).0;
+    let json_error = |reply: &str, status: &str, needle: &str| {
+        assert!(reply.starts_with(&format!("HTTP/1.1 {status}")), "{reply}");
+        assert!(reply.contains("content-type: application/json"), "{reply}");
+        let body = reply.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let v: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {reply}"));
+        let error = v["error"].as_str().unwrap_or_default();
+        assert!(error.contains(needle), "want `{needle}` in {error}");
+    };
+    let post = |path: &str, auth: &str, content_type: Option<&str>, body: &[u8]| {
+        let mut head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: {auth}\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        if let Some(ct) = content_type {
+            head.push_str(&format!("Content-Type: {ct}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(body);
+        raw(&url, &bytes, Duration::from_secs(20)).0
+    };
+    // RFC 7235: the scheme is case-insensitive.
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let reply = send(format!(
+            "GET /api/v1/pipelines HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: {scheme} {TOKEN}\r\n\r\n"
+        ));
+        assert!(reply.starts_with("HTTP/1.1 200"), "{scheme}: {reply}");
+    }
+    let auth = format!("Bearer {TOKEN}");
+    json_error(
+        &post("/api/v1/pipelines", &auth, None, br#"{"yaml": "x"}"#),
+        "415",
+        "Content-Type: application/json",
+    );
+    json_error(
+        &post(
+            "/api/v1/pipelines",
+            &auth,
+            Some("application/json"),
+            b"{\"yaml\": \"\xff\xfe\"}",
+        ),
+        "400",
+        "line 1 column",
+    );
+    json_error(
+        &post(
+            "/api/v1/pipelines",
+            &auth,
+            Some("application/json"),
+            br#"{"yaml": "", "extra": 1}"#,
+        ),
+        "400",
+        "unknown field `extra`",
+    );
+    let reply = post(
+        "/api/v1/pipelines",
+        &auth,
+        Some("application/json"),
+        br#"{"yaml": ""}"#,
+    );
+    json_error(&reply, "422", "1 error");
+    json_error(
+        &post(
+            "/api/v1/pipelines/x/rollback",
+            &auth,
+            Some("application/json"),
+            br#"{"to": -1}"#,
+        ),
+        "400",
+        "invalid JSON",
+    );
+    json_error(
+        &post(
+            "/api/v1/pipelines/x/rollback",
+            &auth,
+            Some("application/json"),
+            b"[]",
+        ),
+        "400",
+        "invalid JSON",
+    );
+    json_error(
+        &send(format!(
+            "GET /api/v1/pipelines/%FF HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: {auth}\r\n\r\n"
+        )),
+        "400",
+        "UTF-8",
+    );
+    json_error(
+        &send(format!(
+            "PUT /api/v1/pipelines HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: {auth}\r\nContent-Length: 0\r\n\r\n"
+        )),
+        "405",
+        "Method Not Allowed",
+    );
+    daemon.stop();
+    std::fs::remove_dir_all(&state).ok();
+}
+
+#[test]
+fn a_deploy_whose_check_runs_past_its_time_budget_is_refused() {
+    let state = std::env::temp_dir().join(unique("daemon-budget"));
+    // A budget no check can meet: the refusal path, with a daemon that stays well.
+    let mut daemon =
+        Daemon::start_with(&state, free_port(), "127.0.0.1:1", &["--check-time", "1ms"]);
+    let yaml = pipeline_yaml("budget", "g", "in", "out", "");
+    let (status, body) = http(
+        &daemon.url,
+        "POST",
+        "/api/v1/pipelines",
+        Some(TOKEN),
+        Some(&serde_json::json!({ "yaml": yaml })),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body.to_string()
+            .contains("took longer than its budget of 1ms"),
+        "{body}"
+    );
+    assert_eq!(http(&daemon.url, "GET", "/healthz", None, None).0, 200);
+    daemon.stop();
+    std::fs::remove_dir_all(&state).ok();
+}
+
+#[test]
+fn the_api_conforms_to_its_openapi_under_schemathesis() {
+    let python = test_python();
+    let schemathesis = Path::new(&python).with_file_name("schemathesis");
+    assert!(
+        schemathesis.exists(),
+        "{} is missing: scripts/python-env installs it",
+        schemathesis.display()
+    );
+    let state = std::env::temp_dir().join(unique("daemon-schemathesis"));
+    // With the broker when there is one, so that the example pipeline it deploys really runs.
+    let broker = bootstrap().unwrap_or_else(|| "127.0.0.1:1".into());
+    let mut daemon = Daemon::start_with(&state, free_port(), &broker, &["--stop-timeout", "2s"]);
+    let out = Command::new(&schemathesis)
+        .arg("--config-file")
+        .arg(root().join("tests/api/schemathesis.toml"))
+        .arg("run")
+        .arg(root().join("crates/daemon/openapi.json"))
+        .args(["--url", &daemon.url])
+        .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
+        .args(["--max-time", "45", "--workers", "2"])
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("schemathesis runs");
+    let report = String::from_utf8_lossy(&out.stdout);
+    let summary: Vec<&str> = report
+        .lines()
+        .filter(|l| l.contains("generated") || l.contains(" passed") || l.contains("Seed:"))
+        .collect();
+    println!("schemathesis: {}", summary.join(" | "));
+    assert!(
+        out.status.success(),
+        "schemathesis found failures:\n{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(http(&daemon.url, "GET", "/healthz", None, None).0, 200);
     daemon.stop();
     std::fs::remove_dir_all(&state).ok();
 }

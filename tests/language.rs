@@ -275,3 +275,19 @@ fn the_demo_runs_on_the_in_process_broker_and_prints_live_results() {
     }
     assert!(stdout.contains("demo: stopped after"), "{stdout}");
 }
+
+#[test]
+fn the_security_page_lists_every_allowed_kafka_property() {
+    let page = std::fs::read_to_string(root().join("docs/security.md")).expect("docs/security.md");
+    let missing: Vec<&str> = spec::kafka::ALLOWED
+        .iter()
+        .map(|p| p.name)
+        .filter(|name| !page.contains(&format!("| `{name}` |")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/security.md does not list {missing:?}"
+    );
+    let rows = page.lines().filter(|l| l.starts_with("| `")).count();
+    assert!(rows >= spec::kafka::ALLOWED.len());
+}

@@ -350,6 +350,12 @@ fn json_body<T: serde::de::DeserializeOwned>(
             format!("{what}: send JSON with `Content-Type: application/json`"),
         ));
     }
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{what}: invalid JSON: expected an object at line 1 column 1"),
+        ));
+    }
     // serde_json's message ends with "at line L column C".
     serde_json::from_slice(body).map_err(|e| {
         ApiError::new(

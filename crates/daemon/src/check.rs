@@ -137,8 +137,8 @@ impl Checker {
             Ok(Err(e)) => return Err(format!("the pipeline check failed: {e}")),
             Err(_) => {
                 return Err(format!(
-                    "checking the pipeline took longer than its budget of {} s (planning is bounded in time); simplify the SQL",
-                    self.budget.time.as_secs()
+                    "checking the pipeline took longer than its budget of {:?} (planning is bounded in time); simplify the SQL",
+                    self.budget.time
                 ));
             }
         };

@@ -142,8 +142,9 @@ pub struct KafkaSource {
     /// the same pipeline share the partitions.
     #[serde(default)]
     pub group: Option<String>,
-    /// Extra librdkafka consumer properties (for example `security.protocol`). Secrets such
-    /// as `sasl.password` must come from `${ENV}` interpolation.
+    /// Extra librdkafka consumer properties, from an allow-list (security protocol, SASL
+    /// PLAIN/SCRAM credentials, TLS as PEM text, client tuning within bounds; see
+    /// docs/security.md). A secret such as `sasl.password` must be exactly `${NAME}`.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
 }
@@ -229,7 +230,8 @@ pub struct Transform {
     /// Name of the transform; later SQL reads its output as a table of this name.
     pub name: String,
     /// One SQL `SELECT` (joins allowed) over sources, transforms and model outputs
-    /// (`<model>.predictions`). No DDL, no DML, one statement.
+    /// (`<model>.predictions`). No DDL, no DML, one statement; at most 64 KiB, expressions
+    /// nested at most 256 deep, 32 tables and 64 SELECT blocks (docs/security.md).
     pub sql: String,
     /// Makes the transform an event-time window aggregation: the SQL sees two extra columns,
     /// `window_start` and `window_end`, and must `GROUP BY` them. Rows are emitted once the
@@ -368,10 +370,10 @@ pub struct Clustering {
     /// history equally.
     #[serde(default)]
     pub half_life: Option<Duration>,
-    /// Events buffered for k-means++ seeding before the first assignment.
+    /// Events buffered for k-means++ seeding before the first assignment, at most 100,000.
     #[serde(default = "default_seed_sample")]
     pub seed_sample: u32,
-    /// k-means++ runs on the seed sample; the one with the least inertia wins.
+    /// k-means++ runs on the seed sample, 1 to 20; the one with the least inertia wins.
     #[serde(default = "default_seed_tries")]
     pub seed_tries: u32,
     /// Fraction of the seed sample left out as outliers before seeding (the points farthest
@@ -455,7 +457,8 @@ pub struct CategoricalFeature {
     /// Declared vocabulary: one 0/1 input per value; values outside it set none.
     #[serde(default)]
     pub one_hot: Option<Vec<String>>,
-    /// Feature hashing into this many inputs, for open vocabularies.
+    /// Feature hashing into this many inputs, for open vocabularies. A model has at most
+    /// 128 inputs (regression) or 256 (clustering) once features are expanded.
     #[serde(default)]
     pub hash_buckets: Option<u32>,
 }
@@ -531,8 +534,9 @@ pub struct Sink {
 pub struct KafkaSink {
     /// Topic to write.
     pub topic: String,
-    /// Extra librdkafka producer properties (for example `compression.type`). Secrets must
-    /// come from `${ENV}` interpolation.
+    /// Extra librdkafka producer properties, from an allow-list (for example
+    /// `compression.type`, `linger.ms`; see docs/security.md). A secret such as
+    /// `sasl.password` must be exactly `${NAME}`.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
 }
