@@ -1115,3 +1115,255 @@ fn a_crashed_daemon_loses_nothing_on_restart() {
     std::fs::remove_dir_all(&state).ok();
     std::fs::remove_dir_all(&dir).ok();
 }
+
+fn status_of(url: &str, name: &str) -> Value {
+    http(
+        url,
+        "GET",
+        &format!("/api/v1/pipelines/{name}/status"),
+        Some(TOKEN),
+        None,
+    )
+    .1
+}
+
+fn wait_status(
+    url: &str,
+    name: &str,
+    what: &str,
+    limit: Duration,
+    ok: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let s = status_of(url, name);
+        if ok(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}: timed out waiting for {what}: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn copy_yaml(name: &str, input: &str, output: &str, on_error: &str) -> String {
+    format!(
+        r#"apiVersion: pipelines/v1
+kind: Pipeline
+metadata: {{ name: {name} }}
+spec:
+  sources:
+    - name: readings
+      kafka: {{ topic: "{input}", start_from: earliest, group: "{name}-{input}" }}
+      format: json
+      schema: production/sensor_reading
+      on_error: {on_error}
+  transforms:
+    - name: picked
+      sql: SELECT line_id, machine_id, ts, temperature FROM readings
+  sinks:
+    - {{ name: out, from: picked, kafka: {{ topic: "{output}" }}, format: json }}
+"#
+    )
+}
+
+fn deploy_yaml(url: &str, yaml: &str) {
+    let (status, body) = http(
+        url,
+        "POST",
+        "/api/v1/pipelines",
+        Some(TOKEN),
+        Some(&serde_json::json!({ "yaml": yaml })),
+    );
+    assert!(status == 201 || status == 200, "{status} {body}");
+}
+
+#[test]
+fn a_poison_record_under_on_error_fail_leaves_the_pipeline_failed_without_restarts() {
+    let Some(bootstrap) = bootstrap() else { return };
+    let input = unique("daemon.poison.in");
+    let out = Command::new(pipectl_bin())
+        .args([
+            "gen",
+            "--bootstrap",
+            &bootstrap,
+            "--kind",
+            "production/sensor_reading",
+        ])
+        .args([
+            "--count",
+            "200",
+            "--malformed",
+            "0.05",
+            "--seed",
+            "3",
+            "--topic",
+            &input,
+        ])
+        .current_dir(root())
+        .output()
+        .expect("gen runs");
+    ok(out);
+    let state = std::env::temp_dir().join(unique("daemon-poison"));
+    let mut daemon = Daemon::start(&state, free_port(), &bootstrap);
+    let url = daemon.url.clone();
+    deploy_yaml(
+        &url,
+        &copy_yaml("poison", &input, &unique("daemon.poison.out"), "fail"),
+    );
+    let s = wait_status(
+        &url,
+        "poison",
+        "the failure",
+        Duration::from_secs(60),
+        |s| s["phase"] == "failed",
+    );
+    let error = s["last_error"].as_str().unwrap_or_default().to_string();
+    assert!(
+        error.contains(&format!("bad record in {input} partition")) && error.contains(" offset "),
+        "{s}"
+    );
+    assert_eq!(s["failure"], "data", "{s}");
+    // A restart would fail on the same record: none happens (with the backoff of 1, 2, 4,
+    // 8 s there would be four by now).
+    std::thread::sleep(Duration::from_secs(30));
+    let s = status_of(&url, "poison");
+    println!(
+        "30 s after a poison record: phase {}, restarts {}",
+        s["phase"], s["restarts"]
+    );
+    assert_eq!(s["phase"], "failed", "{s}");
+    assert_eq!(s["restarts"], 0, "{s}");
+    assert!(
+        daemon.logs().contains("not restarted (data error"),
+        "{}",
+        daemon.logs()
+    );
+    // `start` runs it again, at the user's request (and it fails on the same record).
+    let (status, body) = http(
+        &url,
+        "POST",
+        "/api/v1/pipelines/poison/start",
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["started"], true, "{body}");
+    daemon.stop();
+    std::fs::remove_dir_all(&state).ok();
+}
+
+/// `scripts/kafka` on a broker of the test's own (the shared one must not stop).
+fn own_broker(port: u16, dir: &Path, command: &str) {
+    let out = Command::new(root().join("scripts/kafka"))
+        .arg(command)
+        .env("KAFKA_PORT", port.to_string())
+        .env("KAFKA_RUN_DIR", dir)
+        .output()
+        .expect("scripts/kafka runs");
+    assert!(
+        out.status.success(),
+        "scripts/kafka {command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A port whose next port is free too (the broker's controller listens there).
+fn free_port_pair() -> u16 {
+    for _ in 0..100 {
+        let p = free_port();
+        if p < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no two free ports in a row")
+}
+
+#[test]
+fn external_failures_restart_with_backoff_and_lose_nothing() {
+    // Only where the suite runs its brokers (scripts/gate): this one starts a second.
+    if bootstrap().is_none() {
+        return;
+    }
+    let port = free_port_pair();
+    let dir = std::env::temp_dir().join(unique("own-kafka"));
+    own_broker(port, &dir, "start");
+    let broker = format!("127.0.0.1:{port}");
+    let state = std::env::temp_dir().join(unique("daemon-external"));
+    let mut daemon = Daemon::start(&state, free_port(), &broker);
+    let url = daemon.url.clone();
+
+    // A topic that does not exist yet: retried with backoff until it does.
+    let input = unique("daemon.external.in");
+    let output = unique("daemon.external.out");
+    deploy_yaml(&url, &copy_yaml("external", &input, &output, "skip"));
+    let s = wait_status(
+        &url,
+        "external",
+        "a restart",
+        Duration::from_secs(60),
+        |s| s["restarts"].as_u64().unwrap_or(0) >= 1,
+    );
+    assert_eq!(s["failure"], "external", "{s}");
+    assert!(
+        s["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("does not exist"),
+        "{s}"
+    );
+    generate(&broker, &input, 3000, 1);
+    wait_status(&url, "external", "reading", Duration::from_secs(90), |s| {
+        s["phase"] == "running" && s["events_in"].as_u64() == Some(3000)
+    });
+
+    // The broker stops and comes back with its data; more events arrive meanwhile.
+    own_broker(port, &dir, "stop");
+    std::thread::sleep(Duration::from_secs(5));
+    own_broker(port, &dir, "resume");
+    let out = Command::new(pipectl_bin())
+        .args([
+            "gen",
+            "--bootstrap",
+            &broker,
+            "--kind",
+            "production/sensor_reading",
+        ])
+        .args(["--count", "2000", "--seed", "2", "--topic", &input])
+        .current_dir(root())
+        .output()
+        .expect("gen runs");
+    ok(out);
+    let want = rows(&broker, &input);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let got = loop {
+        let got = rows(&broker, &output);
+        if want.keys().all(|k| got.contains_key(k)) {
+            break got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} input rows reached the output: {}",
+            want.keys().filter(|k| got.contains_key(*k)).count(),
+            want.len(),
+            status_of(&url, "external")
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    let s = wait_status(&url, "external", "running", Duration::from_secs(60), |s| {
+        s["phase"] == "running"
+    });
+    let twice = got.values().filter(|n| **n > 1).count();
+    println!(
+        "broker restart: {} input rows all in the output ({twice} written more than once, at least once), {} restarts, phase {}",
+        want.len(),
+        s["restarts"],
+        s["phase"]
+    );
+    daemon.stop();
+    own_broker(port, &dir, "stop");
+    std::fs::remove_dir_all(&state).ok();
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -36,6 +36,33 @@ pub enum ConnectorError {
     Config(String),
 }
 
+impl ConnectorError {
+    /// Whether Kafka refused for lack of rights: a fix of credentials or ACLs is needed, a
+    /// retry alone would fail the same way.
+    pub fn is_authorization(&self) -> bool {
+        let ConnectorError::Kafka { source, .. } = self else {
+            return false;
+        };
+        let code = match source {
+            KafkaError::MessageConsumption(c)
+            | KafkaError::MessageProduction(c)
+            | KafkaError::MetadataFetch(c)
+            | KafkaError::ConsumerCommit(c)
+            | KafkaError::OffsetFetch(c)
+            | KafkaError::AdminOp(c) => *c,
+            _ => return false,
+        };
+        matches!(
+            code,
+            RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::GroupAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+                | RDKafkaErrorCode::SaslAuthenticationFailed
+                | RDKafkaErrorCode::Authentication
+        )
+    }
+}
+
 fn kafka(context: impl Into<String>) -> impl FnOnce(KafkaError) -> ConnectorError {
     let context = context.into();
     move |source| ConnectorError::Kafka { context, source }
@@ -203,9 +230,14 @@ fn topic_partitions<C: Consumer>(consumer: &C, topic: &str) -> Result<Vec<i32>, 
         .find(|t| t.name() == topic)
         .ok_or_else(|| ConnectorError::Config(format!("topic `{topic}` does not exist")))?;
     if let Some(err) = t.error() {
+        let code = RDKafkaErrorCode::from(err);
+        if code == RDKafkaErrorCode::UnknownTopicOrPartition {
+            return Err(ConnectorError::Config(format!(
+                "topic `{topic}` does not exist (yet: the pipeline is retried until it does)"
+            )));
+        }
         return Err(ConnectorError::Config(format!(
-            "topic `{topic}` is not readable: {:?}",
-            RDKafkaErrorCode::from(err)
+            "topic `{topic}` is not readable: {code:?}"
         )));
     }
     let mut ids: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();

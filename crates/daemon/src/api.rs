@@ -199,10 +199,17 @@ fn watermark_text(ms: i64) -> Value {
 /// Status fields shared by list, get and status.
 fn summary(record: &Record, live: Option<(u32, Arc<Live>)>) -> Value {
     let current = record.current();
-    let (phase, since, last_error, restarts, warnings) = match &live {
+    let (phase, since, last_error, restarts, warnings, failure) = match &live {
         Some((_, l)) => {
             let s = l.status();
-            (s.phase, s.since, s.last_error, s.restarts, s.warnings)
+            (
+                s.phase,
+                s.since,
+                s.last_error,
+                s.restarts,
+                s.warnings,
+                s.failure,
+            )
         }
         None => (
             Phase::Stopped,
@@ -210,6 +217,7 @@ fn summary(record: &Record, live: Option<(u32, Arc<Live>)>) -> Value {
             None,
             0,
             Vec::new(),
+            None,
         ),
     };
     let counter =
@@ -221,6 +229,7 @@ fn summary(record: &Record, live: Option<(u32, Arc<Live>)>) -> Value {
         "phase": phase,
         "since": since,
         "last_error": last_error,
+        "failure": failure,
         "restarts": restarts,
         "warnings": warnings,
         "events_in": counter(&|s| s.events_in.load(Ordering::Relaxed)),
@@ -445,7 +454,7 @@ async fn deploy(
         let running = app
             .supervisor
             .live(&name)
-            .is_some_and(|(_, l)| l.status().phase != Phase::Stopped);
+            .is_some_and(|(_, l)| matches!(l.status().phase, Phase::Starting | Phase::Running));
         if !unchanged || was_stopped || !running {
             log(&format!(
                 "deploy: {name} v{} ({})",
@@ -509,7 +518,7 @@ async fn start(State(app): State<Arc<App>>, Path(name): Path<String>) -> Reply {
         let running = app
             .supervisor
             .live(&name)
-            .is_some_and(|(_, l)| l.status().phase != Phase::Stopped);
+            .is_some_and(|(_, l)| matches!(l.status().phase, Phase::Starting | Phase::Running));
         if !running {
             let v = record.current().clone();
             log(&format!("start: {name} v{}", v.version));

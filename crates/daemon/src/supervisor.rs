@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use runtime::{RunConfig, Runner, Stats};
+use runtime::{Blame, RunConfig, Runner, Stats};
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -72,6 +72,8 @@ pub struct Status {
     pub restarts: u32,
     /// Warnings of its last start (parts skipped, state not restored).
     pub warnings: Vec<String>,
+    /// Who is to blame for the last failure: only `external` ones are restarted.
+    pub failure: Option<Blame>,
 }
 
 impl Status {
@@ -82,6 +84,7 @@ impl Status {
             last_error: None,
             restarts: 0,
             warnings: Vec::new(),
+            failure: None,
         }
     }
 }
@@ -141,13 +144,14 @@ impl Live {
         spec::redact(text, &secrets)
     }
 
-    fn failed(&self, error: String) {
+    fn failed(&self, error: String, blame: Blame) {
         let error = self.redact(&error);
         log(&format!("pipeline {}: failed: {error}", self.who));
         let mut s = self.lock();
         s.phase = Phase::Failed;
         s.since = now();
         s.last_error = Some(error);
+        s.failure = Some(blame);
     }
 }
 
@@ -214,7 +218,7 @@ impl Supervisor {
         let thread = match thread {
             Ok(t) => Some(t),
             Err(e) => {
-                live.failed(format!("cannot start a thread: {e}"));
+                live.failed(format!("cannot start a thread: {e}"), Blame::External);
                 None
             }
         };
@@ -272,7 +276,10 @@ impl Supervisor {
                 ));
                 live.set(Phase::Stopped);
             } else if thread.join().is_err() {
-                live.failed("the pipeline thread panicked while stopping".into());
+                live.failed(
+                    "the pipeline thread panicked while stopping".into(),
+                    Blame::Internal,
+                );
             }
         }
         was_running
@@ -341,7 +348,7 @@ fn run_thread(run: Run) {
     {
         Ok(rt) => rt,
         Err(e) => {
-            live.failed(format!("cannot start a runtime: {e}"));
+            live.failed(format!("cannot start a runtime: {e}"), Blame::External);
             return;
         }
     };
@@ -364,12 +371,15 @@ fn run_thread(run: Run) {
             }));
             let outcome = match attempt.await {
                 Ok(r) => r,
-                Err(e) if e.is_panic() => Err(format!("panicked: {}", panic_text(e))),
-                Err(e) => Err(e.to_string()),
+                Err(e) if e.is_panic() => Err(Failure::new(
+                    Blame::Internal,
+                    format!("panicked: {} (please report)", panic_text(e)),
+                )),
+                Err(e) => Err(Failure::new(Blame::Internal, e.to_string())),
             };
             if *stop.borrow() {
-                if let Err(e) = outcome {
-                    live.failed(e);
+                if let Err(f) = outcome {
+                    live.failed(f.message, f.blame);
                 } else {
                     live.set(Phase::Stopped);
                 }
@@ -380,8 +390,19 @@ fn run_thread(run: Run) {
                     live.set(Phase::Stopped);
                     return;
                 }
-                Err(e) => {
-                    live.failed(e);
+                Err(f) if f.blame != Blame::External => {
+                    // Running again would fail the same way: stay failed, with the error,
+                    // until a fix is deployed or the pipeline is started again.
+                    live.failed(f.message, f.blame);
+                    log(&format!(
+                        "pipeline {name} v{version}: not restarted ({:?} error: deploy a fix, or `pipectl start` it)",
+                        f.blame
+                    )
+                    .to_lowercase());
+                    return;
+                }
+                Err(f) => {
+                    live.failed(f.message, f.blame);
                     log(&format!(
                         "pipeline {name} v{version}: restarting in {backoff:?}"
                     ));
@@ -415,8 +436,27 @@ fn panic_text(e: tokio::task::JoinError) -> String {
     }
 }
 
+/// Why an attempt ended, and who is to blame (which decides whether to restart).
+#[derive(Debug)]
+struct Failure {
+    blame: Blame,
+    message: String,
+}
+
+impl Failure {
+    fn new(blame: Blame, message: String) -> Self {
+        Self { blame, message }
+    }
+}
+
+impl From<runtime::RuntimeError> for Failure {
+    fn from(e: runtime::RuntimeError) -> Self {
+        Self::new(e.blame(), e.to_string())
+    }
+}
+
 /// One start of a pipeline: plan it, connect, run until stopped or failed.
-async fn attempt(run: Run) -> Result<(), String> {
+async fn attempt(run: Run) -> Result<(), Failure> {
     let Run {
         name,
         version,
@@ -433,20 +473,21 @@ async fn attempt(run: Run) -> Result<(), String> {
     let diagnostics = doc.diagnostics();
     let Some(plan) = plan.filter(|_| diagnostics.is_empty()) else {
         // It was valid when deployed: the daemon's environment or schemas changed since.
-        return Err(diagnostics
-            .iter()
-            .map(|d| d.render(&file))
-            .collect::<Vec<_>>()
-            .join("; "));
+        return Err(Failure::new(
+            Blame::User,
+            diagnostics
+                .iter()
+                .map(|d| d.render(&file))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ));
     };
     let mut config = RunConfig::new(settings.bootstrap.clone());
     config.version = version.to_string();
     config.checkpoint_dir = Some(settings.checkpoint_dir(&name));
     config.checkpoint_interval = settings.checkpoint_interval;
     config.discard = discard;
-    let runner = Runner::new(&plan, config, live.stats.clone())
-        .await
-        .map_err(|e| e.to_string())?;
+    let runner = Runner::new(&plan, config, live.stats.clone()).await?;
     let warnings: Vec<String> = runner.warnings().iter().map(|w| live.redact(w)).collect();
     for w in &warnings {
         log(&format!("pipeline {name} v{version}: warning: {w}"));
@@ -457,7 +498,7 @@ async fn attempt(run: Run) -> Result<(), String> {
     let stopped = async move {
         let _ = stop.wait_for(|s| *s).await;
     };
-    let summary = runner.run(stopped).await.map_err(|e| e.to_string())?;
+    let summary = runner.run(stopped).await?;
     live.lock().warnings = summary.warnings.iter().map(|w| live.redact(w)).collect();
     Ok(())
 }

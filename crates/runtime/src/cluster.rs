@@ -17,12 +17,8 @@ use datafusion::arrow::datatypes::{DataType, Fields, SchemaRef};
 use ml::{KMeans, KMeansConfig};
 use spec::model::Model;
 
-use crate::RuntimeError;
+use crate::error::{RuntimeError, internal};
 use crate::model::{Features, RowContext, SnapshotClock, SnapshotPolicy, leading_columns};
-
-fn internal(e: impl std::fmt::Display) -> RuntimeError {
-    RuntimeError::Internal(e.to_string())
-}
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct KeyState {

@@ -24,6 +24,7 @@
 
 pub mod checkpoint;
 pub mod cluster;
+pub mod error;
 pub mod metrics;
 pub mod model;
 pub mod slot;
@@ -45,39 +46,10 @@ use formats::json::{JsonDecoder, encode_rows};
 use planner::{NodeKind, PipelinePlan};
 use spec::model::{Delivery, Format, OnError, OnLate, StartFrom};
 
+use crate::error::internal;
+pub use crate::error::{Blame, RuntimeError};
 use crate::table::TableState;
 use crate::transform::TransformOp;
-
-/// Why a pipeline stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum RuntimeError {
-    /// Kafka failed.
-    #[error(transparent)]
-    Kafka(#[from] connectors::ConnectorError),
-    /// A record failed and the source's policy is `on_error: fail`.
-    #[error(
-        "bad record in {topic} partition {partition} offset {offset}: {error} (set `on_error: skip` or `dead_letter` on the source to keep going)"
-    )]
-    BadRecord {
-        /// Topic.
-        topic: String,
-        /// Partition.
-        partition: i32,
-        /// Offset.
-        offset: i64,
-        /// What was wrong.
-        error: String,
-    },
-    /// The pipeline uses something this runtime cannot run yet.
-    #[error("not supported by this version of the runtime: {0}")]
-    Unsupported(String),
-    /// A checkpoint could not be written or read.
-    #[error("checkpoint: {0}")]
-    Checkpoint(String),
-    /// A bug.
-    #[error("internal error (please report): {0}")]
-    Internal(String),
-}
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -296,10 +268,6 @@ impl std::fmt::Debug for Runner {
             .field("pipeline", &self.pipeline)
             .finish()
     }
-}
-
-fn internal(e: impl std::fmt::Display) -> RuntimeError {
-    RuntimeError::Internal(e.to_string())
 }
 
 fn start_of(s: &StartFrom) -> Result<Start, RuntimeError> {

@@ -21,14 +21,10 @@ use datafusion::arrow::datatypes::{
 use ml::{PageHinkley, RegressionState, Welford};
 use spec::model::{Drift, Feature, Model, OnDrift};
 
-use crate::RuntimeError;
+use crate::error::{RuntimeError, internal};
 
 /// Predictions kept for the rolling metrics.
 const ROLLING: usize = 1000;
-
-fn internal(e: impl std::fmt::Display) -> RuntimeError {
-    RuntimeError::Internal(e.to_string())
-}
 
 #[derive(Debug)]
 enum Input {

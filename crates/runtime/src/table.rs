@@ -7,7 +7,7 @@ use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 
-use crate::RuntimeError;
+use crate::error::{RuntimeError, internal};
 
 /// Latest row per key, with a cached snapshot for lookups.
 pub struct TableState {
@@ -22,10 +22,6 @@ impl std::fmt::Debug for TableState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "TableState({} rows)", self.rows.len())
     }
-}
-
-fn internal(e: impl std::fmt::Display) -> RuntimeError {
-    RuntimeError::Internal(e.to_string())
 }
 
 impl TableState {

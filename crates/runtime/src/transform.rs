@@ -23,8 +23,8 @@ use planner::InputRole;
 use planner::sql::InputTable;
 use spec::model::Transform;
 
-use crate::RuntimeError;
 use crate::checkpoint::{decode, encode, read_rows, write_rows};
+use crate::error::{RuntimeError, internal};
 use crate::slot::{Slot, SlotTable};
 use crate::window::{Shape, Timing, WindowOp, WindowSnapshot};
 
@@ -86,10 +86,6 @@ pub struct TransformOutput {
     pub rows: Vec<RecordBatch>,
     /// Input rows (by index) that were late for all their windows, with the reason.
     pub late: Vec<(usize, &'static str)>,
-}
-
-fn internal(e: impl std::fmt::Display) -> RuntimeError {
-    RuntimeError::Internal(e.to_string())
 }
 
 fn times(batch: &RecordBatch, col: usize) -> Result<Vec<Option<i64>>, RuntimeError> {
@@ -325,9 +321,10 @@ async fn run(
     task: &Arc<TaskContext>,
 ) -> Result<Vec<RecordBatch>, RuntimeError> {
     let plan = reset_plan_states(plan.clone()).map_err(internal)?;
+    // The plan was checked by the planner: what fails now is the SQL on this data.
     Ok(collect(plan, task.clone())
         .await
-        .map_err(internal)?
+        .map_err(RuntimeError::Sql)?
         .into_iter()
         .filter(|b| b.num_rows() > 0)
         .collect())

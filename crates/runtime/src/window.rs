@@ -37,7 +37,7 @@ use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::{ExecutionPlan, collect};
 
-use crate::RuntimeError;
+use crate::error::{RuntimeError, internal};
 use crate::slot::{Slot, SlotExec};
 
 /// Window shapes.
@@ -166,18 +166,6 @@ impl std::fmt::Debug for WindowOp {
     }
 }
 
-fn internal(message: impl Into<String>) -> RuntimeError {
-    RuntimeError::Internal(message.into())
-}
-
-fn df(e: datafusion::error::DataFusionError) -> RuntimeError {
-    RuntimeError::Internal(e.to_string())
-}
-
-fn arrow(e: datafusion::arrow::error::ArrowError) -> RuntimeError {
-    RuntimeError::Internal(e.to_string())
-}
-
 /// Replaces `target` in `plan` with `new`.
 fn replace(
     plan: &Arc<dyn ExecutionPlan>,
@@ -196,7 +184,7 @@ fn replace(
         return Ok(plan.clone());
     }
     #[allow(deprecated)] // the replacement API needs options we do not use
-    plan.clone().with_new_children(children).map_err(df)
+    plan.clone().with_new_children(children).map_err(internal)
 }
 
 /// The topmost aggregate of `plan`.
@@ -208,7 +196,7 @@ fn find_aggregate(plan: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan
 }
 
 fn ms_values(array: &ArrayRef) -> Result<Vec<Option<i64>>, RuntimeError> {
-    let ms = cast(array, &DataType::Timestamp(TimeUnit::Millisecond, None)).map_err(arrow)?;
+    let ms = cast(array, &DataType::Timestamp(TimeUnit::Millisecond, None)).map_err(internal)?;
     Ok(ms
         .as_primitive::<TimestampMillisecondType>()
         .iter()
@@ -220,12 +208,12 @@ fn merge_into(into: &mut Accs, from: Accs) -> Result<(), RuntimeError> {
     for (a, mut b) in into.iter_mut().zip(from) {
         let state: Vec<ArrayRef> = b
             .state()
-            .map_err(df)?
+            .map_err(internal)?
             .into_iter()
             .map(|s| s.to_array())
             .collect::<Result<_, _>>()
-            .map_err(df)?;
-        a.merge_batch(&state).map_err(df)?;
+            .map_err(internal)?;
+        a.merge_batch(&state).map_err(internal)?;
     }
     Ok(())
 }
@@ -285,16 +273,17 @@ impl WindowOp {
             .filter(|(i, _)| Some(*i) != start_at && Some(*i) != end_at)
             .map(|(_, e)| e.data_type(&pre_schema).map(SortField::new))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(df)?;
+            .map_err(internal)?;
         if key_fields.is_empty() {
             // A global window: one constant key column.
             key_fields.push(SortField::new(DataType::Boolean));
         }
-        let converter = RowConverter::new(key_fields).map_err(arrow)?;
+        let converter = RowConverter::new(key_fields).map_err(internal)?;
         let agg_schema = top.schema();
         let output_slot = Slot::default();
-        let scan: Arc<dyn ExecutionPlan> =
-            Arc::new(SlotExec::new(agg_schema.clone(), output_slot.clone(), None).map_err(df)?);
+        let scan: Arc<dyn ExecutionPlan> = Arc::new(
+            SlotExec::new(agg_schema.clone(), output_slot.clone(), None).map_err(internal)?,
+        );
         let post = replace(&plan, &top, &scan)?;
         let time_col = input_schema
             .index_of(&timing.time_field)
@@ -364,7 +353,7 @@ impl WindowOp {
             batch.column(self.time_col),
             &DataType::Timestamp(TimeUnit::Millisecond, None),
         )
-        .map_err(arrow)?;
+        .map_err(internal)?;
         let times = times.as_primitive::<TimestampMillisecondType>();
         let mut indices: Vec<u32> = Vec::with_capacity(batch.num_rows());
         let mut starts: Vec<i64> = Vec::with_capacity(batch.num_rows());
@@ -401,7 +390,7 @@ impl WindowOp {
                 .iter()
                 .map(|c| take(c, &take_idx, None))
                 .collect::<Result<_, _>>()
-                .map_err(arrow)?;
+                .map_err(internal)?;
             columns.push(Arc::new(
                 TimestampMillisecondArray::from(starts).with_timezone("UTC"),
             ));
@@ -409,11 +398,11 @@ impl WindowOp {
                 TimestampMillisecondArray::from(ends).with_timezone("UTC"),
             ));
             let augmented =
-                RecordBatch::try_new(self.input_schema.clone(), columns).map_err(arrow)?;
+                RecordBatch::try_new(self.input_schema.clone(), columns).map_err(internal)?;
             self.input_slot.set(vec![augmented]);
             let rows = collect(self.pre.clone(), self.ctx.clone())
                 .await
-                .map_err(df)?;
+                .map_err(internal)?;
             for rb in rows {
                 self.fold_rows(&rb)?;
             }
@@ -433,15 +422,15 @@ impl WindowOp {
         let aggs = self.aggs.clone();
         let mut take_state = |accs: &mut Accs| -> Result<(), RuntimeError> {
             for (i, acc) in accs.iter_mut().enumerate() {
-                let state = acc.state().map_err(df)?;
+                let state = acc.state().map_err(internal)?;
                 // `state()` may consume: rebuild the accumulator from its own state.
-                let mut fresh = aggs[i].create_accumulator().map_err(df)?;
+                let mut fresh = aggs[i].create_accumulator().map_err(internal)?;
                 let arrays: Vec<ArrayRef> = state
                     .iter()
                     .map(|v| v.to_array())
                     .collect::<Result<_, _>>()
-                    .map_err(df)?;
-                fresh.merge_batch(&arrays).map_err(df)?;
+                    .map_err(internal)?;
+                fresh.merge_batch(&arrays).map_err(internal)?;
                 *acc = fresh;
                 states[i].push(state);
             }
@@ -476,7 +465,7 @@ impl WindowOp {
         columns.extend(
             self.converter
                 .convert_rows(rows.iter().map(|r| r.2.row()))
-                .map_err(arrow)?,
+                .map_err(internal)?,
         );
         let mut fields: Vec<datafusion::arrow::datatypes::Field> = vec![
             datafusion::arrow::datatypes::Field::new(
@@ -498,13 +487,13 @@ impl WindowOp {
             ));
         }
         for (i, agg) in self.aggs.iter().enumerate() {
-            let state_fields = agg.state_fields().map_err(df)?;
+            let state_fields = agg.state_fields().map_err(internal)?;
             for (j, f) in state_fields.iter().enumerate() {
                 let values: Vec<ScalarValue> = states[i].iter().map(|s| s[j].clone()).collect();
                 let array = if values.is_empty() {
                     datafusion::arrow::array::new_empty_array(f.data_type())
                 } else {
-                    ScalarValue::iter_to_array(values).map_err(df)?
+                    ScalarValue::iter_to_array(values).map_err(internal)?
                 };
                 fields.push(datafusion::arrow::datatypes::Field::new(
                     format!("__agg{i}_{j}"),
@@ -515,7 +504,7 @@ impl WindowOp {
             }
         }
         let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
-        let state = RecordBatch::try_new(schema, columns).map_err(arrow)?;
+        let state = RecordBatch::try_new(schema, columns).map_err(internal)?;
         Ok(WindowSnapshot {
             stream_time: self.stream_time.iter().map(|(p, t)| (*p, *t)).collect(),
             state,
@@ -541,7 +530,7 @@ impl WindowOp {
         let keys = self
             .converter
             .convert_columns(&batch.columns()[2..2 + key_count])
-            .map_err(arrow)?;
+            .map_err(internal)?;
         let state_columns = &batch.columns()[2 + key_count..];
         self.state = match self.shape {
             Shape::Session { .. } => State::Sessions(BTreeMap::new()),
@@ -551,12 +540,12 @@ impl WindowOp {
             let mut accs = self.new_accs()?;
             let mut col = 0;
             for (i, acc) in accs.iter_mut().enumerate() {
-                let width = self.aggs[i].state_fields().map_err(df)?.len();
+                let width = self.aggs[i].state_fields().map_err(internal)?.len();
                 let slice: Vec<ArrayRef> = state_columns[col..col + width]
                     .iter()
                     .map(|c| c.slice(row, 1))
                     .collect();
-                acc.merge_batch(&slice).map_err(df)?;
+                acc.merge_batch(&slice).map_err(internal)?;
                 col += width;
             }
             let (start, end) = (
@@ -584,7 +573,7 @@ impl WindowOp {
             .iter()
             .map(|a| a.create_accumulator())
             .collect::<Result<Vec<_>, _>>()
-            .map_err(df)
+            .map_err(internal)
     }
 
     /// Feeds the rows `members` of the evaluated arguments into `accs`.
@@ -600,17 +589,17 @@ impl WindowOp {
                 .iter()
                 .map(|a| take(a, &idx, None))
                 .collect::<Result<_, _>>()
-                .map_err(arrow)?;
+                .map_err(internal)?;
             if let Some(mask) = &filters[i] {
-                let mask = take(mask, &idx, None).map_err(arrow)?;
+                let mask = take(mask, &idx, None).map_err(internal)?;
                 let mask = mask.as_boolean();
                 values = values
                     .iter()
                     .map(|v| filter(v, mask))
                     .collect::<Result<_, _>>()
-                    .map_err(arrow)?;
+                    .map_err(internal)?;
             }
-            acc.update_batch(&values).map_err(df)?;
+            acc.update_batch(&values).map_err(internal)?;
         }
         Ok(())
     }
@@ -625,7 +614,7 @@ impl WindowOp {
             .iter()
             .map(|e| e.evaluate(rb).and_then(|v| v.into_array(n)))
             .collect::<Result<_, _>>()
-            .map_err(df)?;
+            .map_err(internal)?;
         let mut key_columns: Vec<ArrayRef> = groups
             .iter()
             .enumerate()
@@ -638,7 +627,7 @@ impl WindowOp {
         let keys = self
             .converter
             .convert_columns(&key_columns)
-            .map_err(arrow)?;
+            .map_err(internal)?;
         let starts = self.start_at.map(|i| ms_values(&groups[i])).transpose()?;
         let ends = self.end_at.map(|i| ms_values(&groups[i])).transpose()?;
         let shape = self.shape;
@@ -667,7 +656,7 @@ impl WindowOp {
                     .collect::<Result<Vec<_>, _>>()
             })
             .collect::<Result<_, _>>()
-            .map_err(df)?;
+            .map_err(internal)?;
         let filters: Vec<Option<BooleanArray>> = self
             .filters
             .iter()
@@ -679,7 +668,7 @@ impl WindowOp {
                 None => Ok(None),
             })
             .collect::<Result<_, _>>()
-            .map_err(df)?;
+            .map_err(internal)?;
         // Group the rows by (window, key) for fixed windows, by key for sessions.
         let mut by_group: HashMap<(i64, i64, _), Vec<u32>> = HashMap::new();
         for row in 0..n {
@@ -816,7 +805,7 @@ impl WindowOp {
         let mut keys = Vec::with_capacity(closed.len());
         for (end, start, key, mut accs) in closed {
             for (i, acc) in accs.iter_mut().enumerate() {
-                values[i].push(acc.evaluate().map_err(df)?);
+                values[i].push(acc.evaluate().map_err(internal)?);
             }
             starts.push(start);
             ends.push(end);
@@ -825,7 +814,7 @@ impl WindowOp {
         let mut key_columns = self
             .converter
             .convert_rows(keys.iter().map(|r| r.row()))
-            .map_err(arrow)?
+            .map_err(internal)?
             .into_iter();
         let starts: ArrayRef =
             Arc::new(TimestampMillisecondArray::from(starts).with_timezone("UTC"));
@@ -842,7 +831,7 @@ impl WindowOp {
             columns.push(column);
         }
         for vals in values {
-            columns.push(ScalarValue::iter_to_array(vals).map_err(df)?);
+            columns.push(ScalarValue::iter_to_array(vals).map_err(internal)?);
         }
         // Match the aggregate's output types exactly (time zones, nullability of casts).
         let columns = columns
@@ -856,12 +845,12 @@ impl WindowOp {
                 }
             })
             .collect::<Result<Vec<_>, _>>()
-            .map_err(arrow)?;
-        let batch = RecordBatch::try_new(self.agg_schema.clone(), columns).map_err(arrow)?;
+            .map_err(internal)?;
+        let batch = RecordBatch::try_new(self.agg_schema.clone(), columns).map_err(internal)?;
         self.output_slot.set(vec![batch]);
         let out = collect(self.post.clone(), self.ctx.clone())
             .await
-            .map_err(df)?;
+            .map_err(internal)?;
         Ok(out.into_iter().filter(|b| b.num_rows() > 0).collect())
     }
 }
