@@ -1,7 +1,7 @@
 //! Event schemas: Avro record schemas (`.avsc` files under `schemas/`) loaded as Arrow
 //! schemas.
 //!
-//! The mapping (documented in the README) is the one the decoders follow:
+//! The mapping (documented in docs/language.md) is the one the decoders follow:
 //!
 //! | Avro | Arrow |
 //! |---|---|

@@ -2,7 +2,7 @@
 //!
 //! The generator is pure and deterministic: the same kind, seed and settings give the same
 //! events, byte for byte. Tests check what pipelines and models computed against the truths
-//! documented here (and in the README):
+//! documented here (and in docs/models.md):
 //!
 //! - **production/sensor_reading**: `failure_rate` is [`FAILURE_INTERCEPT`] plus
 //!   [`FAILURE_COEFFICIENTS`] times (temperature, humidity, pressure, speed, vibration), plus
