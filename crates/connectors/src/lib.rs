@@ -20,6 +20,120 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
+pub mod memory;
+
+/// Where a run's micro-batches of raw messages come from: a Kafka topic, or a topic of the
+/// in-memory broker ([`memory::Memory`]) in tests and benchmarks.
+pub trait Source {
+    /// All partitions of the topic.
+    fn partitions(&self) -> &[i32];
+    /// Where each partition this run assigned itself started (concrete offsets).
+    fn start_offsets(&self) -> &BTreeMap<i32, i64>;
+    /// Fills `batch` with up to the configured number of messages, waiting at most the
+    /// configured time; an empty batch means nothing arrived meanwhile.
+    fn next_batch(
+        &self,
+        batch: &mut RawBatch,
+    ) -> impl std::future::Future<Output = Result<(), ConnectorError>>;
+    /// Commits `next` (next offset to read per partition) for the group.
+    fn commit(&self, next: &BTreeMap<i32, i64>) -> Result<(), ConnectorError>;
+    /// Messages behind the end per partition (-1: unknown), `known` being the caller's next
+    /// offsets for partitions nothing was read from yet.
+    fn lag(&self, known: &BTreeMap<i32, i64>) -> BTreeMap<i32, i64>;
+}
+
+/// Where a run writes records: a Kafka topic, or a topic of the in-memory broker.
+pub trait Sink {
+    /// Writes every record and waits until all are acknowledged.
+    fn send_all(
+        &self,
+        records: &[OutRecord<'_>],
+        extra_headers: &[(&str, &[u8])],
+    ) -> impl std::future::Future<Output = Result<(), ConnectorError>>;
+    /// Writes records that each carry their own headers (dead letters).
+    fn send_with_headers(
+        &self,
+        records: &[(OutRecord<'_>, RecordHeaders)],
+    ) -> impl std::future::Future<Output = Result<(), ConnectorError>>;
+}
+
+/// Makes the sources and sinks of a run: the runner is generic over it, so a whole pipeline
+/// runs on Kafka or, in tests, without a broker.
+pub trait Connect {
+    /// Its sources.
+    type Source: Source;
+    /// Its sinks.
+    type Sink: Sink;
+    /// Connects a source as `config` says.
+    fn source(&self, config: &SourceConfig) -> Result<Self::Source, ConnectorError>;
+    /// A sink writing `topic` with `headers` on every record.
+    fn sink(
+        &self,
+        topic: &str,
+        properties: &BTreeMap<String, String>,
+        headers: Vec<(String, String)>,
+    ) -> Result<Self::Sink, ConnectorError>;
+}
+
+/// Kafka, through librdkafka.
+#[derive(Debug, Clone)]
+pub struct Kafka {
+    /// `host:port` list.
+    pub bootstrap: String,
+}
+
+impl Connect for Kafka {
+    type Source = KafkaSource;
+    type Sink = KafkaSink;
+    fn source(&self, config: &SourceConfig) -> Result<KafkaSource, ConnectorError> {
+        let mut config = config.clone();
+        config.bootstrap.clone_from(&self.bootstrap);
+        KafkaSource::connect(&config)
+    }
+    fn sink(
+        &self,
+        topic: &str,
+        properties: &BTreeMap<String, String>,
+        headers: Vec<(String, String)>,
+    ) -> Result<KafkaSink, ConnectorError> {
+        KafkaSink::new(&self.bootstrap, topic, properties, headers)
+    }
+}
+
+impl Source for KafkaSource {
+    fn partitions(&self) -> &[i32] {
+        KafkaSource::partitions(self)
+    }
+    fn start_offsets(&self) -> &BTreeMap<i32, i64> {
+        KafkaSource::start_offsets(self)
+    }
+    async fn next_batch(&self, batch: &mut RawBatch) -> Result<(), ConnectorError> {
+        KafkaSource::next_batch(self, batch).await
+    }
+    fn commit(&self, next: &BTreeMap<i32, i64>) -> Result<(), ConnectorError> {
+        KafkaSource::commit(self, next)
+    }
+    fn lag(&self, known: &BTreeMap<i32, i64>) -> BTreeMap<i32, i64> {
+        KafkaSource::lag(self, known)
+    }
+}
+
+impl Sink for KafkaSink {
+    async fn send_all(
+        &self,
+        records: &[OutRecord<'_>],
+        extra_headers: &[(&str, &[u8])],
+    ) -> Result<(), ConnectorError> {
+        KafkaSink::send_all(self, records, extra_headers).await
+    }
+    async fn send_with_headers(
+        &self,
+        records: &[(OutRecord<'_>, RecordHeaders)],
+    ) -> Result<(), ConnectorError> {
+        KafkaSink::send_with_headers(self, records).await
+    }
+}
+
 /// Errors of the Kafka layer.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectorError {
@@ -172,7 +286,8 @@ impl RawBatch {
         (0..self.len()).map(|i| self.payload(i)).collect()
     }
 
-    fn clear(&mut self) {
+    /// Empties the batch, keeping its buffers.
+    pub fn clear(&mut self) {
         self.bytes.clear();
         self.spans.clear();
         self.partitions.clear();

@@ -37,7 +37,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use connectors::{KafkaSink, KafkaSource, OutRecord, RawBatch, SourceConfig, Start};
+use connectors::{
+    Connect, Kafka, OutRecord, RawBatch, Sink as _, Source as _, SourceConfig, Start,
+};
 use datafusion::arrow::array::{Array, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::{cast, take};
 use datafusion::arrow::datatypes::DataType;
@@ -147,7 +149,7 @@ pub struct Summary {
     pub warnings: Vec<String>,
 }
 
-enum Op {
+enum Op<K> {
     Transform {
         op: TransformOp,
         on_late: OnLate,
@@ -157,7 +159,7 @@ enum Op {
         roles: Vec<planner::InputRole>,
     },
     Sink {
-        sink: KafkaSink,
+        sink: K,
         encoder: Encoder,
         key: Option<usize>,
         buffer: Vec<(Option<Vec<u8>>, Vec<u8>)>,
@@ -212,18 +214,18 @@ fn framing(format: Format) -> Option<Framing> {
     }
 }
 
-struct Node {
+struct Node<K> {
     name: String,
     /// Fingerprint of its definition: checkpointed state is restored only into the same.
     fingerprint: u64,
-    op: Op,
+    op: Op<K>,
     /// Nodes this one reads, in the order of its inputs.
     inputs: Vec<usize>,
     /// Nodes reading this one, with the output port they read (models have two).
     readers: Vec<(usize, u8)>,
 }
 
-struct SourceRt {
+struct SourceRt<S, K> {
     node: usize,
     name: String,
     topic: String,
@@ -233,10 +235,10 @@ struct SourceRt {
     time_col: Option<usize>,
     /// Event times (ms) of the rows of the current micro-batch, for the latency histogram.
     times: Vec<i64>,
-    kafka: KafkaSource,
+    kafka: S,
     decoder: Decoder,
     on_error: OnError,
-    dead_letter: Option<KafkaSink>,
+    dead_letter: Option<K>,
     last_seen: HashMap<i32, Instant>,
     idle_timeout: Option<Duration>,
 }
@@ -245,10 +247,10 @@ struct SourceRt {
 type DeadLetter = (Vec<u8>, connectors::RecordHeaders);
 
 /// A pipeline ready to run.
-pub struct Runner {
+pub struct Runner<C: Connect = Kafka> {
     pipeline: String,
-    nodes: Vec<Node>,
-    sources: Vec<SourceRt>,
+    nodes: Vec<Node<C::Sink>>,
+    sources: Vec<SourceRt<C::Source, C::Sink>>,
     config: RunConfig,
     stats: Arc<Stats>,
     dead_letters: Vec<Vec<DeadLetter>>,
@@ -262,7 +264,7 @@ pub struct Runner {
     summary: Summary,
 }
 
-impl std::fmt::Debug for Runner {
+impl<C: Connect> std::fmt::Debug for Runner<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runner")
             .field("pipeline", &self.pipeline)
@@ -284,12 +286,29 @@ fn start_of(s: &StartFrom) -> Result<Start, RuntimeError> {
     })
 }
 
-impl Runner {
-    /// Connects every source and sink of `plan` and plans its transforms for execution.
+impl Runner<Kafka> {
+    /// Connects every source and sink of `plan` to Kafka (`config.bootstrap`) and plans its
+    /// transforms for execution.
     pub async fn new(
         plan: &PipelinePlan,
         config: RunConfig,
         stats: Arc<Stats>,
+    ) -> Result<Self, RuntimeError> {
+        let kafka = Kafka {
+            bootstrap: config.bootstrap.clone(),
+        };
+        Self::connect(plan, config, stats, kafka).await
+    }
+}
+
+impl<C: Connect> Runner<C> {
+    /// Connects every source and sink of `plan` through `connect` (Kafka, or the in-memory
+    /// broker) and plans its transforms for execution.
+    pub async fn connect(
+        plan: &PipelinePlan,
+        config: RunConfig,
+        stats: Arc<Stats>,
+        connect: C,
     ) -> Result<Self, RuntimeError> {
         for n in &plan.nodes {
             if let NodeKind::Sink { spec, .. } = &n.kind
@@ -337,7 +356,7 @@ impl Runner {
             ("pipeline".to_string(), plan.name.clone()),
             ("pipeline-version".to_string(), config.version.clone()),
         ];
-        let mut nodes: Vec<Node> = Vec::with_capacity(plan.nodes.len());
+        let mut nodes: Vec<Node<C::Sink>> = Vec::with_capacity(plan.nodes.len());
         let mut sources = Vec::new();
         // The source each node's rows come from (for partitions and late dead letters), or
         // None after a window (rows then come from all partitions together).
@@ -378,7 +397,7 @@ impl Runner {
                         (None, Some(_), StartFrom::Committed) => Start::Offsets(BTreeMap::new()),
                         (None, _, s) => start_of(s)?,
                     };
-                    let kafka = KafkaSource::connect(&SourceConfig {
+                    let kafka = connect.source(&SourceConfig {
                         bootstrap: config.bootstrap.clone(),
                         topic: spec.kafka.topic.clone(),
                         group: spec
@@ -392,8 +411,7 @@ impl Runner {
                         max_wait: config.max_wait,
                     })?;
                     let dead_letter = match spec.on_error {
-                        OnError::DeadLetter => Some(KafkaSink::new(
-                            &config.bootstrap,
+                        OnError::DeadLetter => Some(connect.sink(
                             &dead_letter_topic(&plan.name, spec),
                             &BTreeMap::new(),
                             headers.clone(),
@@ -482,8 +500,7 @@ impl Runner {
                         && src.dead_letter.is_none()
                         && let NodeKind::Source { spec: source, .. } = &plan.nodes[src.node].kind
                     {
-                        src.dead_letter = Some(KafkaSink::new(
-                            &config.bootstrap,
+                        src.dead_letter = Some(connect.sink(
                             &dead_letter_topic(&plan.name, source),
                             &BTreeMap::new(),
                             headers.clone(),
@@ -546,8 +563,7 @@ impl Runner {
                     origin.push(None);
                     Op::Sink {
                         encoder,
-                        sink: KafkaSink::new(
-                            &config.bootstrap,
+                        sink: connect.sink(
                             &spec.kafka.topic,
                             &spec.kafka.properties,
                             headers.clone(),
