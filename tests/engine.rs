@@ -12,7 +12,7 @@
 //!   "source-offset"}` (the payload as JSON when it is JSON, else as a string); timestamps as epoch milliseconds, floats equal to 1e-12 relative;
 //! - `case.json` (optional): `{"any_partitions": true}` when the result does not depend on
 //!   how the input is spread over partitions, `{"restarts": false}` to skip the
-//!   stop-and-restore runs;
+//!   stop-and-restore runs, `{"error": TEXT}` when every run must fail with TEXT;
 //! - `GOLDEN.md`: how the expected output was derived (by hand or by the script beside it),
 //!   never from the engine's own output.
 //!
@@ -56,6 +56,7 @@ struct Case {
     expected: BTreeMap<String, Vec<Value>>,
     any_partitions: bool,
     restarts: bool,
+    error: Option<String>,
 }
 
 fn load(dir: &Path) -> Case {
@@ -108,6 +109,7 @@ fn load(dir: &Path) -> Case {
         expected,
         any_partitions: options["any_partitions"].as_bool().unwrap_or(false),
         restarts: options["restarts"].as_bool().unwrap_or(true),
+        error: options["error"].as_str().map(str::to_string),
     }
 }
 
@@ -259,22 +261,15 @@ async fn run_variant(case: &Case, plan: &planner::PipelinePlan, v: Variant) -> R
         .map(|_| Some((total / (v.stops as u64 + 1)).max(1)))
         .collect();
     segments.push(None);
-    for max_events in segments {
-        let mut config = RunConfig::new("memory");
-        config.max_batch = v.max_batch;
-        config.max_wait = Duration::from_millis(1);
-        config.until_idle = Some(Duration::from_millis(20));
-        config.max_events = max_events;
-        config.checkpoint_dir = Some(dir.clone());
-        let runner = Runner::connect(plan, config, Arc::new(Stats::default()), broker.clone())
-            .await
-            .map_err(|e| e.to_string())?;
-        runner
-            .run(std::future::pending())
-            .await
-            .map_err(|e| e.to_string())?;
-    }
+    let outcome = run_segments(case, plan, v, &broker, &dir, segments).await;
     std::fs::remove_dir_all(&dir).ok();
+    match (&case.error, outcome) {
+        (Some(want), Err(e)) if e.contains(want.as_str()) => {}
+        (Some(want), Err(e)) => return Err(format!("failed with `{e}`, want `{want}`")),
+        (Some(want), Ok(())) => return Err(format!("ran, want a failure with `{want}`")),
+        (None, Err(e)) => return Err(e),
+        (None, Ok(())) => {}
+    }
     let mut problems = Vec::new();
     for (topic, want) in &case.expected {
         if let Some(p) = compare(topic, &written(&broker, topic), want) {
@@ -286,6 +281,33 @@ async fn run_variant(case: &Case, plan: &planner::PipelinePlan, v: Variant) -> R
     } else {
         Err(problems.join("; "))
     }
+}
+
+async fn run_segments(
+    case: &Case,
+    plan: &planner::PipelinePlan,
+    v: Variant,
+    broker: &Memory,
+    dir: &Path,
+    segments: Vec<Option<u64>>,
+) -> Result<(), String> {
+    let _ = case;
+    for max_events in segments {
+        let mut config = RunConfig::new("memory");
+        config.max_batch = v.max_batch;
+        config.max_wait = Duration::from_millis(1);
+        config.until_idle = Some(Duration::from_millis(20));
+        config.max_events = max_events;
+        config.checkpoint_dir = Some(dir.to_path_buf());
+        let runner = Runner::connect(plan, config, Arc::new(Stats::default()), broker.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        runner
+            .run(std::future::pending())
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 #[tokio::test(flavor = "current_thread")]

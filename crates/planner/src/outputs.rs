@@ -8,7 +8,8 @@ use spec::model::Model;
 
 /// Column holding the event time of the row a prediction or snapshot was made at.
 pub const EVENT_TIME: &str = "event_time";
-/// Column holding the model version: the number of updates the state has seen.
+/// Column holding the model version: the number of updates the state had seen when it made
+/// a prediction (predictions), or has seen (snapshots).
 pub const MODEL_VERSION: &str = "model_version";
 
 /// The event-time type of every engine-made timestamp column.

@@ -384,6 +384,8 @@ impl RegressionOp {
                     }
                 }
             }
+            // The version of the model that made the prediction, as clustering reports it.
+            versions.push(ks.version);
             if let Some(y) = y {
                 ks.state.update(&self.x, y, 1.0);
                 ks.version += 1;
@@ -391,7 +393,6 @@ impl RegressionOp {
             }
             ks.last_ms = ks.last_ms.max(ms);
             out_ms.push(ms);
-            versions.push(ks.version);
             if ks.snapshot.due(&self.schedule, ms) && !due.iter().any(|k| k == key) {
                 due.push(key.to_string());
             }
