@@ -332,6 +332,16 @@ fn hostile_deploys_leave_the_daemon_and_its_other_pipelines_unharmed() {
         }
     }
 
+    // Joining another pipeline's consumer group would split its partitions: refused.
+    let thief = copy_pipeline("thief", &input, &unique("hostile-thief"))
+        .replace("thief-group", "good-group");
+    let (code, body) = deploy(&url, "thief.yaml", &thief);
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body.to_string().contains("already used by pipeline `good`"),
+        "{body}"
+    );
+
     // A busy pipeline is stopped and deleted within a bound, and its late end writes no
     // checkpoint back.
     let busy_input = unique("hostile-busy");

@@ -412,6 +412,7 @@ async fn deploy(
     };
     let yaml = body.yaml;
     blocking(move || {
+        check_groups(&app, &name, &yaml)?;
         let previous = app.registry.get(&name).map_err(ApiError::internal)?;
         let unchanged = previous.as_ref().is_some_and(|r| r.current().yaml == yaml);
         let next = previous.as_ref().map_or(1, |r| r.current().version + 1);
@@ -483,6 +484,47 @@ async fn deploy(
             .into_response())
     })
     .await
+}
+
+/// The consumer groups a pipeline's sources join (a source's `group`, else the pipeline's
+/// name).
+fn consumer_groups(app: &App, yaml: &str) -> std::collections::BTreeSet<String> {
+    let doc = spec::load("pipeline.yaml", yaml, &app.supervisor.settings().env);
+    let Some(p) = doc.pipeline else {
+        return Default::default();
+    };
+    p.spec
+        .sources
+        .iter()
+        .map(|s| {
+            s.kafka
+                .group
+                .clone()
+                .unwrap_or_else(|| p.metadata.name.clone())
+        })
+        .collect()
+}
+
+/// Refuses a pipeline that would join another pipeline's consumer group: the group would
+/// split the partitions between them, and each would stall the other.
+fn check_groups(app: &App, name: &str, yaml: &str) -> Result<(), ApiError> {
+    let mine = consumer_groups(app, yaml);
+    for other in app.registry.all().map_err(ApiError::internal)? {
+        if other.name == name {
+            continue;
+        }
+        let theirs = consumer_groups(app, &other.current().yaml);
+        if let Some(group) = mine.intersection(&theirs).next() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "consumer group `{group}` is already used by pipeline `{}`: two pipelines in one group take each other's partitions; give the source another `group`",
+                    other.name
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 async fn stop(State(app): State<Arc<App>>, Path(name): Path<String>) -> Reply {
