@@ -5,10 +5,10 @@
 //! cargo run --release -p bench -- --events 1000000 --bootstrap 127.0.0.1:9092 # and through Kafka
 //! ```
 //!
-//! Prints one line per measurement: decode (JSON, Avro), a filter + one-minute window
-//! pipeline on in-memory batches, and, with a broker, a bare rdkafka consumer beside the
-//! engine running a filter pipeline and a window pipeline over the same topic. Run release
-//! builds only; debug numbers mean nothing.
+//! Prints one line per measurement: decode (JSON, Avro), the real runner on the in-memory
+//! broker running a filter pipeline and a window pipeline, and, with a broker, a bare
+//! rdkafka consumer beside the engine running the same two pipelines over the same topic.
+//! Run release builds only; debug numbers mean nothing.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,7 +21,6 @@ use formats::json::JsonDecoder;
 use generator::{Generator, Settings};
 use planner::{NodeKind, PipelinePlan};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use runtime::transform::TransformOp;
 
 type BenchError = Box<dyn std::error::Error>;
 
@@ -159,45 +158,41 @@ async fn main() -> Result<(), BenchError> {
     }
     report("decode Avro -> Arrow", events, started.elapsed());
 
-    // Filter + window on in-memory batches.
-    let mut ops = Vec::new();
-    for n in &plan.nodes {
-        if let NodeKind::Transform {
-            spec,
-            time_field,
-            inputs,
-            roles,
-            ..
-        } = &n.kind
-        {
-            ops.push(
-                TransformOp::build(spec, time_field.as_deref(), inputs, roles, &[0], 5_000).await?,
-            );
-        }
+    // The real runner on the in-memory broker: decode, SQL, window, encode, sink; no Kafka.
+    let broker = connectors::memory::Memory::new();
+    broker.create_topic("bench", 4);
+    for (i, m) in messages.iter().enumerate() {
+        broker.produce("bench", (i % 4) as i32, None, Some(m), 0)?;
     }
-    let started = Instant::now();
-    let mut windows = 0;
-    for b in &batches {
-        let mut current = vec![b.clone()];
-        for op in ops.iter_mut() {
-            let mut next = Vec::new();
-            for c in current {
-                next.extend(op.process(c, 0, 0).await?.rows);
-            }
-            current = next;
-        }
-        windows += current.iter().map(RecordBatch::num_rows).sum::<usize>();
+    for (what, from) in [
+        ("engine: filter -> sink, in-memory broker", "clean"),
+        ("engine: filter + 1m window, in-memory broker", "per_minute"),
+    ] {
+        let group = format!("memory-{from}");
+        let plan = plan_with(&[
+            ("BENCH_TOPIC", "bench".to_string()),
+            ("BENCH_GROUP", group),
+            ("BENCH_SINK_FROM", from.to_string()),
+        ])
+        .await?;
+        let stats = Arc::new(runtime::Stats::default());
+        let mut config = runtime::RunConfig::new("memory");
+        config.max_events = Some(events as u64);
+        let runner = runtime::Runner::connect(&plan, config, stats.clone(), broker.clone()).await?;
+        let before = broker.messages("bench.out").len();
+        let started = Instant::now();
+        runner.run(std::future::pending()).await?;
+        report(
+            what,
+            stats.events_in.load(Ordering::Relaxed) as usize,
+            started.elapsed(),
+        );
+        println!(
+            "{:<44} {} records written",
+            "",
+            broker.messages("bench.out").len() - before
+        );
     }
-    for op in ops.iter_mut() {
-        windows += op
-            .flush()
-            .await?
-            .iter()
-            .map(RecordBatch::num_rows)
-            .sum::<usize>();
-    }
-    report("filter + 1m window, in memory", events, started.elapsed());
-    println!("{:<44} {windows} window rows", "");
 
     let Some(bootstrap) = arg("--bootstrap") else {
         println!("(add --bootstrap HOST:PORT to measure through a Kafka broker)");
