@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 mod support;
-use support::root;
+use support::{root, test_python, unique};
 
 const TEST_SECRET: &str = "s3cr3t-value-42";
 
@@ -290,4 +290,59 @@ fn the_security_page_lists_every_allowed_kafka_property() {
     );
     let rows = page.lines().filter(|l| l.starts_with("| `")).count();
     assert!(rows >= spec::kafka::ALLOWED.len());
+}
+
+/// Every file under `dir`, relative, sorted.
+fn tree(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("readable").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(rel) = path.strip_prefix(dir) {
+                out.push(rel.to_string_lossy().into_owned());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn the_engine_cases_are_what_their_script_writes() {
+    let dir = std::env::temp_dir().join(unique("engine-cases"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let out = Command::new(test_python())
+        .arg(root().join("tests/engine/write_cases.py"))
+        .arg(&dir)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let committed = root().join("tests/engine");
+    let written = tree(&dir);
+    assert!(written.len() >= 30, "{written:?}");
+    for file in &written {
+        assert!(
+            std::fs::read(dir.join(file)).ok() == std::fs::read(committed.join(file)).ok(),
+            "tests/engine/{file} differs from what tests/engine/write_cases.py writes: run it and commit the result"
+        );
+    }
+    // And no case is there that the script does not write.
+    let cases: Vec<String> = tree(&committed)
+        .into_iter()
+        .filter(|f| f.ends_with("pipeline.yaml"))
+        .collect();
+    for case in cases {
+        assert!(
+            written.contains(&case),
+            "tests/engine/{case} is not written by the script"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -2,12 +2,14 @@
 """Writes the cases of tests/engine/ (pipeline.yaml, input.jsonl, expected/, case.json,
 GOLDEN.md). The expected outputs below are derived by hand from the documented semantics
 (docs/running.md, docs/models.md), each case's GOLDEN.md says how; nothing here comes from
-the engine's output. Run: python3 tests/engine/write_cases.py
+the engine's output. Run: python3 tests/engine/write_cases.py [DIR] (DIR defaults to this
+folder; tests/language.rs writes to a temporary one and compares).
 """
 import json
 import os
+import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = sys.argv[1] if len(sys.argv) > 1 else os.path.dirname(os.path.abspath(__file__))
 T0 = 1767225600000  # 2026-01-01T00:00:00Z, aligned to minutes
 S = 1000
 M = 60 * S
