@@ -12,7 +12,9 @@
 //!   "source-offset"}` (the payload as JSON when it is JSON, else as a string); timestamps as epoch milliseconds, floats equal to 1e-12 relative;
 //! - `case.json` (optional): `{"any_partitions": true}` when the result does not depend on
 //!   how the input is spread over partitions, `{"restarts": false}` to skip the
-//!   stop-and-restore runs, `{"error": TEXT}` when every run must fail with TEXT;
+//!   stop-and-restore runs, `{"error": TEXT}` when every run must fail with TEXT,
+//!   `{"batches": [N, ...]}` to run only with these micro-batch sizes (for a result that
+//!   depends on arrival timing by definition, such as a lookup join; the case says why);
 //! - `GOLDEN.md`: how the expected output was derived (by hand or by the script beside it),
 //!   never from the engine's own output.
 //!
@@ -44,7 +46,8 @@ struct Message {
     topic: String,
     partition: i32,
     key: Option<String>,
-    value: Vec<u8>,
+    /// `None`: a tombstone (a key without a value).
+    value: Option<Vec<u8>>,
     timestamp: i64,
 }
 
@@ -57,6 +60,7 @@ struct Case {
     any_partitions: bool,
     restarts: bool,
     error: Option<String>,
+    batches: Option<Vec<usize>>,
 }
 
 fn load(dir: &Path) -> Case {
@@ -76,8 +80,9 @@ fn load(dir: &Path) -> Case {
                 partition: v["partition"].as_i64().unwrap_or(0) as i32,
                 key: v["key"].as_str().map(str::to_string),
                 value: match &v["value"] {
-                    Value::String(s) => s.as_bytes().to_vec(),
-                    other => other.to_string().into_bytes(),
+                    Value::Null => None,
+                    Value::String(s) => Some(s.as_bytes().to_vec()),
+                    other => Some(other.to_string().into_bytes()),
                 },
                 timestamp: v["timestamp"].as_i64().unwrap_or(0),
             }
@@ -110,6 +115,11 @@ fn load(dir: &Path) -> Case {
         any_partitions: options["any_partitions"].as_bool().unwrap_or(false),
         restarts: options["restarts"].as_bool().unwrap_or(true),
         error: options["error"].as_str().map(str::to_string),
+        batches: options["batches"].as_array().map(|b| {
+            b.iter()
+                .filter_map(|n| n.as_u64().map(|n| n as usize))
+                .collect()
+        }),
     }
 }
 
@@ -242,7 +252,7 @@ async fn run_variant(case: &Case, plan: &planner::PipelinePlan, v: Variant) -> R
                 &m.topic,
                 place(m),
                 m.key.as_deref().map(str::as_bytes),
-                Some(&m.value),
+                m.value.as_deref(),
                 m.timestamp,
             )
             .map_err(|e| e.to_string())?;
@@ -352,6 +362,9 @@ async fn every_engine_case_writes_its_golden_output_in_every_run() {
                 stops: 0,
             },
         ];
+        if let Some(sizes) = &case.batches {
+            variants.retain(|v| sizes.contains(&v.max_batch));
+        }
         if case.restarts {
             // One message a batch, so that each run stops exactly at its point.
             variants.push(Variant {

@@ -360,8 +360,53 @@ Pairs: (L1 0, 30), (L2 10, 5), (L1 200, 230); L1 0 and 100 are 100 s apart, L2 1
 are 70 s apart.""")
 
 
+def lookup_join():
+    table = [msg("lines", 0, reading("L1", "press-1", T0, 0.0), key="L1"),
+             msg("lines", 0, reading("L2", "press-2", T0, 0.0), key="L2"),
+             msg("lines", 0, reading("L3", "press-3", T0, 0.0), key="L3"),
+             msg("lines", 0, reading("L1", "press-1b", T0, 0.0), key="L1"),
+             msg("lines", 0, None, key="L2")]
+    stream = [msg("in", 0, reading(l, "M", T0 + s * S, t)) for l, s, t in
+              [("L1", 1, 50.0), ("L2", 2, 60.0), ("L3", 3, 70.0), ("L4", 4, 80.0)]]
+    write_case(
+        "lookup-join",
+        """apiVersion: pipelines/v1
+kind: Pipeline
+metadata: { name: lookup-join }
+spec:
+  sources:
+    - name: lines
+      kafka: { topic: lines, start_from: earliest }
+      format: json
+      schema: production/sensor_reading
+      table: { key: line_id }
+    - name: readings
+      kafka: { topic: in, start_from: earliest }
+      format: json
+      schema: production/sensor_reading
+  transforms:
+    - name: enriched
+      sql: |
+        SELECT r.line_id, r.temperature, l.machine_id AS press
+        FROM readings r JOIN lines l ON r.line_id = l.line_id
+  sinks:
+    - { name: out, from: enriched, kafka: { topic: out }, format: json }
+""",
+        table + stream,
+        {"out": [{"line_id": "L1", "temperature": 50.0, "press": "press-1b"},
+                 {"line_id": "L3", "temperature": 70.0, "press": "press-3"}]},
+        """By hand: the table keeps the latest row per `line_id` in offset order: L1 is replaced by
+press-1b, L2 is deleted by its tombstone (a key without a value), L3 stays. Stream rows join
+the table as it is when they are processed (docs/running.md): with micro-batches of 10,000
+the whole table (listed first) is read in the first turn, before any reading, so L1 and L3
+join and L2 and L4 find nothing. Smaller batches interleave table and stream differently
+and may join a reading with an older table, by definition of a lookup join: the case runs
+with one batch size, and no stops.""",
+        {"batches": [10000], "restarts": False})
+
+
 if __name__ == "__main__":
     for case in [filter_project, tumbling_window, dead_letters, skip_bad_records,
                  fail_on_bad_record, hopping_window, session_window, late_dead_letter,
-                 regression, interval_join]:
+                 regression, interval_join, lookup_join]:
         case()
