@@ -275,6 +275,14 @@ impl Planner<'_> {
                 }
             }
         }
+        if let Some(framing) = avro_framing(s.format)
+            && let Err(e) = formats::avro::AvroCodec::new(&avro_json, schema.clone(), framing)
+        {
+            self.error(
+                format!("{path}.format"),
+                format!("schema `{}` cannot be read as {}: {e}", s.schema, s.format),
+            );
+        }
         let table_key = s.table.as_ref().map(|t| t.key.clone());
         if let Some(key) = &table_key
             && schema.field_with_name(key).is_err()
@@ -886,6 +894,17 @@ impl Planner<'_> {
                 }
             }
         }
+        // The runtime would refuse to encode what Avro cannot hold: say so now, located.
+        if let Some(framing) = avro_framing(s.format)
+            && let Err(e) =
+                formats::avro::AvroCodec::for_arrow(table.schema.clone(), &s.name, framing)
+        {
+            self.error(
+                format!("{path}.format"),
+                format!("`{}` cannot be written as {}: {e}", s.from, s.format),
+            );
+            return;
+        }
         self.nodes.push(PlannedNode {
             name: s.name.clone(),
             inputs: vec![s.from.clone()],
@@ -973,6 +992,17 @@ fn check_streaming_shape(plan: &LogicalPlan, windowed: bool) -> Result<(), Strin
         }
     }
     Ok(())
+}
+
+/// The Avro framing of a format, `None` for JSON.
+fn avro_framing(format: spec::model::Format) -> Option<formats::avro::Framing> {
+    match format {
+        spec::model::Format::Json => None,
+        spec::model::Format::Avro => Some(formats::avro::Framing::Plain),
+        spec::model::Format::AvroConfluent => {
+            Some(formats::avro::Framing::Confluent { schema_id: 0 })
+        }
+    }
 }
 
 fn column_names(schema: &Schema) -> Vec<String> {
