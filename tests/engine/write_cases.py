@@ -27,6 +27,9 @@ def write_case(name, yaml, inputs, expected, golden, options=None):
     os.makedirs(os.path.join(d, "expected"), exist_ok=True)
     for f in os.listdir(os.path.join(d, "expected")):
         os.remove(os.path.join(d, "expected", f))
+    if not expected:
+        # Nothing expected (a run that must fail): git keeps no empty folder anyway.
+        os.rmdir(os.path.join(d, "expected"))
     with open(os.path.join(d, "pipeline.yaml"), "w") as f:
         f.write(yaml)
     with open(os.path.join(d, "input.jsonl"), "w") as f:
