@@ -1,0 +1,102 @@
+//! How a run is configured (`RunConfig`), what it counts while it runs (`Stats`) and what it
+//! reports when it ends (`Summary`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
+use std::time::Duration;
+
+use crate::metrics;
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Kafka bootstrap servers.
+    pub bootstrap: String,
+    /// Most messages per micro-batch.
+    pub max_batch: usize,
+    /// Longest wait for a micro-batch.
+    pub max_wait: Duration,
+    /// Stop after this long without input, treating the input as finished (windows flush).
+    pub until_idle: Option<Duration>,
+    /// Stop after this many input messages (windows do not flush).
+    pub max_events: Option<u64>,
+    /// Pipeline version written in record headers.
+    pub version: String,
+    /// Where checkpoints are kept; none: no checkpoints.
+    pub checkpoint_dir: Option<std::path::PathBuf>,
+    /// Time between checkpoints.
+    pub checkpoint_interval: Duration,
+    /// Once set, no checkpoint is written any more: the pipeline is being deleted, and a run
+    /// that stops late must not bring its checkpoint back.
+    pub discard: Arc<AtomicBool>,
+}
+
+impl RunConfig {
+    /// Defaults: batches of up to 10,000 messages or 100 ms.
+    pub fn new(bootstrap: impl Into<String>) -> Self {
+        Self {
+            bootstrap: bootstrap.into(),
+            max_batch: 10_000,
+            max_wait: Duration::from_millis(100),
+            until_idle: None,
+            max_events: None,
+            version: "1".into(),
+            checkpoint_dir: None,
+            checkpoint_interval: Duration::from_secs(10),
+            discard: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+/// Live counters, readable while the pipeline runs (for the status line and metrics).
+#[derive(Debug)]
+pub struct Stats {
+    /// Messages read.
+    pub events_in: AtomicU64,
+    /// Records written to sinks.
+    pub events_out: AtomicU64,
+    /// Records that failed to decode.
+    pub errors: AtomicU64,
+    /// Records written to dead-letter topics.
+    pub dead_lettered: AtomicU64,
+    /// Late events (dropped or dead-lettered).
+    pub late: AtomicU64,
+    /// Smallest watermark of the window operators, ms (`i64::MIN` when none).
+    pub watermark_ms: AtomicI64,
+    /// Consumer lag summed over partitions (-1 until first measured).
+    pub lag: AtomicI64,
+    /// Checkpoints written.
+    pub checkpoints: AtomicU64,
+    /// Transient Kafka errors reported by the consumers (retried by librdkafka).
+    pub kafka_errors: AtomicU64,
+    /// The last of them (written rarely: only when an error happens).
+    pub last_kafka_error: std::sync::Mutex<Option<String>>,
+    /// Per source, sink, transform and model; latency histograms (published at most once
+    /// a second).
+    pub detail: std::sync::Mutex<metrics::Detail>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            events_in: AtomicU64::new(0),
+            events_out: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            late: AtomicU64::new(0),
+            watermark_ms: AtomicI64::new(i64::MIN),
+            lag: AtomicI64::new(-1),
+            checkpoints: AtomicU64::new(0),
+            kafka_errors: AtomicU64::new(0),
+            last_kafka_error: std::sync::Mutex::new(None),
+            detail: std::sync::Mutex::new(metrics::Detail::default()),
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Default)]
+pub struct Summary {
+    /// Things of the pipeline that this run skipped, with why.
+    pub warnings: Vec<String>,
+}
