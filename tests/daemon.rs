@@ -17,7 +17,8 @@ use support::{bootstrap, epoch_ms, nanos, root, test_python, unique};
 #[path = "support/daemon.rs"]
 mod daemon_support;
 use daemon_support::{
-    Daemon, TOKEN, feed, free_port, http, json_of, ok, pipectl, pipectl_bin, pipelined_bin,
+    Daemon, TOKEN, copy_yaml, feed, free_port, gen_readings, http, json_of, ok, pipectl,
+    pipectl_bin, pipelined_bin,
 };
 
 fn pipeline_yaml(name: &str, group: &str, input: &str, output: &str, filter: &str) -> String {
@@ -56,20 +57,12 @@ spec:
 }
 
 fn generate(bootstrap: &str, topic: &str, count: u64, seed: u64) {
-    let out = Command::new(pipectl_bin())
-        .args([
-            "gen",
-            "--bootstrap",
-            bootstrap,
-            "--kind",
-            "production/sensor_reading",
-        ])
-        .args(["--count", &count.to_string(), "--seed", &seed.to_string()])
-        .args(["--topic", topic, "--partitions", "3"])
-        .current_dir(root())
-        .output()
-        .expect("gen runs");
-    ok(out);
+    let (count, seed) = (count.to_string(), seed.to_string());
+    gen_readings(
+        bootstrap,
+        topic,
+        &["--count", &count, "--seed", &seed, "--partitions", "3"],
+    );
 }
 
 /// The picked fields of each message, counted (a multiset).
@@ -1148,27 +1141,6 @@ fn wait_status(
     }
 }
 
-fn copy_yaml(name: &str, input: &str, output: &str, on_error: &str) -> String {
-    format!(
-        r#"apiVersion: pipelines/v1
-kind: Pipeline
-metadata: {{ name: {name} }}
-spec:
-  sources:
-    - name: readings
-      kafka: {{ topic: "{input}", start_from: earliest, group: "{name}-{input}" }}
-      format: json
-      schema: production/sensor_reading
-      on_error: {on_error}
-  transforms:
-    - name: picked
-      sql: SELECT line_id, machine_id, ts, temperature FROM readings
-  sinks:
-    - {{ name: out, from: picked, kafka: {{ topic: "{output}" }}, format: json }}
-"#
-    )
-}
-
 fn deploy_yaml(url: &str, yaml: &str) {
     let (status, body) = http(
         url,
@@ -1184,34 +1156,23 @@ fn deploy_yaml(url: &str, yaml: &str) {
 fn a_poison_record_under_on_error_fail_leaves_the_pipeline_failed_without_restarts() {
     let Some(bootstrap) = bootstrap() else { return };
     let input = unique("daemon.poison.in");
-    let out = Command::new(pipectl_bin())
-        .args([
-            "gen",
-            "--bootstrap",
-            &bootstrap,
-            "--kind",
-            "production/sensor_reading",
-        ])
-        .args([
-            "--count",
-            "200",
-            "--malformed",
-            "0.05",
-            "--seed",
-            "3",
-            "--topic",
-            &input,
-        ])
-        .current_dir(root())
-        .output()
-        .expect("gen runs");
-    ok(out);
+    gen_readings(
+        &bootstrap,
+        &input,
+        &["--count", "200", "--malformed", "0.05", "--seed", "3"],
+    );
     let state = std::env::temp_dir().join(unique("daemon-poison"));
     let mut daemon = Daemon::start(&state, free_port(), &bootstrap);
     let url = daemon.url.clone();
     deploy_yaml(
         &url,
-        &copy_yaml("poison", &input, &unique("daemon.poison.out"), "fail"),
+        &copy_yaml(
+            "poison",
+            &format!("poison-{input}"),
+            &input,
+            &unique("daemon.poison.out"),
+            "fail",
+        ),
     );
     let s = wait_status(
         &url,
@@ -1298,7 +1259,16 @@ fn external_failures_restart_with_backoff_and_lose_nothing() {
     // A topic that does not exist yet: retried with backoff until it does.
     let input = unique("daemon.external.in");
     let output = unique("daemon.external.out");
-    deploy_yaml(&url, &copy_yaml("external", &input, &output, "skip"));
+    deploy_yaml(
+        &url,
+        &copy_yaml(
+            "external",
+            &format!("external-{input}"),
+            &input,
+            &output,
+            "skip",
+        ),
+    );
     let s = wait_status(
         &url,
         "external",
@@ -1323,19 +1293,7 @@ fn external_failures_restart_with_backoff_and_lose_nothing() {
     own_broker(port, &dir, "stop");
     std::thread::sleep(Duration::from_secs(5));
     own_broker(port, &dir, "resume");
-    let out = Command::new(pipectl_bin())
-        .args([
-            "gen",
-            "--bootstrap",
-            &broker,
-            "--kind",
-            "production/sensor_reading",
-        ])
-        .args(["--count", "2000", "--seed", "2", "--topic", &input])
-        .current_dir(root())
-        .output()
-        .expect("gen runs");
-    ok(out);
+    gen_readings(&broker, &input, &["--count", "2000", "--seed", "2"]);
     let want = rows(&broker, &input);
     let deadline = Instant::now() + Duration::from_secs(180);
     let got = loop {

@@ -31,15 +31,8 @@ use connectors::memory::Memory;
 use runtime::{RunConfig, Runner, Stats};
 use serde_json::Value;
 
-fn root() -> PathBuf {
-    let manifest = std::env::var("CARGO_MANIFEST_DIR")
-        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
-    Path::new(&manifest)
-        .ancestors()
-        .nth(2)
-        .expect("repository root")
-        .to_path_buf()
-}
+mod support;
+use support::root;
 
 #[derive(Debug, Clone)]
 struct Message {

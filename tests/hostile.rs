@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 mod support;
-use support::{bootstrap, root, test_python, unique};
+use support::{bootstrap, root, run_python, unique};
 #[path = "support/daemon.rs"]
 mod daemon_support;
-use daemon_support::{Daemon, TOKEN, feed, free_port, http, pipectl_bin};
+use daemon_support::{Daemon, TOKEN, copy_yaml, feed, free_port, gen_readings, http, pipectl_bin};
 
 /// The value of the secret the operator exposes: no output may ever contain it.
 const SECRET: &str = "hostile-secret-value-7731";
@@ -92,16 +92,8 @@ fn wait_bounded(child: std::process::Child, limit: Duration) -> Option<std::proc
 fn the_generated_hostile_files_are_what_their_script_writes() {
     let dir = std::env::temp_dir().join(unique("hostile-generated"));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let out = Command::new(test_python())
-        .arg(root().join("tests/hostile/generate.py"))
-        .arg(&dir)
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let script = root().join("tests/hostile/generate.py");
+    run_python(&[script.as_os_str(), dir.as_os_str()]);
     let mut checked = 0;
     for entry in std::fs::read_dir(&dir).expect("generated") {
         let path = entry.expect("entry").path();
@@ -200,27 +192,6 @@ fn deploy(url: &str, file: &str, yaml: &str) -> (u16, Value) {
     )
 }
 
-fn copy_pipeline(name: &str, input: &str, output: &str) -> String {
-    format!(
-        r#"apiVersion: pipelines/v1
-kind: Pipeline
-metadata: {{ name: {name} }}
-spec:
-  sources:
-    - name: readings
-      kafka: {{ topic: "{input}", start_from: earliest, group: "{name}-group" }}
-      format: json
-      schema: production/sensor_reading
-      on_error: skip
-  transforms:
-    - name: hot
-      sql: SELECT line_id, machine_id, ts, temperature FROM readings WHERE temperature > 0
-  sinks:
-    - {{ name: out, from: hot, kafka: {{ topic: "{output}" }}, format: json }}
-"#
-    )
-}
-
 /// A pipeline kept busy: a regression of 128 inputs solves a 128 x 128 system for every
 /// prediction, about 2.5 ms a row in a debug build, so a micro-batch of 10,000 rows takes
 /// tens of seconds, and the pipeline does not look at its stop signal meanwhile.
@@ -280,7 +251,7 @@ fn hostile_deploys_leave_the_daemon_and_its_other_pipelines_unharmed() {
     // A pipeline that must keep processing through everything below.
     let input = unique("hostile-input");
     let output = unique("hostile-output");
-    let good = copy_pipeline("good", &input, &output);
+    let good = copy_yaml("good", "good-group", &input, &output, "skip");
     let (code, body) = deploy(&url, "good.yaml", &good);
     assert_eq!(code, 201, "{body}");
     let mut generator = feed(
@@ -333,8 +304,13 @@ fn hostile_deploys_leave_the_daemon_and_its_other_pipelines_unharmed() {
     }
 
     // Joining another pipeline's consumer group would split its partitions: refused.
-    let thief = copy_pipeline("thief", &input, &unique("hostile-thief"))
-        .replace("thief-group", "good-group");
+    let thief = copy_yaml(
+        "thief",
+        "good-group",
+        &input,
+        &unique("hostile-thief"),
+        "skip",
+    );
     let (code, body) = deploy(&url, "thief.yaml", &thief);
     assert_eq!(code, 409, "{body}");
     assert!(
@@ -345,29 +321,10 @@ fn hostile_deploys_leave_the_daemon_and_its_other_pipelines_unharmed() {
     // A busy pipeline is stopped and deleted within a bound, and its late end writes no
     // checkpoint back.
     let busy_input = unique("hostile-busy");
-    let out = Command::new(pipectl_bin())
-        .args([
-            "gen",
-            "--bootstrap",
-            &bootstrap,
-            "--kind",
-            "production/sensor_reading",
-        ])
-        .args([
-            "--count",
-            "12000",
-            "--topic",
-            &busy_input,
-            "--partitions",
-            "1",
-        ])
-        .current_dir(root())
-        .output()
-        .expect("gen runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    gen_readings(
+        &bootstrap,
+        &busy_input,
+        &["--count", "12000", "--partitions", "1"],
     );
     let (code, body) = deploy(&url, "busy.yaml", &busy_pipeline(&busy_input));
     assert_eq!(code, 201, "{body}");

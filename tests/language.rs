@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 mod support;
-use support::{root, test_python, unique};
+use support::{root, run_python, unique};
 
 const TEST_SECRET: &str = "s3cr3t-value-42";
 
@@ -314,16 +314,8 @@ fn tree(dir: &Path) -> Vec<String> {
 fn the_engine_cases_are_what_their_script_writes() {
     let dir = std::env::temp_dir().join(unique("engine-cases"));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let out = Command::new(test_python())
-        .arg(root().join("tests/engine/write_cases.py"))
-        .arg(&dir)
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let script = root().join("tests/engine/write_cases.py");
+    run_python(&[script.as_os_str(), dir.as_os_str()]);
     let committed = root().join("tests/engine");
     let written = tree(&dir);
     assert!(written.len() >= 30, "{written:?}");

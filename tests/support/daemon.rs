@@ -231,3 +231,38 @@ pub fn feed(bootstrap: &str, args: &[&str]) -> Child {
         .spawn()
         .expect("gen runs")
 }
+
+/// `pipectl gen` of sensor readings to `topic`, with more arguments, waited for.
+pub fn gen_readings(bootstrap: &str, topic: &str, extra: &[&str]) {
+    let out = Command::new(pipectl_bin())
+        .args(["gen", "--bootstrap", bootstrap])
+        .args(["--kind", "production/sensor_reading", "--topic", topic])
+        .args(extra)
+        .current_dir(root())
+        .output()
+        .expect("gen runs");
+    ok(out);
+}
+
+/// A pipeline copying sensor readings of `input` (from the earliest offset, in `group`) to
+/// `output`, projected, with the source's `on_error` policy.
+pub fn copy_yaml(name: &str, group: &str, input: &str, output: &str, on_error: &str) -> String {
+    format!(
+        r#"apiVersion: pipelines/v1
+kind: Pipeline
+metadata: {{ name: {name} }}
+spec:
+  sources:
+    - name: readings
+      kafka: {{ topic: "{input}", start_from: earliest, group: "{group}" }}
+      format: json
+      schema: production/sensor_reading
+      on_error: {on_error}
+  transforms:
+    - name: picked
+      sql: SELECT line_id, machine_id, ts, temperature FROM readings
+  sinks:
+    - {{ name: out, from: picked, kafka: {{ topic: "{output}" }}, format: json }}
+"#
+    )
+}

@@ -54,6 +54,20 @@ pub fn test_python() -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Runs the test environment's Python with `args` and checks it succeeded.
+pub fn run_python(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    let out = std::process::Command::new(test_python())
+        .args(args)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Nanoseconds since the epoch.
 pub fn nanos() -> u128 {
     std::time::SystemTime::now()
