@@ -1325,3 +1325,37 @@ fn external_failures_restart_with_backoff_and_lose_nothing() {
     std::fs::remove_dir_all(&state).ok();
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn a_rollback_is_checked_again_like_a_deploy() {
+    let state = std::env::temp_dir().join(unique("daemon-rollback-check"));
+    let port = free_port();
+    let spec = |topic: &str| copy_yaml("roll", "roll-group", topic, "roll.out", "skip");
+    let mut daemon = Daemon::start_env(
+        &state,
+        port,
+        "127.0.0.1:1",
+        &["--pipeline-env", "ROLL_"],
+        &[("ROLL_TOPIC", "roll.in")],
+    );
+    deploy_yaml(&daemon.url, &spec("${ROLL_TOPIC}"));
+    deploy_yaml(&daemon.url, &spec("roll.fixed"));
+    daemon.stop();
+    // The same registry under a daemon that no longer exposes ROLL_TOPIC: version 1 would
+    // not deploy today, so it does not roll back either.
+    let mut daemon = Daemon::start_with(&state, port, "127.0.0.1:1", &["--pipeline-env", "ROLL_"]);
+    let (status, body) = http(
+        &daemon.url,
+        "POST",
+        "/api/v1/pipelines/roll/rollback",
+        Some(TOKEN),
+        Some(&serde_json::json!({ "to": 1 })),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body.to_string().contains("`ROLL_TOPIC` is not set"),
+        "{body}"
+    );
+    daemon.stop();
+    std::fs::remove_dir_all(&state).ok();
+}

@@ -338,6 +338,31 @@ async fn validate(
     }
 }
 
+/// The 422 answer to an invalid pipeline: its located diagnostics.
+fn invalid(file: &str, diagnostics: &[spec::Diagnostic]) -> ApiError {
+    let items: Vec<Value> = diagnostics
+        .iter()
+        .map(|d| {
+            let pos = d.pos.unwrap_or_default();
+            json!({
+                "file": file,
+                "line": pos.line,
+                "column": pos.col,
+                "path": d.path,
+                "message": d.message,
+                "text": d.render(file),
+            })
+        })
+        .collect();
+    ApiError {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        body: json!({
+            "error": format!("{file}: {} error{}", items.len(), if items.len() == 1 { "" } else { "s" }),
+            "diagnostics": items,
+        }),
+    }
+}
+
 /// A JSON body, or a 415/400 error in JSON that says what is wrong and where.
 fn json_body<T: serde::de::DeserializeOwned>(
     headers: &HeaderMap,
@@ -384,31 +409,8 @@ async fn deploy(
     let body: DeployBody = json_body(&headers, &body, "a deploy request")?;
     let file = body.file.unwrap_or_else(|| "pipeline.yaml".into());
     let (name, diagnostics) = validate(&app, &file, &body.yaml).await?;
-    let name = match name {
-        Some(name) => name,
-        None => {
-            let items: Vec<Value> = diagnostics
-                .iter()
-                .map(|d| {
-                    let pos = d.pos.unwrap_or_default();
-                    json!({
-                        "file": file,
-                        "line": pos.line,
-                        "column": pos.col,
-                        "path": d.path,
-                        "message": d.message,
-                        "text": d.render(&file),
-                    })
-                })
-                .collect();
-            return Err(ApiError {
-                status: StatusCode::UNPROCESSABLE_ENTITY,
-                body: json!({
-                    "error": format!("{file}: {} error{}", items.len(), if items.len() == 1 { "" } else { "s" }),
-                    "diagnostics": items,
-                }),
-            });
-        }
+    let Some(name) = name else {
+        return Err(invalid(&file, &diagnostics));
     };
     let yaml = body.yaml;
     blocking(move || {
@@ -615,38 +617,51 @@ async fn rollback(
             "versions start at 1; give `to` of 1 or more",
         ));
     }
+    let (old, target) = blocking({
+        let (app, name) = (app.clone(), name.clone());
+        move || {
+            let record = record_or_404(&app, &name)?;
+            let current = record.current().version;
+            if to.is_none() && current <= 1 {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!("`{name}` has only version {current}: there is nothing earlier to roll back to"),
+                ));
+            }
+            let target = to.unwrap_or(current.saturating_sub(1));
+            let Some(old) = record.versions.iter().find(|v| v.version == target).cloned() else {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "`{name}` has no version {target} (versions 1 to {current}; see `pipectl get {name}`)"
+                    ),
+                ));
+            };
+            if target == current {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!("version {target} of `{name}` is already the current one"),
+                ));
+            }
+            Ok((old, target))
+        }
+    })
+    .await?;
+    // The old spec is checked again as a deploy is (a version stored by an older daemon, or
+    // with other schemas and variables, may not pass today's checks).
+    let file = format!("{name}.yaml");
+    if let (None, diagnostics) = validate(&app, &file, &old.yaml).await? {
+        return Err(invalid(&file, &diagnostics));
+    }
     blocking(move || {
-        let record = record_or_404(&app, &name)?;
-        let current = record.current().version;
-        if to.is_none() && current <= 1 {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                format!("`{name}` has only version {current}: there is nothing earlier to roll back to"),
-            ));
-        }
-        let target = to.unwrap_or(current.saturating_sub(1));
-        let Some(old) = record.versions.iter().find(|v| v.version == target).cloned() else {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "`{name}` has no version {target} (versions 1 to {current}; see `pipectl get {name}`)"
-                ),
-            ));
-        };
-        if target == current {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                format!("version {target} of `{name}` is already the current one"),
-            ));
-        }
-        // The old spec runs as it was deployed; should the daemon's environment or schemas
-        // have changed since, the pipeline's status shows why it cannot start.
         let record = app
             .registry
             .update(&name, |r| {
                 r.map(|mut r| {
+                    // The current version as it is now: a deploy may have come in between.
+                    let next = r.current().version + 1;
                     r.versions.push(Version {
-                        version: current + 1,
+                        version: next,
                         yaml: old.yaml.clone(),
                         deployed_at: crate::now(),
                         rollback_of: Some(target),
@@ -658,10 +673,15 @@ async fn rollback(
             .map_err(ApiError::internal)?
             .ok_or_else(|| ApiError::not_found(&name))?;
         let v = record.current().clone();
-        log(&format!("rollback: {name} v{} runs the spec of v{target}", v.version));
+        log(&format!(
+            "rollback: {name} v{} runs the spec of v{target}",
+            v.version
+        ));
         app.supervisor.start(&name, v.version, v.yaml);
-        Ok(Json(json!({ "name": name, "version": v.version, "rollback_of": target }))
-            .into_response())
+        Ok(
+            Json(json!({ "name": name, "version": v.version, "rollback_of": target }))
+                .into_response(),
+        )
     })
     .await
 }
