@@ -584,6 +584,15 @@ impl Planner<'_> {
             self.failed.insert(t.name.clone());
             return;
         }
+        let table_keys: Vec<(String, String)> = tables
+            .iter()
+            .filter_map(|(name, table)| table.table_key.clone().map(|k| (name.clone(), k)))
+            .collect();
+        if let Err(message) = check_lookup_keys(&optimized, &table_keys) {
+            self.error_in_sql(t, &sql::SqlError { pos: None, message });
+            self.failed.insert(t.name.clone());
+            return;
+        }
         let schema: SchemaRef = Arc::new(optimized.schema().as_arrow().clone());
         // The event time carries through when the output keeps the column.
         // The event time carries through from the one stream input when the output keeps it.
@@ -943,6 +952,51 @@ fn find_cycle(start: Item, upstream: &BTreeMap<Item, Vec<Item>>) -> Option<Vec<I
         }
     }
     None
+}
+
+/// A lookup join must look rows up by the table's key: `JOIN t ON s.x = t.key`. Any other
+/// join with a table (a cross join, a join on other columns) pairs each stream row with
+/// every table row that matches, so one micro-batch could become batch x table rows.
+fn check_lookup_keys(plan: &LogicalPlan, tables: &[(String, String)]) -> Result<(), String> {
+    if tables.is_empty() {
+        return Ok(());
+    }
+    let scanned = |p: &LogicalPlan| -> Vec<String> {
+        let mut names = Vec::new();
+        let _ = p.apply(|n| {
+            if let LogicalPlan::TableScan(scan) = n {
+                names.push(scan.table_name.to_string());
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        names
+    };
+    let mut problem = None;
+    let _ = plan.apply(|node| {
+        let LogicalPlan::Join(join) = node else {
+            return Ok(TreeNodeRecursion::Continue);
+        };
+        for (left, side) in [(true, &join.left), (false, &join.right)] {
+            for name in scanned(side) {
+                let Some((table, key)) = tables.iter().find(|(t, _)| *t == name) else {
+                    continue;
+                };
+                // The equality's expression on the table's side must be the table's key.
+                let keyed = join.on.iter().any(|(l, r)| {
+                    let own = if left { l } else { r };
+                    matches!(own, Expr::Column(c) if c.name == *key)
+                });
+                if !keyed {
+                    problem = Some(format!(
+                        "a join with the table `{table}` must look rows up by its key: `JOIN {table} ON <column> = {table}.{key}` (a cross join, or a join on other columns, pairs each event with many table rows)"
+                    ));
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    problem.map_or(Ok(()), Err)
 }
 
 /// A stateless transform must not aggregate (it would never emit over an unbounded stream);
