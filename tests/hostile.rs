@@ -371,8 +371,27 @@ fn hostile_deploys_leave_the_daemon_and_its_other_pipelines_unharmed() {
     assert!(peak < 500 * 1024, "daemon peak memory {} MiB", peak / 1024);
     let _ = generator.kill();
     let _ = generator.wait();
-    // And it still shuts down cleanly, within its bound.
+    // And it still shuts down cleanly, within its bound, even with a busy pipeline (it
+    // ignored SIGTERM before): redeploy the busy one, and stop the daemon while it works.
+    let (code, body) = deploy(&url, "busy.yaml", &busy_pipeline(&busy_input));
+    assert_eq!(code, 201, "{body}");
+    wait_for(
+        "the busy pipeline to run again",
+        Duration::from_secs(60),
+        || status(&url, "busy")["phase"] == "running",
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let started = Instant::now();
     daemon.stop();
+    println!(
+        "the daemon stopped in {} ms with a busy pipeline",
+        started.elapsed().as_millis()
+    );
+    let abandoned = daemon
+        .logs()
+        .matches("pipeline busy v1: did not stop within 3s; abandoned")
+        .count();
+    assert_eq!(abandoned, 2, "the second busy run was not busy at shutdown");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     println!("{} hostile pipelines refused by the daemon", cases.len());
     std::fs::remove_dir_all(&state).ok();
