@@ -1233,6 +1233,23 @@ fn own_broker(port: u16, dir: &Path, command: &str) {
     );
 }
 
+/// A broker of the test's own, stopped when dropped (also when the test fails).
+struct OwnBroker {
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let _ = Command::new(root().join("scripts/kafka"))
+            .arg("stop")
+            .env("KAFKA_PORT", self.port.to_string())
+            .env("KAFKA_RUN_DIR", &self.dir)
+            .output();
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
+
 /// A port whose next port is free too (the broker's controller listens there).
 fn free_port_pair() -> u16 {
     for _ in 0..100 {
@@ -1253,6 +1270,10 @@ fn external_failures_restart_with_backoff_and_lose_nothing() {
     let port = free_port_pair();
     let dir = std::env::temp_dir().join(unique("own-kafka"));
     own_broker(port, &dir, "start");
+    let _broker = OwnBroker {
+        port,
+        dir: dir.clone(),
+    };
     let broker = format!("127.0.0.1:{port}");
     let state = std::env::temp_dir().join(unique("daemon-external"));
     let mut daemon = Daemon::start(&state, free_port(), &broker);
@@ -1323,9 +1344,7 @@ fn external_failures_restart_with_backoff_and_lose_nothing() {
         s["phase"]
     );
     daemon.stop();
-    own_broker(port, &dir, "stop");
     std::fs::remove_dir_all(&state).ok();
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
