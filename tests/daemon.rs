@@ -13,12 +13,12 @@ use connectors::read_all;
 use serde_json::Value;
 
 mod support;
-use support::{bootstrap, epoch_ms, nanos, root, test_python, unique};
+use support::{bootstrap, epoch_ms, nanos, root, run_python, test_python, unique};
 #[path = "support/daemon.rs"]
 mod daemon_support;
 use daemon_support::{
     Daemon, TOKEN, copy_yaml, feed, free_port, gen_readings, http, json_of, ok, pipectl,
-    pipectl_bin, pipelined_bin,
+    pipectl_bin, pipelined_bin, status, wait_status,
 };
 
 fn pipeline_yaml(name: &str, group: &str, input: &str, output: &str, filter: &str) -> String {
@@ -101,6 +101,30 @@ fn assert_same_rows(name: &str, got: &BTreeMap<String, usize>, want: &BTreeMap<S
         extra.len(),
         extra.first()
     );
+}
+
+/// Waits until every row of `want` is in `topic` (at least once), at most `limit`; returns
+/// what the topic holds then.
+fn wait_rows(
+    bootstrap: &str,
+    topic: &str,
+    want: &BTreeMap<String, usize>,
+    limit: Duration,
+) -> BTreeMap<String, usize> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let got = rows(bootstrap, topic);
+        if want.keys().all(|k| got.contains_key(k)) {
+            return got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} rows in {topic}",
+            want.keys().filter(|k| got.contains_key(*k)).count(),
+            want.len()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 /// Messages of `topic` with a failure rate: what the model learns from.
@@ -779,17 +803,8 @@ fn every_dashboard_panel_has_data_from_the_example_pipelines() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    let python = std::env::var("ORACLE_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = Command::new(python)
-        .arg(root().join("deploy/grafana/dashboards.py"))
-        .arg("--check")
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let script = root().join("deploy/grafana/dashboards.py");
+    run_python(&[script.as_os_str(), std::ffi::OsStr::new("--check")]);
     let datasources = std::fs::read_to_string(
         root().join("deploy/grafana/provisioning/datasources/prometheus.yml"),
     )
@@ -1085,20 +1100,7 @@ fn a_crashed_daemon_loses_nothing_on_restart() {
     // (those processed after the last checkpoint, before the crash).
     let want = rows(&bootstrap, &input);
     assert_eq!(want.values().sum::<usize>(), 8_000);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let got = loop {
-        let got = rows(&bootstrap, &output);
-        if want.keys().all(|k| got.contains_key(k)) {
-            break got;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {} events in the output",
-            want.keys().filter(|k| got.contains_key(*k)).count(),
-            want.len()
-        );
-        std::thread::sleep(Duration::from_secs(1));
-    };
+    let got = wait_rows(&bootstrap, &output, &want, Duration::from_secs(120));
     assert!(got.keys().all(|k| want.contains_key(k)), "nothing invented");
     eprintln!(
         "{} events, {} rows written ({} again after the crash)",
@@ -1109,38 +1111,6 @@ fn a_crashed_daemon_loses_nothing_on_restart() {
     daemon.stop();
     std::fs::remove_dir_all(&state).ok();
     std::fs::remove_dir_all(&dir).ok();
-}
-
-fn status_of(url: &str, name: &str) -> Value {
-    http(
-        url,
-        "GET",
-        &format!("/api/v1/pipelines/{name}/status"),
-        Some(TOKEN),
-        None,
-    )
-    .1
-}
-
-fn wait_status(
-    url: &str,
-    name: &str,
-    what: &str,
-    limit: Duration,
-    ok: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let s = status_of(url, name);
-        if ok(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name}: timed out waiting for {what}: {s}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn deploy_yaml(url: &str, yaml: &str) {
@@ -1192,7 +1162,7 @@ fn a_poison_record_under_on_error_fail_leaves_the_pipeline_failed_without_restar
     // A restart would fail on the same record: none happens (with the backoff of 1, 2, 4,
     // 8 s there would be four by now).
     std::thread::sleep(Duration::from_secs(30));
-    let s = status_of(&url, "poison");
+    let s = status(&url, "poison");
     println!(
         "30 s after a poison record: phase {}, restarts {}",
         s["phase"], s["restarts"]
@@ -1318,21 +1288,7 @@ fn external_failures_restart_with_backoff_and_lose_nothing() {
     own_broker(port, &dir, "resume");
     gen_readings(&broker, &input, &["--count", "2000", "--seed", "2"]);
     let want = rows(&broker, &input);
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let got = loop {
-        let got = rows(&broker, &output);
-        if want.keys().all(|k| got.contains_key(k)) {
-            break got;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {} input rows reached the output: {}",
-            want.keys().filter(|k| got.contains_key(*k)).count(),
-            want.len(),
-            status_of(&url, "external")
-        );
-        std::thread::sleep(Duration::from_secs(1));
-    };
+    let got = wait_rows(&broker, &output, &want, Duration::from_secs(180));
     let s = wait_status(&url, "external", "running", Duration::from_secs(60), |s| {
         s["phase"] == "running"
     });

@@ -268,7 +268,7 @@ async fn run_variant(case: &Case, plan: &planner::PipelinePlan, v: Variant) -> R
         .map(|_| Some((total / (v.stops as u64 + 1)).max(1)))
         .collect();
     segments.push(None);
-    let outcome = run_segments(case, plan, v, &broker, &dir, segments).await;
+    let outcome = run_segments(plan, v, &broker, &dir, segments).await;
     std::fs::remove_dir_all(&dir).ok();
     match (&case.error, outcome) {
         (Some(want), Err(e)) if e.contains(want.as_str()) => {}
@@ -291,14 +291,12 @@ async fn run_variant(case: &Case, plan: &planner::PipelinePlan, v: Variant) -> R
 }
 
 async fn run_segments(
-    case: &Case,
     plan: &planner::PipelinePlan,
     v: Variant,
     broker: &Memory,
     dir: &Path,
     segments: Vec<Option<u64>>,
 ) -> Result<(), String> {
-    let _ = case;
     for max_events in segments {
         let mut config = RunConfig::new("memory");
         config.max_batch = v.max_batch;

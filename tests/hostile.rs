@@ -21,7 +21,9 @@ mod support;
 use support::{bootstrap, root, run_python, unique};
 #[path = "support/daemon.rs"]
 mod daemon_support;
-use daemon_support::{Daemon, TOKEN, copy_yaml, feed, free_port, gen_readings, http, pipectl_bin};
+use daemon_support::{
+    Daemon, TOKEN, copy_yaml, feed, free_port, gen_readings, http, pipectl_bin, status, wait_for,
+};
 
 /// The value of the secret the operator exposes: no output may ever contain it.
 const SECRET: &str = "hostile-secret-value-7731";
@@ -167,17 +169,6 @@ fn pipectl_validate_refuses_every_hostile_pipeline_with_its_message() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-fn status(url: &str, name: &str) -> Value {
-    http(
-        url,
-        "GET",
-        &format!("/api/v1/pipelines/{name}/status"),
-        Some(TOKEN),
-        None,
-    )
-    .1
-}
-
 fn events_in(url: &str, name: &str) -> u64 {
     status(url, name)["events_in"].as_u64().unwrap_or(0)
 }
@@ -213,14 +204,6 @@ spec:
       regression: {{ target: failure_rate, features: [temperature, {{ name: machine_id, hash_buckets: 127 }}] }}
 "#
     )
-}
-
-fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[test]

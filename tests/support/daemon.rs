@@ -266,3 +266,46 @@ spec:
 "#
     )
 }
+
+/// A pipeline's status from the API.
+pub fn status(url: &str, name: &str) -> Value {
+    http(
+        url,
+        "GET",
+        &format!("/api/v1/pipelines/{name}/status"),
+        Some(TOKEN),
+        None,
+    )
+    .1
+}
+
+/// Waits until `ok` holds, at most `limit`.
+pub fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits until a pipeline's status satisfies `ok`, at most `limit`; returns that status.
+pub fn wait_status(
+    url: &str,
+    name: &str,
+    what: &str,
+    limit: Duration,
+    ok: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let s = status(url, name);
+        if ok(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}: timed out waiting for {what}: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -235,15 +235,17 @@ async fn main() -> Result<(), BenchError> {
     drop(consumer);
 
     // The engine's source alone: micro-batches copied into one buffer.
-    let source = connectors::KafkaSource::connect(&connectors::SourceConfig {
-        bootstrap: bootstrap.clone(),
-        topic: topic.clone(),
-        group: format!("source-{nanos}"),
-        start: connectors::Start::Earliest,
-        properties: BTreeMap::new(),
-        max_batch: batch_size,
-        max_wait: Duration::from_millis(100),
-    })?;
+    let source = connectors::KafkaSource::connect(
+        &bootstrap,
+        &connectors::SourceConfig {
+            topic: topic.clone(),
+            group: format!("source-{nanos}"),
+            start: connectors::Start::Earliest,
+            properties: BTreeMap::new(),
+            max_batch: batch_size,
+            max_wait: Duration::from_millis(100),
+        },
+    )?;
     let mut raw = connectors::RawBatch::default();
     let (started, mut n, mut turns) = (Instant::now(), 0, 0);
     while n < events {

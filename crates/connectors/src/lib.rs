@@ -86,9 +86,7 @@ impl Connect for Kafka {
     type Source = KafkaSource;
     type Sink = KafkaSink;
     fn source(&self, config: &SourceConfig) -> Result<KafkaSource, ConnectorError> {
-        let mut config = config.clone();
-        config.bootstrap.clone_from(&self.bootstrap);
-        KafkaSource::connect(&config)
+        KafkaSource::connect(&self.bootstrap, config)
     }
     fn sink(
         &self,
@@ -217,8 +215,6 @@ pub enum Start {
 /// How to read a topic.
 #[derive(Debug, Clone)]
 pub struct SourceConfig {
-    /// `host:port` list.
-    pub bootstrap: String,
     /// The topic.
     pub topic: String,
     /// Consumer group id.
@@ -398,14 +394,14 @@ fn committed_offsets(
 }
 
 impl KafkaSource {
-    /// Connects and positions the consumer as `config.start` says.
-    pub fn connect(config: &SourceConfig) -> Result<Self, ConnectorError> {
+    /// Connects to `bootstrap` and positions the consumer as `config.start` says.
+    pub fn connect(bootstrap: &str, config: &SourceConfig) -> Result<Self, ConnectorError> {
         let mut client = ClientConfig::new();
         for (k, v) in &config.properties {
             client.set(k, v);
         }
         client
-            .set("bootstrap.servers", &config.bootstrap)
+            .set("bootstrap.servers", bootstrap)
             .set("group.id", &config.group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")

@@ -120,11 +120,6 @@ impl Memory {
             .collect()
     }
 
-    /// Names of the topics that exist.
-    pub fn topics(&self) -> Vec<String> {
-        self.lock().topics.keys().cloned().collect()
-    }
-
     /// The group's committed next offsets of `topic`.
     pub fn committed(&self, group: &str, topic: &str) -> BTreeMap<i32, i64> {
         self.lock()
@@ -360,7 +355,6 @@ mod tests {
 
     fn config(topic: &str, start: Start, max_batch: usize) -> SourceConfig {
         SourceConfig {
-            bootstrap: String::new(),
             topic: topic.into(),
             group: "g".into(),
             start,

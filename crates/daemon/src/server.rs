@@ -57,6 +57,14 @@ fn json_error(status: StatusCode, message: &str) -> Response<Body> {
     r
 }
 
+/// An error reply that also closes the connection (the rest of its body is not read).
+fn closing(status: StatusCode, message: &str) -> Response<Body> {
+    let mut r = json_error(status, message);
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
 /// Reads the whole body within the time and size limits, then hands the request on: the
 /// handlers see a complete body, and a client that announces a body and never sends it
 /// holds nothing past the timeout.
@@ -72,13 +80,10 @@ async fn buffered(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if announced.is_some_and(|n| n > limits.max_body as u64) {
-        let mut r = json_error(
+        return closing(
             StatusCode::PAYLOAD_TOO_LARGE,
             &format!("the body is over the limit of {} bytes", limits.max_body),
         );
-        r.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return r;
     }
     let limited = http_body_util::Limited::new(body, limits.max_body);
     let bytes = match tokio::time::timeout(limits.body_timeout, limited.collect()).await {
@@ -87,32 +92,26 @@ async fn buffered(
             let too_large = e
                 .downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some();
-            let mut r = if too_large {
-                json_error(
+            return if too_large {
+                closing(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     &format!("the body is over the limit of {} bytes", limits.max_body),
                 )
             } else {
-                json_error(
+                closing(
                     StatusCode::BAD_REQUEST,
                     "the request body could not be read",
                 )
             };
-            r.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return r;
         }
         Err(_) => {
-            let mut r = json_error(
+            return closing(
                 StatusCode::REQUEST_TIMEOUT,
                 &format!(
                     "the request body did not arrive within {:?}",
                     limits.body_timeout
                 ),
             );
-            r.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return r;
         }
     };
     let req = Request::from_parts(parts, Body::from(bytes));

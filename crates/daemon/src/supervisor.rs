@@ -319,7 +319,8 @@ impl Supervisor {
     }
 }
 
-/// What a pipeline's thread runs.
+/// What a pipeline's thread runs (and hands to each attempt).
+#[derive(Clone)]
 struct Run {
     name: String,
     version: u32,
@@ -336,12 +337,10 @@ fn run_thread(run: Run) {
     let Run {
         name,
         version,
-        yaml,
-        settings,
         live,
         stop,
-        discard,
-    } = run;
+        ..
+    } = run.clone();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -360,15 +359,7 @@ fn run_thread(run: Run) {
             live.set(Phase::Starting);
             // Run as a task so that a panic is caught and reported instead of ending the
             // thread silently.
-            let attempt = tokio::task::spawn_local(attempt(Run {
-                name: name.clone(),
-                version,
-                yaml: yaml.clone(),
-                settings: settings.clone(),
-                live: live.clone(),
-                stop: stop.clone(),
-                discard: discard.clone(),
-            }));
+            let attempt = tokio::task::spawn_local(attempt(run.clone()));
             let outcome = match attempt.await {
                 Ok(r) => r,
                 Err(e) if e.is_panic() => Err(Failure::new(

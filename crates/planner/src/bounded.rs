@@ -273,8 +273,3 @@ pub fn check_constants(expr: &Expr) -> Result<()> {
     });
     found
 }
-
-/// The registered functions this module bounds, for the docs.
-pub fn names() -> impl Iterator<Item = &'static str> {
-    BOUNDED.iter().map(|(n, _)| *n)
-}

@@ -80,11 +80,6 @@ impl RuntimeError {
             RuntimeError::Internal(_) => Blame::Internal,
         }
     }
-
-    /// Whether running again may succeed without a change to the pipeline.
-    pub fn is_retryable(&self) -> bool {
-        self.blame() == Blame::External
-    }
 }
 
 #[cfg(test)]
@@ -114,11 +109,10 @@ mod tests {
             error: "x".into(),
         };
         assert_eq!(bad.blame(), Blame::Data);
-        assert!(!bad.is_retryable());
-        assert!(!RuntimeError::Unsupported("x".into()).is_retryable());
+        assert_eq!(RuntimeError::Unsupported("x".into()).blame(), Blame::User);
         let missing = RuntimeError::Kafka(connectors::ConnectorError::Config(
             "topic `t` does not exist".into(),
         ));
-        assert!(missing.is_retryable());
+        assert_eq!(missing.blame(), Blame::External);
     }
 }

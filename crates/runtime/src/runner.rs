@@ -294,7 +294,6 @@ impl<C: Connect> Runner<C> {
                         (None, _, s) => start_of(s)?,
                     };
                     let kafka = connect.source(&SourceConfig {
-                        bootstrap: config.bootstrap.clone(),
                         topic: spec.kafka.topic.clone(),
                         group: spec
                             .kafka
