@@ -433,11 +433,9 @@ def clustering():
 assignment; once 4 rows are in, k-means++ seeds the 2 clusters and every later row is
 assigned. The final snapshot of the bounded input has learnt all 8 rows, with 2 centroids.
 Which cluster id each group gets depends on the seeding's random draw, so the case checks
-assignment or not, not the ids. Runs with micro-batches of one row only: a micro-batch is
-assigned with the model as it was before the batch (mini-batch k-means), so a batch that
-holds the end of the seed sample leaves its later rows unassigned; the result depends on
-batch boundaries, a known defect (issue notes). The stops restore the model mid-seeding.""",
-        {"batches": [1]})
+assignment or not, not the ids. Every row is assigned, then learnt, before the next, so
+the result does not depend on micro-batch boundaries: it runs with every batch size. The
+stops restore the model mid-seeding.""")
 
 
 if __name__ == "__main__":

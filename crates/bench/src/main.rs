@@ -126,9 +126,7 @@ async fn main() -> Result<(), BenchError> {
         .nodes
         .iter()
         .find_map(|n| match &n.kind {
-            NodeKind::Source {
-                schema, avro_json, ..
-            } => Some((schema.clone(), avro_json.clone())),
+            NodeKind::Source(s) => Some((s.schema.clone(), s.avro_json.clone())),
             _ => None,
         })
         .ok_or("no source")?;

@@ -43,18 +43,18 @@ pub trait Source {
 }
 
 /// Where a run writes records: a Kafka topic, or a topic of the in-memory broker.
-pub trait Sink {
+pub trait Sink: Send + Sync + 'static {
     /// Writes every record and waits until all are acknowledged.
     fn send_all(
         &self,
         records: &[OutRecord<'_>],
         extra_headers: &[(&str, &[u8])],
-    ) -> impl std::future::Future<Output = Result<(), ConnectorError>>;
+    ) -> impl std::future::Future<Output = Result<(), ConnectorError>> + Send;
     /// Writes records that each carry their own headers (dead letters).
     fn send_with_headers(
         &self,
         records: &[(OutRecord<'_>, RecordHeaders)],
-    ) -> impl std::future::Future<Output = Result<(), ConnectorError>>;
+    ) -> impl std::future::Future<Output = Result<(), ConnectorError>> + Send;
 }
 
 /// Makes the sources and sinks of a run: the runner is generic over it, so a whole pipeline

@@ -73,11 +73,11 @@ fn topics_of(plan: &PipelinePlan) -> (Vec<(String, String)>, Vec<String>) {
     let mut outputs = Vec::new();
     for n in &plan.nodes {
         match &n.kind {
-            NodeKind::Source { spec, .. } => {
-                sources.push((spec.schema.clone(), spec.kafka.topic.clone()));
-                outputs.push(runtime::dead_letter_topic(&plan.name, spec));
+            NodeKind::Source(s) => {
+                sources.push((s.schema_name.clone(), s.topic.clone()));
+                outputs.push(s.dead_letter_topic.clone());
             }
-            NodeKind::Sink { spec, .. } => outputs.push(spec.kafka.topic.clone()),
+            NodeKind::Sink(s) => outputs.push(s.topic.clone()),
             _ => {}
         }
     }
@@ -187,7 +187,7 @@ pub async fn demo(dir: &Path, args: &DemoArgs) -> Result<(), DemoError> {
             .nodes
             .iter()
             .filter_map(|n| match &n.kind {
-                NodeKind::Sink { spec, .. } => Some(spec.kafka.topic.clone()),
+                NodeKind::Sink(s) => Some(s.topic.clone()),
                 _ => None,
             })
             .collect();

@@ -4,127 +4,134 @@
 use std::fmt::Write;
 
 use datafusion::arrow::datatypes::Schema;
-use spec::model::{Feature, Window};
+use spec::duration::Duration;
 
-use crate::{NodeKind, PipelinePlan};
+use crate::{Feature, Format, ModelKind, NodeKind, PipelinePlan, TransformKind, WindowShape};
 
 pub(crate) fn explain(plan: &PipelinePlan) -> String {
     let mut out = format!("pipeline {}\n", plan.name);
     for node in &plan.nodes {
         out.push('\n');
         match &node.kind {
-            NodeKind::Source { spec, schema, .. } => {
+            NodeKind::Source(s) => {
                 let _ = writeln!(out, "source {}", node.name);
                 let _ = writeln!(
                     out,
                     "  reads kafka topic {} ({}, schema {}, on error {})",
-                    spec.kafka.topic,
-                    spec.format,
-                    spec.schema,
-                    snake(format!("{:?}", spec.on_error))
+                    s.topic,
+                    format_text(s.format),
+                    s.schema_name,
+                    snake(format!("{:?}", s.on_error))
                 );
-                match &spec.event_time {
+                match &s.event_time {
                     Some(et) => {
                         let _ = writeln!(
                             out,
                             "  event time {}, max out of order {}",
                             et.field.as_deref().unwrap_or("<kafka timestamp>"),
-                            et.max_out_of_order
+                            Duration(et.max_out_of_order)
                         );
                     }
                     None => out.push_str("  event time <kafka timestamp>\n"),
                 }
-                write_schema(&mut out, "output", schema);
+                write_schema(&mut out, "output", &s.schema);
             }
-            NodeKind::Transform {
-                spec,
-                time_field,
-                plan,
-                schema,
-                ..
-            } => {
+            NodeKind::Transform(t) => {
                 let _ = writeln!(out, "transform {}", node.name);
                 let _ = writeln!(out, "  reads {}", node.inputs.join(", "));
-                if let (Some(w), Some(field)) = (&spec.window, time_field) {
+                if let TransformKind::Window {
+                    shape,
+                    time_field,
+                    on_late,
+                } = &t.kind
+                {
                     let _ = writeln!(
                         out,
-                        "  {} on {field}, late events: {}",
-                        window_text(w),
-                        snake(format!("{:?}", w.on_late))
+                        "  {} on {time_field}, late events: {}",
+                        window_text(shape),
+                        snake(format!("{on_late:?}"))
                     );
                 }
                 out.push_str("  optimized logical plan:\n");
-                for line in plan.display_indent().to_string().lines() {
+                for line in t.plan.display_indent().to_string().lines() {
                     let _ = writeln!(out, "    {line}");
                 }
-                write_schema(&mut out, "output", schema);
+                write_schema(&mut out, "output", &t.schema);
             }
-            NodeKind::Model {
-                spec,
-                predictions,
-                snapshots,
-                ..
-            } => {
+            NodeKind::Model(m) => {
                 let _ = writeln!(out, "model {}", node.name);
-                let _ = writeln!(out, "  learns from {}", spec.input);
-                if let Some(r) = &spec.regression {
-                    let _ = writeln!(
-                        out,
-                        "  regression of {} on {}",
-                        r.target,
-                        features_text(&r.features)
-                    );
-                    let _ = writeln!(
-                        out,
-                        "  half life {}, ridge {}",
-                        r.half_life.map_or("none".to_string(), |h| h.to_string()),
-                        r.ridge
-                    );
+                let _ = writeln!(out, "  learns from {}", m.input);
+                match &m.kind {
+                    ModelKind::Regression(r) => {
+                        let _ = writeln!(
+                            out,
+                            "  regression of {} on {}",
+                            r.target,
+                            features_text(&r.features)
+                        );
+                        let _ = writeln!(
+                            out,
+                            "  half life {}, ridge {}",
+                            r.half_life
+                                .map_or("none".to_string(), |h| Duration(h).to_string()),
+                            r.ridge
+                        );
+                    }
+                    ModelKind::Clustering(c) => {
+                        let _ = writeln!(
+                            out,
+                            "  k-means, k = {}, on {}",
+                            c.k,
+                            features_text(&c.features)
+                        );
+                    }
                 }
-                if let Some(c) = &spec.clustering {
-                    let _ = writeln!(
-                        out,
-                        "  k-means, k = {}, on {}",
-                        c.k,
-                        features_text(&c.features)
-                    );
-                }
-                match &spec.key {
+                match &m.key {
                     Some(key) => {
                         let _ = writeln!(out, "  one model per {key}");
                     }
                     None => out.push_str("  one global model\n"),
                 }
-                write_schema(&mut out, "predictions", predictions);
-                write_schema(&mut out, "snapshots", snapshots);
+                write_schema(&mut out, "predictions", &m.predictions);
+                write_schema(&mut out, "snapshots", &m.snapshots);
             }
-            NodeKind::Sink { spec, schema } => {
+            NodeKind::Sink(s) => {
                 let _ = writeln!(out, "sink {}", node.name);
                 let _ = writeln!(
                     out,
                     "  writes {} to kafka topic {} ({}, key {}, {})",
-                    spec.from,
-                    spec.kafka.topic,
-                    spec.format,
-                    spec.key.as_deref().unwrap_or("none"),
-                    snake(format!("{:?}", spec.delivery))
+                    s.from,
+                    s.topic,
+                    format_text(s.format),
+                    s.key.as_deref().unwrap_or("none"),
+                    snake(format!("{:?}", s.delivery))
                 );
-                write_schema(&mut out, "record", schema);
+                write_schema(&mut out, "record", &s.schema);
             }
         }
     }
     out
 }
 
-fn window_text(w: &Window) -> String {
-    if let Some(size) = w.tumbling {
-        format!("tumbling window {size}")
-    } else if let Some(h) = &w.hopping {
-        format!("hopping window {} every {}", h.size, h.slide)
-    } else if let Some(s) = &w.session {
-        format!("session window, gap {}", s.gap)
-    } else {
-        "window".to_string()
+fn format_text(f: Format) -> &'static str {
+    match f {
+        Format::Json => "json",
+        Format::Avro => "avro",
+        Format::AvroConfluent => "avro_confluent",
+    }
+}
+
+fn window_text(shape: &WindowShape) -> String {
+    match shape {
+        WindowShape::Tumbling { size } => format!("tumbling window {}", Duration(*size)),
+        WindowShape::Hopping { size, slide } => {
+            format!(
+                "hopping window {} every {}",
+                Duration(*size),
+                Duration(*slide)
+            )
+        }
+        WindowShape::Session { gap } => format!("session window, gap {}", Duration(*gap)),
     }
 }
 
@@ -133,11 +140,10 @@ fn features_text(features: &[Feature]) -> String {
         .iter()
         .map(|f| match f {
             Feature::Numeric(name) => name.clone(),
-            Feature::Categorical(c) => match (&c.one_hot, c.hash_buckets) {
-                (Some(v), _) => format!("{} (one-hot of {})", c.name, v.len()),
-                (_, Some(n)) => format!("{} (hashed into {n})", c.name),
-                _ => c.name.clone(),
-            },
+            Feature::OneHot { column, values } => {
+                format!("{column} (one-hot of {})", values.len())
+            }
+            Feature::Hashed { column, buckets } => format!("{column} (hashed into {buckets})"),
         })
         .collect::<Vec<_>>()
         .join(", ")

@@ -9,7 +9,9 @@
 
 pub mod bounded;
 mod explain;
+pub mod node;
 pub mod outputs;
+mod resolve;
 pub mod sql;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -21,9 +23,11 @@ use datafusion::logical_expr::{Expr, LogicalPlan};
 use event_schema::SchemaRegistry;
 use spec::Document;
 use spec::diag::{Diagnostic, one_of, suggestion};
-use spec::model::{Feature, Model, Pipeline, Sink, Source, Transform, Window};
+use spec::model::{self as yaml, Model, Pipeline, Sink, Source, Transform, Window};
 
+pub use node::*;
 pub use outputs::EVENT_TIME;
+pub use resolve::dead_letter_topic;
 
 /// Column a windowed transform sees with the start of each row's window.
 pub const WINDOW_START: &str = "window_start";
@@ -48,6 +52,9 @@ pub struct PlannedNode {
     pub inputs: Vec<String>,
     /// What it is, with its plan.
     pub kind: NodeKind,
+    /// Fingerprint of what its state means (its definition and the rows it reads and
+    /// writes): checkpointed state is restored only into a node with the same.
+    pub fingerprint: u64,
 }
 
 /// How a transform reads one of its inputs.
@@ -65,62 +72,14 @@ pub enum InputRole {
     },
 }
 
-/// The kinds of node, each with what the runtime needs.
-#[derive(Debug)]
-pub enum NodeKind {
-    /// A Kafka source.
-    Source {
-        /// The spec.
-        spec: Source,
-        /// Decoded rows.
-        schema: SchemaRef,
-        /// The event schema as Avro JSON (the writer schema of Avro messages).
-        avro_json: String,
-    },
-    /// A SQL transform.
-    Transform {
-        /// The spec.
-        spec: Transform,
-        /// The column that places rows in windows, for windowed transforms.
-        time_field: Option<String>,
-        /// Each input table as the SQL was planned against it (with `window_start` and
-        /// `window_end` for windowed transforms).
-        inputs: Vec<sql::InputTable>,
-        /// What each input is: a stream (with its event-time column, if known) or a table.
-        roles: Vec<InputRole>,
-        /// DataFusion's optimized logical plan.
-        plan: LogicalPlan,
-        /// Output rows.
-        schema: SchemaRef,
-    },
-    /// An incremental model.
-    Model {
-        /// The spec.
-        spec: Model,
-        /// The input's event-time column, when it has one.
-        time_field: Option<String>,
-        /// `<model>.predictions`.
-        predictions: SchemaRef,
-        /// `<model>.snapshots`.
-        snapshots: SchemaRef,
-    },
-    /// A Kafka sink.
-    Sink {
-        /// The spec.
-        spec: Sink,
-        /// Rows written.
-        schema: SchemaRef,
-    },
-}
-
 impl PlannedNode {
     /// The rows this node outputs (a model's predictions).
     pub fn output_schema(&self) -> Option<SchemaRef> {
         match &self.kind {
-            NodeKind::Source { schema, .. }
-            | NodeKind::Transform { schema, .. }
-            | NodeKind::Sink { schema, .. } => Some(schema.clone()),
-            NodeKind::Model { predictions, .. } => Some(predictions.clone()),
+            NodeKind::Source(s) => Some(s.schema.clone()),
+            NodeKind::Transform(t) => Some(t.schema.clone()),
+            NodeKind::Sink(s) => Some(s.schema.clone()),
+            NodeKind::Model(m) => Some(m.predictions.clone()),
         }
     }
 }
@@ -306,14 +265,35 @@ impl Planner<'_> {
                 table_key,
             },
         );
+        let start = match resolve::start(&s.kafka.start_from) {
+            Ok(start) => start,
+            Err(message) => {
+                self.error(format!("{path}.kafka.start_from"), message);
+                return;
+            }
+        };
         self.nodes.push(PlannedNode {
             name: s.name.clone(),
             inputs: Vec::new(),
-            kind: NodeKind::Source {
-                spec: s.clone(),
+            fingerprint: resolve::source_fingerprint(s, &schema),
+            kind: NodeKind::Source(SourcePlan {
+                topic: s.kafka.topic.clone(),
+                group: s
+                    .kafka
+                    .group
+                    .clone()
+                    .unwrap_or_else(|| self.p.metadata.name.clone()),
+                start,
+                properties: s.kafka.properties.clone(),
+                format: resolve::format(s.format),
+                schema_name: s.schema.clone(),
                 schema,
                 avro_json,
-            },
+                event_time: s.event_time.as_ref().map(resolve::event_time),
+                on_error: resolve::on_error(s.on_error),
+                dead_letter_topic: resolve::dead_letter_topic(&self.p.metadata.name, s),
+                table_key: s.table.as_ref().map(|t| t.key.clone()),
+            }),
         });
     }
 
@@ -613,17 +593,36 @@ impl Planner<'_> {
                 table_key: None,
             },
         );
+        let kind = match (&t.window, time_field, &t.join) {
+            (Some(w), Some(time_field), _) => match resolve::shape(w) {
+                Some(shape) => TransformKind::Window {
+                    shape,
+                    time_field,
+                    on_late: resolve::on_late(w.on_late),
+                },
+                None => {
+                    self.error(
+                        wpath,
+                        "a window needs one of `tumbling`, `hopping` or `session`".into(),
+                    );
+                    self.failed.insert(t.name.clone());
+                    return;
+                }
+            },
+            (_, _, Some(j)) => TransformKind::IntervalJoin { within: j.within.0 },
+            _ => TransformKind::Stateless,
+        };
         self.nodes.push(PlannedNode {
             name: t.name.clone(),
             inputs: inputs.to_vec(),
-            kind: NodeKind::Transform {
-                spec: t.clone(),
-                time_field,
+            fingerprint: resolve::transform_fingerprint(t, &registered, &schema),
+            kind: NodeKind::Transform(TransformPlan {
+                kind,
                 roles,
                 inputs: registered,
                 plan: optimized,
                 schema,
-            },
+            }),
         });
     }
 
@@ -790,7 +789,7 @@ impl Planner<'_> {
                 continue;
             };
             match feature {
-                Feature::Numeric(name) if !dt.is_numeric() => {
+                yaml::Feature::Numeric(name) if !dt.is_numeric() => {
                     let hint = if is_categorical_type(&dt) {
                         format!(
                             "; for a categorical column write `{{name: {name}, one_hot: [...]}}` or `{{name: {name}, hash_buckets: N}}`"
@@ -803,7 +802,7 @@ impl Planner<'_> {
                         format!("feature `{name}` is {dt}, not numeric{hint}"),
                     );
                 }
-                Feature::Categorical(c) if !is_categorical_type(&dt) => self.error(
+                yaml::Feature::Categorical(c) if !is_categorical_type(&dt) => self.error(
                     at,
                     format!(
                         "categorical feature `{}` is {dt}; one-hot and hashing take string, integer or boolean columns",
@@ -858,15 +857,31 @@ impl Planner<'_> {
                 },
             );
         }
+        let Some(kind) = resolve::model_kind(m) else {
+            // A model with neither kind was reported by the spec checks.
+            self.failed.insert(m.name.clone());
+            return;
+        };
         self.nodes.push(PlannedNode {
             name: m.name.clone(),
             inputs: vec![m.input.clone()],
-            kind: NodeKind::Model {
-                spec: m.clone(),
+            fingerprint: resolve::model_fingerprint(m, &predictions, &snapshots),
+            kind: NodeKind::Model(ModelPlan {
+                input: m.input.clone(),
+                input_schema: table.schema.clone(),
+                key: m.key.clone(),
+                kind,
+                passthrough: m.passthrough.clone(),
+                snapshot_events: match &m.snapshot_every {
+                    None => Some(1000),
+                    Some(e) => e.events,
+                },
+                snapshot_time: m.snapshot_every.as_ref().and_then(|e| e.time).map(|t| t.0),
+                metrics_per_key: m.metrics.as_ref().map(|x| x.per_key),
                 time_field: table.event_time.clone(),
                 predictions,
                 snapshots,
-            },
+            }),
         });
     }
 
@@ -917,10 +932,16 @@ impl Planner<'_> {
         self.nodes.push(PlannedNode {
             name: s.name.clone(),
             inputs: vec![s.from.clone()],
-            kind: NodeKind::Sink {
-                spec: s.clone(),
+            fingerprint: resolve::sink_fingerprint(),
+            kind: NodeKind::Sink(SinkPlan {
+                from: s.from.clone(),
+                topic: s.kafka.topic.clone(),
+                properties: s.kafka.properties.clone(),
+                format: resolve::format(s.format),
+                key: s.key.clone(),
+                delivery: resolve::delivery(s.delivery),
                 schema: table.schema,
-            },
+            }),
         });
     }
 }

@@ -2,27 +2,29 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`runner`] | the loop: read micro-batches, decode, apply the error policy, push rows through the graph, flush outputs at the barrier, checkpoint |
+//! | [`runner`] | the loop: read micro-batches, push rows along the graph's edges, stop |
+//! | [`source`] | a source task: decode, apply the error policy, split by partition |
+//! | [`barrier`] | flush outputs and dead letters, write the checkpoint, commit offsets |
+//! | [`checkpoint`] | the checkpoint file: offsets and operator state, written atomically |
+//! | [`operator`] | the [`Operator`] trait every node implements, and its [`Context`] |
+//! | [`operators`] | one file per operator, and the registry that builds the graph |
 //! | [`config`] | `RunConfig`, the live `Stats`, the `Summary` of a run |
 //! | [`error`] | `RuntimeError` and who is to blame |
-//! | [`checkpoint`] | the checkpoint file: offsets and operator state, written atomically |
-//! | [`transform`], [`window`], [`slot`], [`table`] | SQL transforms: stateless plans, windows, interval joins, changelog tables |
-//! | [`model`], [`cluster`] | the incremental model operators |
 //! | [`metrics`] | measurements published to the daemon |
 
+mod barrier;
 pub mod checkpoint;
-pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod metrics;
-pub mod model;
+pub mod operator;
+pub mod operators;
 pub mod runner;
-pub mod slot;
-pub mod table;
-pub mod transform;
-pub mod window;
+mod slot;
+mod source;
 
 pub use config::{RunConfig, Stats, Summary};
 pub use error::{Blame, RuntimeError};
 pub use metrics::ModelSummary;
-pub use runner::{Runner, dead_letter_topic, stop_signal};
+pub use operator::{Context, Operator};
+pub use runner::{Runner, stop_signal};

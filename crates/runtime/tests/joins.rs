@@ -9,8 +9,8 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::util::display::array_value_to_string;
 use planner::{NodeKind, PipelinePlan};
-use runtime::table::TableState;
-use runtime::transform::TransformOp;
+use runtime::operators::table::TableState;
+use runtime::{Context, Operator};
 
 const ORDER: &str = r#"{"type":"record","name":"Order","fields":[
   {"name":"order_id","type":"string"},{"name":"sku","type":"string"},
@@ -23,17 +23,23 @@ const SHIPMENT: &str = r#"{"type":"record","name":"Shipment","fields":[
 
 const MIN: i64 = 60_000;
 
+/// Written once per process: tests run in parallel, and a file rewritten while another
+/// test reads it reads empty.
 fn schemas_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("joins-test-{}", std::process::id()));
-    std::fs::create_dir_all(dir.join("shop")).expect("dir");
-    for (name, text) in [
-        ("order", ORDER),
-        ("product", PRODUCT),
-        ("shipment", SHIPMENT),
-    ] {
-        std::fs::write(dir.join(format!("shop/{name}.avsc")), text).expect("schema");
-    }
-    dir
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("joins-test-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("shop")).expect("dir");
+        for (name, text) in [
+            ("order", ORDER),
+            ("product", PRODUCT),
+            ("shipment", SHIPMENT),
+        ] {
+            std::fs::write(dir.join(format!("shop/{name}.avsc")), text).expect("schema");
+        }
+        dir
+    })
+    .clone()
 }
 
 async fn plan() -> PipelinePlan {
@@ -63,22 +69,23 @@ spec:
     }
 }
 
-async fn op(plan: &PipelinePlan, name: &str) -> (TransformOp, Vec<String>) {
+async fn op(plan: &PipelinePlan, name: &str) -> (Box<dyn Operator>, Vec<String>) {
     let node = plan.nodes.iter().find(|n| n.name == name).expect("node");
-    let NodeKind::Transform {
-        spec,
-        time_field,
-        inputs,
-        roles,
-        ..
-    } = &node.kind
-    else {
-        panic!("not a transform")
-    };
-    let op = TransformOp::build(spec, time_field.as_deref(), inputs, roles, &[0], MIN)
+    assert!(
+        matches!(node.kind, NodeKind::Transform(_)),
+        "not a transform"
+    );
+    let op = runtime::operators::operator(plan, name, &[0], MIN)
         .await
         .expect("builds");
     (op, node.inputs.clone())
+}
+
+/// Runs one batch through `op` on input `port`; returns the rows emitted.
+async fn push(op: &mut Box<dyn Operator>, batch: RecordBatch, port: usize) -> Vec<RecordBatch> {
+    let mut ctx = Context::default();
+    op.process(port, 0, batch, &mut ctx).await.expect("runs");
+    ctx.take(0)
 }
 
 fn orders(rows: &[(&str, &str, i64, i64)]) -> RecordBatch {
@@ -171,32 +178,21 @@ async fn lookup_join_reads_the_latest_row_per_key() {
         ]))
         .expect("upsert");
     assert_eq!(table.len(), 2);
-    op.set_table(1, vec![table.snapshot().expect("snapshot")]);
-    let out = op
-        .process(
-            orders(&[("o1", "A", 0, 2), ("o2", "B", 0, 10), ("o3", "C", 0, 1)]),
-            0,
-            0,
-        )
-        .await
-        .expect("runs");
+    push(&mut op, table.snapshot().expect("snapshot"), 1).await;
+    let out = push(
+        &mut op,
+        orders(&[("o1", "A", 0, 2), ("o2", "B", 0, 10), ("o3", "C", 0, 1)]),
+        0,
+    )
+    .await;
     // A is the newer row (12.0); C has no product: an inner join drops it.
-    assert_eq!(
-        lines(&out.rows),
-        vec!["o1 | anvil v2 | 24.0", "o2 | bolt | 5.0"]
-    );
+    assert_eq!(lines(&out), vec!["o1 | anvil v2 | 24.0", "o2 | bolt | 5.0"]);
     table
         .upsert(&products(&[("B", "bolt", 0.75), ("C", "clamp", 3.0)]))
         .expect("upsert");
-    op.set_table(1, vec![table.snapshot().expect("snapshot")]);
-    let out = op
-        .process(orders(&[("o4", "B", 1, 4), ("o5", "C", 1, 1)]), 0, 0)
-        .await
-        .expect("runs");
-    assert_eq!(
-        lines(&out.rows),
-        vec!["o4 | bolt | 3.0", "o5 | clamp | 3.0"]
-    );
+    push(&mut op, table.snapshot().expect("snapshot"), 1).await;
+    let out = push(&mut op, orders(&[("o4", "B", 1, 4), ("o5", "C", 1, 1)]), 0).await;
+    assert_eq!(lines(&out), vec!["o4 | bolt | 3.0", "o5 | clamp | 3.0"]);
 }
 
 #[tokio::test]
@@ -207,43 +203,28 @@ async fn interval_join_matches_each_pair_once_and_forgets_old_rows() {
     let mut got = Vec::new();
     // Orders o1 at 0 and o2 at 10 min.
     got.extend(
-        op.process(orders(&[("o1", "A", 0, 1), ("o2", "A", 10 * MIN, 1)]), 0, 0)
-            .await
-            .expect("ok")
-            .rows,
+        push(
+            &mut op,
+            orders(&[("o1", "A", 0, 1), ("o2", "A", 10 * MIN, 1)]),
+            0,
+        )
+        .await,
     );
     // s1 ships o1 after 30 min (matches); s2 ships o2 after 3 h (outside the SQL bound).
     got.extend(
-        op.process(
+        push(
+            &mut op,
             shipments(&[("o1", "DHL", 30 * MIN), ("o2", "UPS", 190 * MIN)]),
-            0,
             1,
         )
-        .await
-        .expect("ok")
-        .rows,
+        .await,
     );
     // Shipments' stream time is now 190 min: orders older than 190 - 60 - 1 = 129 min are
     // forgotten, so a shipment for o1 at 50 min, arriving now, no longer finds it.
-    got.extend(
-        op.process(shipments(&[("o1", "GLS", 50 * MIN)]), 0, 1)
-            .await
-            .expect("ok")
-            .rows,
-    );
+    got.extend(push(&mut op, shipments(&[("o1", "GLS", 50 * MIN)]), 1).await);
     // A later order and its shipment, the shipment first: pairs meet whichever comes first.
-    got.extend(
-        op.process(shipments(&[("o3", "DPD", 330 * MIN)]), 0, 1)
-            .await
-            .expect("ok")
-            .rows,
-    );
-    got.extend(
-        op.process(orders(&[("o3", "A", 300 * MIN, 1)]), 0, 0)
-            .await
-            .expect("ok")
-            .rows,
-    );
+    got.extend(push(&mut op, shipments(&[("o3", "DPD", 330 * MIN)]), 1).await);
+    got.extend(push(&mut op, orders(&[("o3", "A", 300 * MIN, 1)]), 0).await);
     assert_eq!(
         lines(&got),
         vec!["o1 | DHL | PT1800S", "o3 | DPD | PT1800S",]
@@ -254,14 +235,13 @@ async fn interval_join_matches_each_pair_once_and_forgets_old_rows() {
 async fn interval_join_buffers_and_tables_survive_a_checkpoint() {
     let plan = plan().await;
     let (mut before, _) = op(&plan, "shipped").await;
-    before
-        .process(orders(&[("o1", "A", 0, 1), ("o2", "A", 10 * MIN, 1)]), 0, 0)
-        .await
-        .expect("ok");
-    before
-        .process(shipments(&[("o9", "UPS", 20 * MIN)]), 0, 1)
-        .await
-        .expect("ok");
+    push(
+        &mut before,
+        orders(&[("o1", "A", 0, 1), ("o2", "A", 10 * MIN, 1)]),
+        0,
+    )
+    .await;
+    push(&mut before, shipments(&[("o9", "UPS", 20 * MIN)]), 1).await;
     let saved = before.save().expect("save").expect("a join has state");
 
     // A fresh operator given the saved state matches the buffered orders; and the buffered
@@ -276,7 +256,7 @@ async fn interval_join_buffers_and_tables_survive_a_checkpoint() {
         ),
         (orders(&[("o9", "B", 5 * MIN, 1)]), 0),
     ] {
-        got.extend(after.process(batch, 0, input).await.expect("ok").rows);
+        got.extend(push(&mut after, batch, input).await);
     }
     assert_eq!(
         lines(&got),
@@ -288,11 +268,8 @@ async fn interval_join_buffers_and_tables_survive_a_checkpoint() {
     );
     // Without it, nothing matches.
     let (mut empty, _) = op(&plan, "shipped").await;
-    let out = empty
-        .process(shipments(&[("o1", "DHL", 30 * MIN)]), 0, 1)
-        .await
-        .expect("ok");
-    assert!(out.rows.is_empty());
+    let out = push(&mut empty, shipments(&[("o1", "DHL", 30 * MIN)]), 1).await;
+    assert!(out.is_empty());
 
     // Stateless transforms have nothing to save.
     let (mut lookup, _) = op(&plan, "enriched").await;

@@ -7,8 +7,11 @@ use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{Float64Type, UInt64Type};
 use formats::json::JsonDecoder;
 use generator::{Generator, Settings};
-use planner::NodeKind;
-use runtime::model::RegressionOp;
+use planner::{ModelKind, NodeKind};
+use runtime::operators::model::KeyedModel;
+use runtime::operators::regression::Regression;
+
+type RegressionOp = KeyedModel<Regression>;
 
 /// The package directory, read when the test runs: a build cache shared by checkouts at
 /// different paths may hold a test binary compiled in another checkout, so the compile-time
@@ -27,26 +30,17 @@ async fn operator(on_drift: &str) -> (RegressionOp, JsonDecoder) {
         (_, Some(p)) => p,
         (doc, None) => panic!("{:?}", doc.diagnostics()),
     };
-    let NodeKind::Source { schema, .. } = &plan.nodes[0].kind else {
+    let NodeKind::Source(source) = &plan.nodes[0].kind else {
         panic!("source")
     };
-    let NodeKind::Model {
-        spec,
-        time_field,
-        predictions,
-        snapshots,
-    } = &plan.nodes[1].kind
-    else {
+    let schema = &source.schema;
+    let NodeKind::Model(m) = &plan.nodes[1].kind else {
         panic!("model")
     };
-    let op = RegressionOp::new(
-        spec,
-        schema,
-        time_field.as_deref(),
-        predictions.clone(),
-        snapshots.clone(),
-    )
-    .expect("op");
+    let ModelKind::Regression(r) = &m.kind else {
+        panic!("regression")
+    };
+    let op = KeyedModel::new(m, schema, Regression::new(r, schema).expect("learner")).expect("op");
     (op, JsonDecoder::new(schema.clone()).expect("decoder"))
 }
 
@@ -94,7 +88,7 @@ fn column_f64(b: &RecordBatch, name: &str) -> f64 {
 async fn no_drift_alarm_on_a_stable_stream() {
     let (mut op, mut decoder) = operator("signal").await;
     for b in readings(&mut decoder, 1, 30_000, 0.0) {
-        op.process(&b).expect("runs");
+        op.learn(&b).expect("runs");
     }
     let s = last_snapshot(&mut op);
     assert_eq!(column_u64(&s, "drift_alarms"), 0);
@@ -105,12 +99,12 @@ async fn no_drift_alarm_on_a_stable_stream() {
 async fn a_shift_raises_an_alarm_and_reset_recovers() {
     let (mut op, mut decoder) = operator("reset").await;
     for b in readings(&mut decoder, 2, 20_000, 0.0) {
-        op.process(&b).expect("runs");
+        op.learn(&b).expect("runs");
     }
     assert_eq!(column_u64(&last_snapshot(&mut op), "drift_alarms"), 0);
     // The failure rate jumps by 3 per 1,000 units: residuals of the old model are ~3.
     for b in readings(&mut decoder, 3, 20_000, 3.0) {
-        op.process(&b).expect("runs");
+        op.learn(&b).expect("runs");
     }
     let s = last_snapshot(&mut op);
     assert!(

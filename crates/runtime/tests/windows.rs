@@ -7,18 +7,24 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Float64Array, RecordBatch, StringArray, TimestampMillisecondArray};
 use datafusion::arrow::util::display::array_value_to_string;
 use planner::{NodeKind, PipelinePlan};
-use runtime::transform::TransformOp;
+use runtime::{Context, Operator};
 
 const AVSC: &str = r#"{"type":"record","name":"Click","fields":[
   {"name":"user","type":"string"},
   {"name":"ts","type":{"type":"long","logicalType":"timestamp-millis"}},
   {"name":"amount","type":"double"}]}"#;
 
+/// Written once per process: tests run in parallel, and a file rewritten while another
+/// test reads it reads empty.
 fn schemas_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("windows-test-{}", std::process::id()));
-    std::fs::create_dir_all(dir.join("web")).expect("dir");
-    std::fs::write(dir.join("web/click.avsc"), AVSC).expect("schema");
-    dir
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("windows-test-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("web")).expect("dir");
+        std::fs::write(dir.join("web/click.avsc"), AVSC).expect("schema");
+        dir
+    })
+    .clone()
 }
 
 async fn plan(window: &str, sql: &str) -> PipelinePlan {
@@ -32,20 +38,29 @@ async fn plan(window: &str, sql: &str) -> PipelinePlan {
     }
 }
 
-async fn operator(plan: &PipelinePlan, partitions: &[i32]) -> TransformOp {
-    let NodeKind::Transform {
-        spec,
-        time_field,
-        inputs,
-        roles,
-        ..
-    } = &plan.nodes[1].kind
-    else {
-        panic!("not a transform")
-    };
-    TransformOp::build(spec, time_field.as_deref(), inputs, roles, partitions, 10)
+async fn operator(plan: &PipelinePlan, partitions: &[i32]) -> Box<dyn Operator> {
+    assert!(matches!(plan.nodes[1].kind, NodeKind::Transform(_)));
+    runtime::operators::operator(plan, &plan.nodes[1].name, partitions, 10)
         .await
         .expect("builds")
+}
+
+/// Runs one batch of `partition` through `op`: the rows emitted and the rows late.
+async fn push(
+    op: &mut Box<dyn Operator>,
+    batch: RecordBatch,
+    partition: i32,
+) -> (Vec<RecordBatch>, u64) {
+    let mut ctx = Context::default();
+    op.process(0, partition, batch, &mut ctx).await.expect("ok");
+    (ctx.take(0), ctx.late_rows())
+}
+
+/// Emits every open window, as at the end of input.
+async fn flush(op: &mut Box<dyn Operator>) -> Vec<RecordBatch> {
+    let mut ctx = Context::default();
+    op.finish(&mut ctx).await.expect("ok");
+    ctx.take(0)
 }
 
 fn clicks(rows: &[(&str, i64, f64)]) -> RecordBatch {
@@ -121,18 +136,18 @@ async fn sessions_merge_and_close_as_derived_by_hand() {
         ("a", 50, 4.0),
         ("b", 70, 20.0),
     ]);
-    emitted.extend(op.process(b1, 0, 0).await.expect("ok").rows);
+    emitted.extend(push(&mut op, b1, 0).await.0);
     // Stream time 70, watermark 60: [0,30) of b and [0,40) of a close.
     // Batch 2: b at 35 is late? Its own window [35,65) ends after 60: on time, a new session.
     // Then b at 50 bridges [35,65) and [70,100) into [35,100).
     let b2 = clicks(&[("b", 35, 30.0), ("b", 50, 40.0)]);
-    emitted.extend(op.process(b2, 0, 0).await.expect("ok").rows);
+    emitted.extend(push(&mut op, b2, 0).await.0);
     // b at 20: its window [20,50) ended before the watermark 60: late.
     let b3 = clicks(&[("b", 20, 99.0)]);
-    let out = op.process(b3, 0, 0).await.expect("ok");
-    assert_eq!(out.late, vec![(0, "late: its windows had closed")]);
-    emitted.extend(out.rows);
-    emitted.extend(op.flush().await.expect("ok"));
+    let (rows, late) = push(&mut op, b3, 0).await;
+    assert_eq!(late, 1);
+    emitted.extend(rows);
+    emitted.extend(flush(&mut op).await);
     let got = lines(&emitted);
     let want = vec![
         "b | 1970-01-01T00:00:00Z | 1970-01-01T00:00:00.030Z | 1 | 10.0",
@@ -201,18 +216,13 @@ async fn results_do_not_depend_on_batch_boundaries() {
                         .collect();
                     cursors[p] = end;
                     progressed = true;
-                    emitted.extend(
-                        op.process(clicks(&slice), p as i32, 0)
-                            .await
-                            .expect("ok")
-                            .rows,
-                    );
+                    emitted.extend(push(&mut op, clicks(&slice), p as i32).await.0);
                 }
                 if !progressed {
                     break;
                 }
             }
-            emitted.extend(op.flush().await.expect("ok"));
+            emitted.extend(flush(&mut op).await);
             outputs.push((chunk, lines(&emitted)));
         }
         let (_, first) = &outputs[0];
@@ -284,36 +294,29 @@ async fn a_snapshot_restored_into_a_new_operator_continues_exactly() {
         let mut whole = operator(&plan, &[0]).await;
         let mut want = Vec::new();
         for b in &batches {
-            want.extend(whole.process(b.clone(), 0, 0).await.expect("ok").rows);
+            want.extend(push(&mut whole, b.clone(), 0).await.0);
         }
-        want.extend(whole.flush().await.expect("ok"));
+        want.extend(flush(&mut whole).await);
         // Interrupted half way: snapshot, a new operator restores it, then the rest.
         let mut first = operator(&plan, &[0]).await;
         let mut got = Vec::new();
         let half = batches.len() / 2;
         for b in &batches[..half] {
-            got.extend(first.process(b.clone(), 0, 0).await.expect("ok").rows);
+            got.extend(push(&mut first, b.clone(), 0).await.0);
         }
-        let snapshot = first
-            .window()
-            .expect("window")
-            .snapshot()
-            .expect("snapshot");
+        let snapshot = first.save().expect("save").expect("a window has state");
+        // Open windows at the snapshot: flushing the first operator emits them.
         assert!(
-            snapshot.state.num_rows() > 0,
+            !flush(&mut first).await.is_empty(),
             "{window}: open windows at the snapshot"
         );
         drop(first);
         let mut second = operator(&plan, &[0]).await;
-        second
-            .window()
-            .expect("window")
-            .restore(&snapshot)
-            .expect("restore");
+        second.load(&snapshot).expect("restore");
         for b in &batches[half..] {
-            got.extend(second.process(b.clone(), 0, 0).await.expect("ok").rows);
+            got.extend(push(&mut second, b.clone(), 0).await.0);
         }
-        got.extend(second.flush().await.expect("ok"));
+        got.extend(flush(&mut second).await);
         let (want, got) = (lines(&want), lines(&got));
         assert!(want.len() > 20, "{window}");
         assert!(

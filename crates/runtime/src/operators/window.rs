@@ -37,7 +37,14 @@ use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::{ExecutionPlan, collect};
 
+use async_trait::async_trait;
+use planner::{OnLate, WindowShape};
+
+use super::SavedTransform;
+use crate::checkpoint::{decode, encode, read_rows, write_rows};
 use crate::error::{RuntimeError, internal};
+use crate::metrics::Detail;
+use crate::operator::{Context, Operator};
 use crate::slot::{Slot, SlotExec};
 
 /// Window shapes.
@@ -852,6 +859,136 @@ impl WindowOp {
             .await
             .map_err(internal)?;
         Ok(out.into_iter().filter(|b| b.num_rows() > 0).collect())
+    }
+}
+
+/// The operator of a windowed transform: a [`WindowOp`], with what late rows do.
+#[derive(Debug)]
+pub struct Window {
+    name: String,
+    op: WindowOp,
+    on_late: OnLate,
+}
+
+impl Window {
+    /// The window operator of transform `name`, from its physical plan, which reads
+    /// `input_slot` (rows of `input_schema`, with `window_start`/`window_end` last).
+    #[allow(clippy::too_many_arguments)] // one call site: the registry
+    pub fn new(
+        name: &str,
+        shape: WindowShape,
+        time_field: &str,
+        on_late: OnLate,
+        allowed: i64,
+        input_schema: SchemaRef,
+        input_slot: Slot,
+        plan: Arc<dyn ExecutionPlan>,
+        partitions: &[i32],
+        ctx: Arc<TaskContext>,
+    ) -> Result<Self, RuntimeError> {
+        let ms = |d: std::time::Duration| d.as_millis() as i64;
+        let shape = match shape {
+            WindowShape::Tumbling { size } => Shape::Tumbling { size: ms(size) },
+            WindowShape::Hopping { size, slide } => Shape::Hopping {
+                size: ms(size),
+                slide: ms(slide),
+            },
+            WindowShape::Session { gap } => Shape::Session { gap: ms(gap) },
+        };
+        let timing = Timing {
+            shape,
+            allowed,
+            time_field: time_field.to_string(),
+        };
+        Ok(Self {
+            name: name.to_string(),
+            op: WindowOp::new(timing, input_schema, input_slot, plan, partitions, ctx)?,
+            on_late,
+        })
+    }
+}
+
+#[async_trait]
+impl Operator for Window {
+    async fn process(
+        &mut self,
+        _port: usize,
+        partition: i32,
+        batch: RecordBatch,
+        ctx: &mut Context,
+    ) -> Result<(), RuntimeError> {
+        let out = self.op.process(&batch, partition).await?;
+        if !out.late.is_empty() {
+            ctx.late(out.late.len() as u64);
+            if self.on_late == OnLate::DeadLetter {
+                let idx = UInt32Array::from_iter_values(out.late.iter().map(|(r, _)| *r as u32));
+                let columns = batch
+                    .columns()
+                    .iter()
+                    .map(|c| take(c, &idx, None))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(internal)?;
+                let late = RecordBatch::try_new(batch.schema(), columns).map_err(internal)?;
+                let encoded = formats::json::encode_rows(&late).map_err(internal)?;
+                for (bytes, (_, reason)) in encoded.into_iter().zip(&out.late) {
+                    let headers = vec![
+                        ("transform".to_string(), self.name.clone().into_bytes()),
+                        (
+                            "source-partition".to_string(),
+                            partition.to_string().into_bytes(),
+                        ),
+                        ("error".to_string(), reason.as_bytes().to_vec()),
+                    ];
+                    ctx.dead_letter(bytes, headers);
+                }
+            }
+        }
+        for rows in out.emitted {
+            ctx.emit(0, -1, rows);
+        }
+        Ok(())
+    }
+
+    fn advance(&mut self, idle: &BTreeSet<i32>) -> Option<i64> {
+        self.op.set_idle(idle.clone());
+        // A window that has seen nothing holds the watermark at its minimum.
+        Some(self.op.watermark().unwrap_or(i64::MIN))
+    }
+
+    async fn finish(&mut self, ctx: &mut Context) -> Result<(), RuntimeError> {
+        for rows in self.op.flush().await? {
+            ctx.emit(0, -1, rows);
+        }
+        Ok(())
+    }
+
+    fn holds_rows(&self) -> bool {
+        true
+    }
+
+    fn save(&mut self) -> Result<Option<Vec<u8>>, RuntimeError> {
+        let snapshot = self.op.snapshot()?;
+        let rows = write_rows(&snapshot.state.schema(), &[snapshot.state])?;
+        encode(&SavedTransform::Window {
+            stream_time: snapshot.stream_time,
+            rows,
+        })
+        .map(Some)
+    }
+
+    fn load(&mut self, state: &[u8]) -> Result<(), RuntimeError> {
+        let SavedTransform::Window { stream_time, rows } = decode(state)? else {
+            return Err(internal("checkpointed state of another kind of transform"));
+        };
+        let state = read_rows(&rows)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| internal("window checkpoint without rows"))?;
+        self.op.restore(&WindowSnapshot { stream_time, state })
+    }
+
+    fn report(&self, name: &str, detail: &mut Detail) {
+        detail.late.entry(name.to_string()).or_insert(0);
     }
 }
 

@@ -1,0 +1,111 @@
+//! The barrier: at the end of a turn no record is in flight between operators. Sinks and
+//! dead letters are written and acknowledged, then (with a checkpoint directory) every
+//! operator's state is saved with the source offsets it corresponds to, and the offsets are
+//! committed to the consumer groups.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use connectors::{Connect, OutRecord, Sink as _, Source as _};
+
+use crate::checkpoint;
+use crate::error::RuntimeError;
+use crate::runner::Runner;
+
+impl<C: Connect> Runner<C> {
+    /// Writes buffered sink records and dead letters and waits for Kafka to acknowledge them.
+    pub(crate) async fn flush_outputs(&mut self) -> Result<(), RuntimeError> {
+        for n in &mut self.nodes {
+            let flushed = n.op.flush().await?;
+            self.stats
+                .events_out
+                .fetch_add(flushed.records, Ordering::Relaxed);
+        }
+        for s in &mut self.sources {
+            if s.letters.is_empty() {
+                continue;
+            }
+            // Late rows of a source whose own bad records are not dead-lettered open its
+            // dead-letter topic when the first arrives.
+            if s.dead_letter.is_none() {
+                s.dead_letter = Some(self.connect.sink(
+                    &s.dead_letter_topic,
+                    &BTreeMap::new(),
+                    self.headers.clone(),
+                )?);
+            }
+            let Some(sink) = &s.dead_letter else {
+                continue;
+            };
+            let records: Vec<(OutRecord<'_>, connectors::RecordHeaders)> = s
+                .letters
+                .iter()
+                .map(|(v, h)| {
+                    (
+                        OutRecord {
+                            key: None,
+                            value: v,
+                            timestamp: None,
+                        },
+                        h.clone(),
+                    )
+                })
+                .collect();
+            sink.send_with_headers(&records).await?;
+            let n = records.len() as u64;
+            self.stats.dead_lettered.fetch_add(n, Ordering::Relaxed);
+            s.metrics.dead_lettered += n;
+            s.letters.clear();
+        }
+        Ok(())
+    }
+
+    /// Writes a checkpoint (at a barrier: call only with every output flushed), then commits
+    /// its offsets to the consumer groups (for lag monitoring and for runs without it).
+    pub(crate) fn checkpoint(&mut self) -> Result<(), RuntimeError> {
+        let Some(store) = self.checkpoints.clone() else {
+            return Ok(());
+        };
+        if self.config.discard.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let mut operators = BTreeMap::new();
+        for n in &mut self.nodes {
+            if let Some(state) = n.op.save()? {
+                operators.insert(
+                    n.name.clone(),
+                    checkpoint::OperatorState {
+                        fingerprint: n.fingerprint,
+                        state,
+                    },
+                );
+            }
+        }
+        let sources = self
+            .sources
+            .iter()
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    checkpoint::SourcePosition {
+                        topic: s.topic.clone(),
+                        next_offsets: s.position.clone(),
+                    },
+                )
+            })
+            .collect();
+        store.save(&checkpoint::Checkpoint {
+            format: checkpoint::FORMAT,
+            pipeline: self.pipeline.clone(),
+            version: self.config.version.clone(),
+            taken_at_ms: chrono::Utc::now().timestamp_millis(),
+            sources,
+            operators,
+        })?;
+        self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        for s in &self.sources {
+            s.conn.commit(&s.position)?;
+        }
+        Ok(())
+    }
+}

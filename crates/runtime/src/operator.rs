@@ -1,0 +1,134 @@
+//! The one operator model: every node of a pipeline (source, SQL transform, window, join,
+//! model, sink) is an [`Operator`]. The runner holds the operators and the edges between
+//! their ports and knows nothing else about them; [`crate::operators::build`] is the one
+//! place that maps a plan node to its operator.
+//!
+//! An operator receives batches on numbered input ports and emits batches on numbered output
+//! ports through a [`Context`]. A batch belongs to one Kafka partition of the source its rows
+//! come from, or to none (`-1`: after a window or a model, rows of every partition mix).
+//! Between two calls the runner may checkpoint: state is what [`Operator::save`] returns.
+
+use std::collections::BTreeSet;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::RecordBatch;
+
+use crate::error::{RuntimeError, internal};
+use crate::metrics::Detail;
+
+/// A dead letter: the record's bytes and the headers saying why.
+pub type DeadLetter = (Vec<u8>, connectors::RecordHeaders);
+
+/// What an operator's call produced; the runner routes it.
+#[derive(Debug, Default)]
+pub struct Context {
+    /// Batches emitted: output port, partition (-1: none), rows.
+    pub(crate) emitted: Vec<(u8, i32, RecordBatch)>,
+    /// Records for the dead-letter topic of the source the rows came from.
+    pub(crate) dead_letters: Vec<DeadLetter>,
+    /// Rows dropped as late for every window they belong to.
+    pub(crate) late: u64,
+}
+
+impl Context {
+    /// Emits `batch` on output `port`, as rows of `partition` (-1: of no one partition).
+    pub fn emit(&mut self, port: u8, partition: i32, batch: RecordBatch) {
+        if batch.num_rows() > 0 {
+            self.emitted.push((port, partition, batch));
+        }
+    }
+
+    /// Sends a record to the dead-letter topic of the source the input rows came from.
+    pub fn dead_letter(&mut self, value: Vec<u8>, headers: connectors::RecordHeaders) {
+        self.dead_letters.push((value, headers));
+    }
+
+    /// Counts `n` rows that came too late for every window.
+    pub fn late(&mut self, n: u64) {
+        self.late += n;
+    }
+
+    /// Takes the batches emitted on output `port` so far (for tests that drive one
+    /// operator).
+    pub fn take(&mut self, port: u8) -> Vec<RecordBatch> {
+        let (taken, kept) = std::mem::take(&mut self.emitted)
+            .into_iter()
+            .partition(|(p, _, _)| *p == port);
+        self.emitted = kept;
+        taken.into_iter().map(|(_, _, b)| b).collect()
+    }
+
+    /// Rows counted late so far.
+    pub fn late_rows(&self) -> u64 {
+        self.late
+    }
+}
+
+/// What a sink wrote at a barrier.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Flushed {
+    /// Records acknowledged.
+    pub records: u64,
+    /// Their value bytes.
+    pub bytes: u64,
+}
+
+/// A node of a running pipeline.
+#[async_trait]
+pub trait Operator: Send {
+    /// Called once before the first batch, after any restore: an operator whose readers
+    /// need its state (a changelog table) emits it here.
+    async fn open(&mut self, _ctx: &mut Context) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
+    /// Rows of `partition` (-1: of no one partition) arriving on input `port`, in offset
+    /// order.
+    async fn process(
+        &mut self,
+        port: usize,
+        partition: i32,
+        batch: RecordBatch,
+        ctx: &mut Context,
+    ) -> Result<(), RuntimeError>;
+
+    /// Once per turn: the partitions of the operator's source that are idle. Returns the
+    /// operator's watermark, for operators that keep one.
+    fn advance(&mut self, _idle: &BTreeSet<i32>) -> Option<i64> {
+        None
+    }
+
+    /// The input has ended (a bounded run): emit everything still held, such as open
+    /// windows and last model snapshots.
+    async fn finish(&mut self, _ctx: &mut Context) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
+    /// The barrier: writes what is buffered for outside (a sink's records) and waits until
+    /// it is acknowledged.
+    async fn flush(&mut self) -> Result<Flushed, RuntimeError> {
+        Ok(Flushed::default())
+    }
+
+    /// Whether rows read are held without output yet (open windows): without checkpoints,
+    /// offsets are committed only once such an operator has emitted everything.
+    fn holds_rows(&self) -> bool {
+        false
+    }
+
+    /// Its state for a checkpoint; `None` for an operator without state.
+    fn save(&mut self) -> Result<Option<Vec<u8>>, RuntimeError> {
+        Ok(None)
+    }
+
+    /// Replaces its state with one [`Operator::save`] wrote for the same definition.
+    fn load(&mut self, _state: &[u8]) -> Result<(), RuntimeError> {
+        Err(internal(
+            "checkpointed state for an operator that keeps none",
+        ))
+    }
+
+    /// Writes its measurements into `detail` under its node's `name` (a model's summary, a
+    /// sink's counts, a window's late rows); called at most once a second.
+    fn report(&self, _name: &str, _detail: &mut Detail) {}
+}

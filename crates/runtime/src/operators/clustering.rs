@@ -1,0 +1,246 @@
+//! Incremental k-means as a [`Learner`] of the keyed-model operator: per key a [`KMeans`].
+//! Each row is assigned with the model as it was (null while the model buffers its seed
+//! sample), then learnt. Snapshots list the centroids (in input units), their weights and
+//! radii, and the inertia.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    ArrayRef, Float64Array, Float64Builder, ListArray, MapBuilder, MapFieldNames, RecordBatch,
+    StringBuilder, StructArray, UInt32Array, UInt32Builder, UInt64Array,
+};
+use datafusion::arrow::buffer::OffsetBuffer;
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Fields, SchemaRef};
+use ml::{KMeans, KMeansConfig};
+
+use super::model::{KeyState, Learner};
+use crate::error::{RuntimeError, internal};
+use crate::metrics::{KeyQuality, ModelSummary, top_keys};
+
+/// One key's clustering.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct State {
+    model: KMeans,
+}
+
+/// The clustering learner of one model.
+#[derive(Debug)]
+pub struct Clustering {
+    config: KMeansConfig,
+    /// The one-row mini-batch each row is learnt as (kept to reuse its allocation).
+    one: Vec<Vec<f64>>,
+}
+
+impl Clustering {
+    /// The learner of `c`.
+    pub fn new(c: &planner::Clustering, _input: &SchemaRef) -> Result<Self, RuntimeError> {
+        Ok(Self {
+            config: KMeansConfig {
+                k: c.k as usize,
+                seed_sample: c.seed_sample as usize,
+                seed_tries: c.seed_tries as usize,
+                seed_trim: c.seed_trim,
+                half_life_ms: c.half_life.map(|h| h.as_millis() as f64),
+                reseed_below: c.reseed_below,
+                standardize: c.standardize,
+                random_seed: c.random_seed,
+            },
+            one: vec![Vec::new()],
+        })
+    }
+}
+
+/// Prediction builders: cluster, distance, outlier score.
+#[derive(Debug)]
+pub struct Out {
+    cluster: UInt32Builder,
+    distance: Float64Builder,
+    score: Float64Builder,
+}
+
+impl Learner for Clustering {
+    type State = State;
+    type Columns = ();
+    type Out = Out;
+
+    fn fresh(&self, d: usize) -> State {
+        State {
+            model: KMeans::new(d, self.config.clone()),
+        }
+    }
+
+    fn columns(&self, _batch: &RecordBatch) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
+    fn out(&self, n: usize) -> Out {
+        Out {
+            cluster: UInt32Builder::with_capacity(n),
+            distance: Float64Builder::with_capacity(n),
+            score: Float64Builder::with_capacity(n),
+        }
+    }
+
+    fn step(
+        &mut self,
+        ks: &mut State,
+        x: &[f64],
+        _row: usize,
+        ms: i64,
+        _cols: &(),
+        out: &mut Out,
+    ) -> bool {
+        let a = ks.model.assign(x);
+        out.cluster.append_option(a.map(|a| a.cluster as u32));
+        out.distance.append_option(a.map(|a| a.distance));
+        out.score
+            .append_option(a.map(|a| a.outlier_score).filter(|s| s.is_finite()));
+        self.one[0].clear();
+        self.one[0].extend_from_slice(x);
+        ks.model.update(&self.one, ms);
+        true
+    }
+
+    fn finish(&self, mut out: Out) -> Vec<ArrayRef> {
+        vec![
+            Arc::new(out.cluster.finish()),
+            Arc::new(out.distance.finish()),
+            Arc::new(out.score.finish()),
+        ]
+    }
+
+    fn ready(&self, state: &State) -> bool {
+        state.model.is_seeded()
+    }
+
+    fn snapshot(
+        &self,
+        keys: &[&KeyState<State>],
+        names: &[String],
+        schema: &SchemaRef,
+    ) -> Result<Vec<ArrayRef>, RuntimeError> {
+        let (mut samples, mut weight, mut inertia) = (Vec::new(), Vec::new(), Vec::new());
+        let mut offsets = vec![0i32];
+        let (mut ids, mut weights, mut radii) = (Vec::new(), Vec::new(), Vec::new());
+        let mut centers = MapBuilder::new(
+            Some(MapFieldNames {
+                entry: "entries".into(),
+                key: "key".into(),
+                value: "value".into(),
+            }),
+            StringBuilder::new(),
+            Float64Builder::new(),
+        );
+        for k in keys {
+            let model = &k.learnt.model;
+            samples.push(model.samples());
+            let cs = model.centroids();
+            weight.push(cs.iter().map(|c| c.weight).sum::<f64>());
+            inertia.push(model.inertia());
+            for (i, c) in cs.iter().enumerate() {
+                ids.push(i as u32);
+                weights.push(c.weight);
+                radii.push(c.rms_radius());
+                for (name, v) in names.iter().zip(model.center_in_input_units(i)) {
+                    centers.keys().append_value(name);
+                    centers.values().append_value(v);
+                }
+                centers.append(true).map_err(internal)?;
+            }
+            offsets.push(ids.len() as i32);
+        }
+        let centroid_type = schema
+            .field_with_name("centroids")
+            .map_err(internal)?
+            .data_type()
+            .clone();
+        let DataType::List(item) = &centroid_type else {
+            return Err(internal("centroids is not a list"));
+        };
+        let DataType::Struct(fields) = item.data_type() else {
+            return Err(internal("centroid is not a struct"));
+        };
+        let fields: Fields = fields.clone();
+        let map_type = fields[3].data_type().clone();
+        let center_array: ArrayRef = Arc::new(centers.finish());
+        let center_array = if center_array.data_type() == &map_type {
+            center_array
+        } else {
+            cast(&center_array, &map_type).map_err(internal)?
+        };
+        let structs = StructArray::try_new(
+            fields,
+            vec![
+                Arc::new(UInt32Array::from(ids)),
+                Arc::new(Float64Array::from(weights)),
+                Arc::new(Float64Array::from(radii)),
+                center_array,
+            ],
+            None,
+        )
+        .map_err(internal)?;
+        let list = ListArray::try_new(
+            item.clone(),
+            OffsetBuffer::new(offsets.into()),
+            Arc::new(structs),
+            None,
+        )
+        .map_err(internal)?;
+        Ok(vec![
+            Arc::new(UInt64Array::from(samples)),
+            Arc::new(Float64Array::from(weight)),
+            Arc::new(Float64Array::from(inertia)),
+            Arc::new(list),
+        ])
+    }
+
+    /// Samples and total inertia of seeded keys.
+    fn summary(
+        &self,
+        keys: &BTreeMap<String, KeyState<State>>,
+        _names: &[String],
+        per_key: Option<usize>,
+    ) -> ModelSummary {
+        let seeded: Vec<&KMeans> = keys
+            .values()
+            .map(|k| &k.learnt.model)
+            .filter(|m| m.is_seeded())
+            .collect();
+        // Cluster sizes by cluster index, summed over keys.
+        let mut sizes = vec![0.0; self.config.k];
+        for m in &seeded {
+            for (s, c) in sizes.iter_mut().zip(m.centroids()) {
+                *s += c.weight;
+            }
+        }
+        ModelSummary {
+            kind: "clustering",
+            samples: keys.values().map(|k| k.learnt.model.samples()).sum(),
+            inertia: (!seeded.is_empty()).then(|| seeded.iter().map(|m| m.inertia()).sum()),
+            cluster_sizes: if seeded.is_empty() { Vec::new() } else { sizes },
+            per_key: top_keys(
+                match per_key {
+                    Some(_) => keys
+                        .iter()
+                        .map(|(k, ks)| {
+                            let m = &ks.learnt.model;
+                            (
+                                k.clone(),
+                                KeyQuality {
+                                    samples: m.samples(),
+                                    inertia: m.is_seeded().then(|| m.inertia()),
+                                    ..Default::default()
+                                },
+                            )
+                        })
+                        .collect(),
+                    None => Vec::new(),
+                },
+                per_key,
+            ),
+            ..Default::default()
+        }
+    }
+}

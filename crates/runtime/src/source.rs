@@ -1,0 +1,253 @@
+//! A source task: reads micro-batches of raw messages, decodes them a batch at a time,
+//! applies the source's `on_error` policy record by record, and hands the rows to the
+//! source's operator one partition at a time (keeping offset order). In a changelog table a
+//! message without a value deletes its key (a tombstone): those keys go to the operator's
+//! port 1, in order with the upserts.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use connectors::{Connect, RawBatch, Source as _};
+use datafusion::arrow::array::{RecordBatch, TimestampMillisecondArray, UInt32Array};
+use datafusion::arrow::compute::{cast, take};
+use datafusion::arrow::datatypes::{DataType, TimeUnit};
+use formats::avro::AvroCodec;
+use formats::json::JsonDecoder;
+use planner::{OnError, SourcePlan};
+
+use crate::error::{RuntimeError, internal};
+use crate::metrics::SourceMetrics;
+use crate::operator::DeadLetter;
+use crate::operators::sink::framing;
+
+/// How a source's messages are decoded.
+enum Decoder {
+    Json(JsonDecoder),
+    Avro(AvroCodec),
+}
+
+/// What a source task hands to its operator: rows (port 0) or tombstone keys (port 1) of
+/// one partition, in offset order.
+pub(crate) enum Rows {
+    Upserts(i32, RecordBatch),
+    Deletes(i32, Vec<String>),
+}
+
+/// A running source.
+pub(crate) struct SourceTask<C: Connect> {
+    /// Its node in the graph.
+    pub node: usize,
+    pub name: String,
+    pub topic: String,
+    /// Next offset to read per partition, over the whole run (restored ones included).
+    pub position: BTreeMap<i32, i64>,
+    /// Column of the decoded rows holding the event time, if the source declares one.
+    time_col: Option<usize>,
+    /// Event times (ms) of the rows of the current micro-batch, for the latency histogram.
+    pub times: Vec<i64>,
+    pub conn: C::Source,
+    decoder: Decoder,
+    on_error: OnError,
+    table: bool,
+    pub dead_letter_topic: String,
+    /// Opened when the source first has a dead letter (or at start with `on_error:
+    /// dead_letter`, so a topic that cannot be written fails early).
+    pub dead_letter: Option<C::Sink>,
+    /// Dead letters waiting for the barrier.
+    pub letters: Vec<DeadLetter>,
+    pub last_seen: HashMap<i32, Instant>,
+    pub idle_timeout: Option<Duration>,
+    /// `max_out_of_order` of its event time, ms.
+    pub allowed_ms: i64,
+    pub metrics: SourceMetrics,
+}
+
+impl<C: Connect> SourceTask<C> {
+    /// The task of source node `node` (`plan`), reading through `conn`.
+    pub fn new(
+        node: usize,
+        name: &str,
+        plan: &SourcePlan,
+        conn: C::Source,
+        dead_letter: Option<C::Sink>,
+    ) -> Result<Self, RuntimeError> {
+        let decoder = match framing(plan.format) {
+            None => Decoder::Json(JsonDecoder::new(plan.schema.clone()).map_err(internal)?),
+            Some(f) => Decoder::Avro(
+                AvroCodec::new(&plan.avro_json, plan.schema.clone(), f)
+                    .map_err(|e| RuntimeError::Unsupported(format!("source `{name}`: {e}")))?,
+            ),
+        };
+        Ok(Self {
+            node,
+            name: name.to_string(),
+            topic: plan.topic.clone(),
+            // Where every partition starts, even one that stays empty.
+            position: conn.start_offsets().clone(),
+            time_col: plan
+                .event_time
+                .as_ref()
+                .and_then(|e| e.field.as_deref())
+                .and_then(|f| plan.schema.index_of(f).ok()),
+            times: Vec::new(),
+            conn,
+            decoder,
+            on_error: plan.on_error,
+            table: plan.table_key.is_some(),
+            dead_letter_topic: plan.dead_letter_topic.clone(),
+            dead_letter,
+            letters: Vec::new(),
+            last_seen: HashMap::new(),
+            idle_timeout: plan.event_time.as_ref().and_then(|e| e.idle_timeout),
+            allowed_ms: plan
+                .event_time
+                .as_ref()
+                .map_or(0, |e| e.max_out_of_order.as_millis() as i64),
+            metrics: SourceMetrics {
+                topic: plan.topic.clone(),
+                ..Default::default()
+            },
+        })
+    }
+
+    /// Decodes `raw` and applies the error policy. Returns the rows per partition, and the
+    /// number of bad records (an `Err` under `on_error: fail`).
+    pub fn decode(&mut self, raw: &RawBatch) -> Result<(Vec<Rows>, u64), RuntimeError> {
+        let n = raw.len();
+        let now = Instant::now();
+        for p in raw.next_offsets().keys() {
+            self.last_seen.insert(*p, now);
+        }
+        let payloads = raw.payloads();
+        let mut decoded = match &mut self.decoder {
+            Decoder::Json(d) => d.decode(&payloads),
+            Decoder::Avro(d) => d.decode(&payloads),
+        }
+        .map_err(internal)?;
+        // Tombstones of a table are deletes, not bad records; without a key a tombstone
+        // names nothing and stays a bad record.
+        let mut tombstones: Vec<usize> = Vec::new();
+        if self.table {
+            decoded.errors.retain(|e| match raw.key(e.index) {
+                Some(_) if raw.null_value[e.index] => {
+                    tombstones.push(e.index);
+                    false
+                }
+                _ => true,
+            });
+        }
+        self.metrics.events += n as u64;
+        self.metrics.bytes += raw.bytes.len() as u64;
+        self.metrics.batches += 1;
+        self.metrics.decode_errors += decoded.errors.len() as u64;
+        if let Some(c) = self.time_col {
+            let ms = cast(
+                decoded.batch.column(c),
+                &DataType::Timestamp(TimeUnit::Millisecond, None),
+            )
+            .map_err(internal)?;
+            let ms = ms
+                .as_any()
+                .downcast_ref::<TimestampMillisecondArray>()
+                .ok_or_else(|| internal("event time cast"))?;
+            self.times.extend(ms.iter().flatten());
+        }
+        let bad = decoded.errors.len() as u64;
+        if let Some(e) = decoded.errors.first() {
+            match self.on_error {
+                OnError::Fail => {
+                    return Err(RuntimeError::BadRecord {
+                        topic: self.topic.clone(),
+                        partition: raw.partitions[e.index],
+                        offset: raw.offsets[e.index],
+                        error: e.message.clone(),
+                    });
+                }
+                OnError::Skip => {}
+                OnError::DeadLetter => {
+                    for e in &decoded.errors {
+                        let headers = vec![
+                            ("source-topic".to_string(), self.topic.clone().into_bytes()),
+                            (
+                                "source-partition".to_string(),
+                                raw.partitions[e.index].to_string().into_bytes(),
+                            ),
+                            (
+                                "source-offset".to_string(),
+                                raw.offsets[e.index].to_string().into_bytes(),
+                            ),
+                            ("error".to_string(), e.message.clone().into_bytes()),
+                        ];
+                        self.letters.push((raw.payload(e.index).to_vec(), headers));
+                    }
+                }
+            }
+        }
+        // Per partition, in offset order: runs of rows, and tombstones between them.
+        let mut by_partition: BTreeMap<i32, Vec<(usize, Option<u32>)>> = BTreeMap::new();
+        for (row, message) in decoded.rows.iter().enumerate() {
+            by_partition
+                .entry(raw.partitions[*message])
+                .or_default()
+                .push((*message, Some(row as u32)));
+        }
+        for message in tombstones {
+            by_partition
+                .entry(raw.partitions[message])
+                .or_default()
+                .push((message, None));
+        }
+        let total = decoded.batch.num_rows();
+        let mut out = Vec::new();
+        for (p, mut items) in by_partition {
+            items.sort_by_key(|(message, _)| *message);
+            let mut rows: Vec<u32> = Vec::new();
+            let mut deletes: Vec<String> = Vec::new();
+            for (message, row) in items {
+                match row {
+                    Some(r) => {
+                        if !deletes.is_empty() {
+                            out.push(Rows::Deletes(p, std::mem::take(&mut deletes)));
+                        }
+                        rows.push(r);
+                    }
+                    None => {
+                        if !rows.is_empty() {
+                            let batch =
+                                take_rows(&decoded.batch, std::mem::take(&mut rows), total)?;
+                            out.push(Rows::Upserts(p, batch));
+                        }
+                        let key = raw.key(message).unwrap_or_default();
+                        deletes.push(String::from_utf8_lossy(key).into_owned());
+                    }
+                }
+            }
+            if !rows.is_empty() {
+                out.push(Rows::Upserts(p, take_rows(&decoded.batch, rows, total)?));
+            }
+            if !deletes.is_empty() {
+                out.push(Rows::Deletes(p, deletes));
+            }
+        }
+        Ok((out, bad))
+    }
+}
+
+/// Rows `rows` of `batch` (all of it, uncopied, when they are all of its `total` rows).
+fn take_rows(
+    batch: &RecordBatch,
+    rows: Vec<u32>,
+    total: usize,
+) -> Result<RecordBatch, RuntimeError> {
+    if rows.len() == total {
+        return Ok(batch.clone());
+    }
+    let idx = UInt32Array::from(rows);
+    let columns = batch
+        .columns()
+        .iter()
+        .map(|c| take(c, &idx, None))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(internal)?;
+    RecordBatch::try_new(batch.schema(), columns).map_err(internal)
+}
