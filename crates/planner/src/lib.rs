@@ -1027,10 +1027,15 @@ fn check_streaming_shape(plan: &LogicalPlan, windowed: bool) -> Result<(), Strin
     let mut grouped_by_window = false;
     let mut window_functions = false;
     let mut sorts = false;
+    let mut grouping_sets = false;
     let _ = plan.apply(|node| {
         match node {
             LogicalPlan::Aggregate(agg) => {
                 aggregates += 1;
+                grouping_sets |= agg
+                    .group_expr
+                    .iter()
+                    .any(|e| matches!(e, Expr::GroupingSet(_)));
                 grouped_by_window |= agg.group_expr.iter().any(|e| {
                     matches!(e, Expr::Column(c) if c.name == WINDOW_START || c.name == WINDOW_END)
                 });
@@ -1048,6 +1053,16 @@ fn check_streaming_shape(plan: &LogicalPlan, windowed: bool) -> Result<(), Strin
         );
     }
     if windowed {
+        if grouping_sets {
+            return Err(
+                "GROUPING SETS, CUBE and ROLLUP are not supported in a windowed transform; group by the keys and aggregate further in another transform".into(),
+            );
+        }
+        if aggregates > 1 {
+            return Err(
+                "a windowed transform aggregates once (its window's GROUP BY); aggregate its output again in another transform".into(),
+            );
+        }
         if !grouped_by_window {
             return Err(format!(
                 "a windowed transform must aggregate with GROUP BY {WINDOW_START}, {WINDOW_END} (and any keys)"

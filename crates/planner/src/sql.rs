@@ -278,6 +278,10 @@ pub fn session() -> SessionContext {
     // Keep string columns as the decoders produce them (Utf8), so plans and schemas agree.
     options.sql_parser.map_string_types_to_utf8view = false;
     let ctx = SessionContext::new_with_config(config);
+    // This rule turns `count(DISTINCT x)` into two nested aggregates; a window folds only
+    // the outer one across micro-batches, so the inner one would deduplicate within each
+    // micro-batch only. DataFusion's distinct accumulators are exact without it.
+    ctx.remove_optimizer_rule("single_distinct_aggregation_to_group_by");
     crate::bounded::register(&ctx);
     ctx
 }

@@ -183,53 +183,93 @@ impl<C: Connect> SourceTask<C> {
                 }
             }
         }
-        // Per partition, in offset order: runs of rows, and tombstones between them.
-        let mut by_partition: BTreeMap<i32, Vec<(usize, Option<u32>)>> = BTreeMap::new();
-        for (row, message) in decoded.rows.iter().enumerate() {
-            by_partition
-                .entry(raw.partitions[*message])
-                .or_default()
-                .push((*message, Some(row as u32)));
-        }
-        for message in tombstones {
-            by_partition
-                .entry(raw.partitions[message])
-                .or_default()
-                .push((message, None));
-        }
+        // Per partition, in offset order: runs of rows, and tombstones between them. Rows and
+        // tombstones are each in message order already: merge them.
         let total = decoded.batch.num_rows();
+        let mut parts: BTreeMap<i32, Split> = BTreeMap::new();
+        let mut next_tombstone = tombstones.iter().copied().peekable();
+        let batch = &decoded.batch;
+        for (row, &message) in decoded.rows.iter().enumerate() {
+            while let Some(t) = next_tombstone.next_if(|t| *t < message) {
+                let p = raw.partitions[t];
+                let key = raw.key(t).unwrap_or_default();
+                parts
+                    .entry(p)
+                    .or_insert_with(|| Split::new(p))
+                    .delete(key, batch, total)?;
+            }
+            let p = raw.partitions[message];
+            parts
+                .entry(p)
+                .or_insert_with(|| Split::new(p))
+                .row(row as u32);
+        }
+        for t in next_tombstone {
+            let p = raw.partitions[t];
+            let key = raw.key(t).unwrap_or_default();
+            parts
+                .entry(p)
+                .or_insert_with(|| Split::new(p))
+                .delete(key, batch, total)?;
+        }
         let mut out = Vec::new();
-        for (p, mut items) in by_partition {
-            items.sort_by_key(|(message, _)| *message);
-            let mut rows: Vec<u32> = Vec::new();
-            let mut deletes: Vec<String> = Vec::new();
-            for (message, row) in items {
-                match row {
-                    Some(r) => {
-                        if !deletes.is_empty() {
-                            out.push(Rows::Deletes(p, std::mem::take(&mut deletes)));
-                        }
-                        rows.push(r);
-                    }
-                    None => {
-                        if !rows.is_empty() {
-                            let batch =
-                                take_rows(&decoded.batch, std::mem::take(&mut rows), total)?;
-                            out.push(Rows::Upserts(p, batch));
-                        }
-                        let key = raw.key(message).unwrap_or_default();
-                        deletes.push(String::from_utf8_lossy(key).into_owned());
-                    }
-                }
-            }
-            if !rows.is_empty() {
-                out.push(Rows::Upserts(p, take_rows(&decoded.batch, rows, total)?));
-            }
-            if !deletes.is_empty() {
-                out.push(Rows::Deletes(p, deletes));
-            }
+        for split in parts.into_values() {
+            out.extend(split.finish(batch, total)?);
         }
         Ok((out, bad))
+    }
+}
+
+/// One partition's rows and tombstones, in offset order: runs of each, alternating (at
+/// most one of `rows` and `deletes` is being filled).
+struct Split {
+    partition: i32,
+    done: Vec<Rows>,
+    rows: Vec<u32>,
+    deletes: Vec<String>,
+}
+
+impl Split {
+    fn new(partition: i32) -> Self {
+        Self {
+            partition,
+            done: Vec::new(),
+            rows: Vec::new(),
+            deletes: Vec::new(),
+        }
+    }
+
+    fn row(&mut self, row: u32) {
+        if !self.deletes.is_empty() {
+            let keys = std::mem::take(&mut self.deletes);
+            self.done.push(Rows::Deletes(self.partition, keys));
+        }
+        self.rows.push(row);
+    }
+
+    fn delete(
+        &mut self,
+        key: &[u8],
+        batch: &RecordBatch,
+        total: usize,
+    ) -> Result<(), RuntimeError> {
+        if !self.rows.is_empty() {
+            let rows = take_rows(batch, std::mem::take(&mut self.rows), total)?;
+            self.done.push(Rows::Upserts(self.partition, rows));
+        }
+        self.deletes.push(String::from_utf8_lossy(key).into_owned());
+        Ok(())
+    }
+
+    fn finish(mut self, batch: &RecordBatch, total: usize) -> Result<Vec<Rows>, RuntimeError> {
+        if !self.deletes.is_empty() {
+            self.done.push(Rows::Deletes(self.partition, self.deletes));
+        }
+        if !self.rows.is_empty() {
+            let rows = take_rows(batch, self.rows, total)?;
+            self.done.push(Rows::Upserts(self.partition, rows));
+        }
+        Ok(self.done)
     }
 }
 
