@@ -91,3 +91,20 @@ pub fn epoch_ms(v: &Value) -> i64 {
         other => panic!("not a timestamp: {other}"),
     }
 }
+
+/// The test schema registry's Confluent API from `SCHEMA_REGISTRY_URL`; `None` (the test
+/// passes vacuously, saying so) unless `REQUIRE_REGISTRY` is set, as scripts/gate does.
+pub fn registry_url() -> Option<String> {
+    match std::env::var("SCHEMA_REGISTRY_URL") {
+        Ok(u) => Some(u),
+        Err(_) if std::env::var_os("REQUIRE_REGISTRY").is_some() => panic!(
+            "REQUIRE_REGISTRY is set but SCHEMA_REGISTRY_URL is not: start scripts/schema-registry"
+        ),
+        Err(_) => {
+            eprintln!(
+                "skipped: no SCHEMA_REGISTRY_URL (run scripts/gate, or scripts/schema-registry start and export SCHEMA_REGISTRY_URL=$(scripts/schema-registry url))"
+            );
+            None
+        }
+    }
+}

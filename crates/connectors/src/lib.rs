@@ -21,6 +21,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 pub mod memory;
+pub mod registry;
 
 /// Where a run's micro-batches of raw messages come from: a Kafka topic, or a topic of the
 /// in-memory broker ([`memory::Memory`]) in tests and benchmarks.

@@ -6,9 +6,13 @@
 //! fields are supported, which covers every event schema; nested records, arrays, maps,
 //! fixed and decimals are refused when the codec is built. Each message is first checked
 //! completely (every field read, no bytes left over) and only then appended, so a bad
-//! message never leaves a half-written row. The Confluent schema id is not looked up in a
-//! registry: messages must be written with the declared schema; the sink writes the id it is
-//! given.
+//! message never leaves a half-written row.
+//!
+//! Confluent messages can be read through their writer's schema: [`AvroCodec::resolve`]
+//! makes a [`Resolution`] of a writer schema (from a registry, by the message's id) to the
+//! declared one by Avro's resolution rules, and [`AvroCodec::decode_resolved`] reads each
+//! message through the resolution of its id. Without resolutions, messages must be written
+//! with the declared schema and ids are not checked.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -61,6 +65,12 @@ struct FieldCodec {
     union: Option<(u64, u64)>,
     /// Enum symbol -> index, for encoding.
     symbols: HashMap<String, u64>,
+    /// The field's default (JSON), used when a writer schema lacks the field.
+    default: Option<Value>,
+    /// Other names a writer may give the field.
+    aliases: Vec<String>,
+    /// For an enum: the symbol a writer's unknown symbol becomes.
+    enum_default: Option<String>,
 }
 
 /// Encodes and decodes Avro messages of one record schema.
@@ -69,6 +79,8 @@ pub struct AvroCodec {
     fields: Vec<FieldCodec>,
     arrow: SchemaRef,
     framing: Framing,
+    /// The record schema, as given.
+    avsc: String,
 }
 
 fn bad(message: impl Into<String>) -> FormatError {
@@ -122,55 +134,77 @@ fn kind_of(ty: &Value, field: &str) -> Result<Kind, FormatError> {
     }
 }
 
+/// The fields of a record schema (JSON text).
+fn parse_fields(avsc: &str) -> Result<Vec<FieldCodec>, FormatError> {
+    let schema: Value = serde_json::from_str(avsc).map_err(|e| bad(format!("Avro schema: {e}")))?;
+    let fields = schema
+        .get("fields")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad("an Avro record schema needs `fields`"))?;
+    let mut out = Vec::with_capacity(fields.len());
+    for f in fields {
+        let name = f
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let ty = f.get("type").cloned().unwrap_or(Value::Null);
+        let (kind, union, base) = match &ty {
+            Value::Array(branches) => {
+                let null = branches.iter().position(|b| b.as_str() == Some("null"));
+                let value = branches.iter().position(|b| b.as_str() != Some("null"));
+                match (null, value, branches.len()) {
+                    (Some(n), Some(v), 2) => (
+                        kind_of(&branches[v], &name)?,
+                        Some((n as u64, v as u64)),
+                        branches[v].clone(),
+                    ),
+                    _ => {
+                        return Err(bad(format!(
+                            "field `{name}`: only [\"null\", T] unions are supported"
+                        )));
+                    }
+                }
+            }
+            other => (kind_of(other, &name)?, None, other.clone()),
+        };
+        let symbols = match &kind {
+            Kind::Enum(s) => s
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.clone(), i as u64))
+                .collect(),
+            _ => HashMap::new(),
+        };
+        out.push(FieldCodec {
+            name,
+            kind,
+            union,
+            symbols,
+            default: f.get("default").cloned(),
+            aliases: f
+                .get("aliases")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            enum_default: base
+                .get("default")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        });
+    }
+    Ok(out)
+}
+
 impl AvroCodec {
     /// A codec for the record schema `avsc` (JSON text) whose Arrow form is `arrow`.
     pub fn new(avsc: &str, arrow: SchemaRef, framing: Framing) -> Result<Self, FormatError> {
-        let schema: Value =
-            serde_json::from_str(avsc).map_err(|e| bad(format!("Avro schema: {e}")))?;
-        let fields = schema
-            .get("fields")
-            .and_then(Value::as_array)
-            .ok_or_else(|| bad("an Avro record schema needs `fields`"))?;
-        let mut out = Vec::with_capacity(fields.len());
-        for f in fields {
-            let name = f
-                .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            let ty = f.get("type").cloned().unwrap_or(Value::Null);
-            let (kind, union) = match &ty {
-                Value::Array(branches) => {
-                    let null = branches.iter().position(|b| b.as_str() == Some("null"));
-                    let value = branches.iter().position(|b| b.as_str() != Some("null"));
-                    match (null, value, branches.len()) {
-                        (Some(n), Some(v), 2) => {
-                            (kind_of(&branches[v], &name)?, Some((n as u64, v as u64)))
-                        }
-                        _ => {
-                            return Err(bad(format!(
-                                "field `{name}`: only [\"null\", T] unions are supported"
-                            )));
-                        }
-                    }
-                }
-                other => (kind_of(other, &name)?, None),
-            };
-            let symbols = match &kind {
-                Kind::Enum(s) => s
-                    .iter()
-                    .enumerate()
-                    .map(|(i, s)| (s.clone(), i as u64))
-                    .collect(),
-                _ => HashMap::new(),
-            };
-            out.push(FieldCodec {
-                name,
-                kind,
-                union,
-                symbols,
-            });
-        }
+        let out = parse_fields(avsc)?;
         if out.len() != arrow.fields().len()
             || out
                 .iter()
@@ -185,6 +219,7 @@ impl AvroCodec {
             fields: out,
             arrow,
             framing,
+            avsc: avsc.to_string(),
         })
     }
 
@@ -202,6 +237,17 @@ impl AvroCodec {
     /// The Arrow schema of decoded batches.
     pub fn schema(&self) -> &SchemaRef {
         &self.arrow
+    }
+
+    /// The record schema (JSON text).
+    pub fn avro_json(&self) -> &str {
+        &self.avsc
+    }
+
+    /// The same codec with another framing (such as the id a registry gave the schema).
+    pub fn with_framing(mut self, framing: Framing) -> Self {
+        self.framing = framing;
+        self
     }
 
     /// Decodes `messages`; bad ones are reported, never appended.
@@ -246,66 +292,171 @@ impl AvroCodec {
     fn read_record<'a>(&'a self, m: &'a [u8], out: &mut Vec<Datum<'a>>) -> Result<(), String> {
         let mut r = Reader { buf: m, pos: 0 };
         if let Framing::Confluent { .. } = self.framing {
-            let magic = r.byte()?;
-            if magic != 0 {
-                return Err(format!(
-                    "magic byte is {magic}, not 0 (not the Confluent wire format)"
-                ));
-            }
-            r.take(4)?;
+            confluent_header(&mut r)?;
         }
         for f in &self.fields {
-            if let Some((null, value)) = f.union {
-                let branch = r.long()?;
-                if branch == null as i64 {
-                    out.push(Datum::Null);
-                    continue;
-                }
-                if branch != value as i64 {
-                    return Err(format!(
-                        "field `{}`: union branch {branch} does not exist",
-                        f.name
-                    ));
-                }
-            }
-            let d = match &f.kind {
-                Kind::Boolean => match r.byte()? {
-                    0 => Datum::Bool(false),
-                    1 => Datum::Bool(true),
-                    b => return Err(format!("field `{}`: {b} is not a boolean", f.name)),
-                },
-                Kind::Int | Kind::Date => {
-                    let v = r.long()?;
-                    Datum::Int(
-                        i32::try_from(v)
-                            .map_err(|_| format!("field `{}`: {v} overflows an int", f.name))?,
-                    )
-                }
-                Kind::Long | Kind::TimestampMillis | Kind::TimestampMicros => {
-                    Datum::Long(r.long()?)
-                }
-                Kind::Float => Datum::Float(f32::from_le_bytes(r.array::<4>()?)),
-                Kind::Double => Datum::Double(f64::from_le_bytes(r.array::<8>()?)),
-                Kind::String => {
-                    let bytes = r.sized()?;
-                    Datum::Str(
-                        std::str::from_utf8(bytes)
-                            .map_err(|_| format!("field `{}`: not UTF-8", f.name))?,
-                    )
-                }
-                Kind::Bytes => Datum::Bytes(r.sized()?),
-                Kind::Enum(symbols) => {
-                    let i = r.long()?;
-                    let s = usize::try_from(i)
-                        .ok()
-                        .and_then(|i| symbols.get(i))
-                        .ok_or_else(|| {
-                            format!("field `{}`: enum index {i} out of range", f.name)
-                        })?;
-                    Datum::Str(s)
-                }
+            let d = match read_datum(&mut r, f)? {
+                Read::Value(d) => d,
+                Read::Enum(i, symbols) => Datum::Str(symbols[i].as_str()),
             };
             out.push(d);
+        }
+        if r.pos != m.len() {
+            return Err(format!("{} bytes left after the record", m.len() - r.pos));
+        }
+        Ok(())
+    }
+
+    /// How to read messages written with `writer` (an Avro record schema, JSON text) into
+    /// this codec's schema, by Avro's schema resolution: fields matched by name (or a reader
+    /// alias), writer fields the reader lacks skipped, reader fields the writer lacks set to
+    /// their default, promotions int → long → float → double and string ↔ bytes, enum
+    /// symbols by name (an unknown one becomes the reader enum's default), a value into an
+    /// optional field, and an optional value into a required field (a null then fails that
+    /// record). `Err` says why the schemas cannot be resolved.
+    pub fn resolve(&self, writer: &str) -> Result<Resolution, String> {
+        let written = parse_fields(writer).map_err(|e| format!("the writer schema: {e}"))?;
+        let mut steps = Vec::with_capacity(written.len());
+        let mut covered = vec![false; self.fields.len()];
+        for w in written {
+            let to = self
+                .fields
+                .iter()
+                .position(|f| f.name == w.name || f.aliases.contains(&w.name));
+            let mut symbols = Vec::new();
+            if let Some(j) = to {
+                let r = &self.fields[j];
+                covered[j] = true;
+                if !promotes(&w.kind, &r.kind) {
+                    return Err(format!(
+                        "field `{}`: the writer's {} cannot be read as the declared {}",
+                        r.name,
+                        kind_name(&w.kind),
+                        kind_name(&r.kind)
+                    ));
+                }
+                if let (Kind::Enum(ws), Kind::Enum(rs)) = (&w.kind, &r.kind) {
+                    symbols = ws
+                        .iter()
+                        .map(|s| {
+                            rs.iter()
+                                .find(|x| *x == s)
+                                .or(r.enum_default.as_ref())
+                                .cloned()
+                        })
+                        .collect();
+                }
+            }
+            steps.push(Step {
+                field: w,
+                to,
+                symbols,
+            });
+        }
+        let mut defaults = Vec::with_capacity(self.fields.len());
+        for (f, covered) in self.fields.iter().zip(covered) {
+            if covered {
+                defaults.push(None);
+                continue;
+            }
+            let value = f.default.as_ref().ok_or_else(|| {
+                format!(
+                    "field `{}` of the declared schema is not in the writer's schema and has no default",
+                    f.name
+                )
+            })?;
+            defaults.push(Some(default_of(f, value)?));
+        }
+        Ok(Resolution { steps, defaults })
+    }
+
+    /// Decodes Confluent-framed messages, each through the resolution of its schema id in
+    /// `resolutions` (an id missing there, or mapped to an error, fails its record with the
+    /// reason). Bad messages are reported, never appended.
+    pub fn decode_resolved(
+        &self,
+        messages: &[&[u8]],
+        resolutions: &HashMap<u32, Result<Resolution, String>>,
+    ) -> Result<Decoded, FormatError> {
+        let mut builders: Vec<Builder> = self
+            .arrow
+            .fields()
+            .iter()
+            .map(|f| Builder::new(f.data_type(), messages.len()))
+            .collect::<Result<_, _>>()?;
+        let mut rows = Vec::with_capacity(messages.len());
+        let mut errors = Vec::new();
+        let mut values: Vec<Datum<'_>> = Vec::with_capacity(self.fields.len());
+        for (i, m) in messages.iter().enumerate() {
+            values.clear();
+            let read = match confluent_id(m) {
+                None => Err("not in the Confluent wire format (magic byte 0, schema id)".into()),
+                Some(id) => match resolutions.get(&id) {
+                    Some(Ok(res)) => self.read_resolved(m, res, &mut values),
+                    Some(Err(reason)) => Err(format!("schema id {id}: {reason}")),
+                    None => Err(format!("schema id {id} is not known to the registry")),
+                },
+            };
+            match read {
+                Ok(()) => {
+                    for (b, v) in builders.iter_mut().zip(&values) {
+                        b.append(v);
+                    }
+                    rows.push(i);
+                }
+                Err(message) => errors.push(RecordError {
+                    index: i,
+                    message: format!("invalid Avro record: {message}"),
+                }),
+            }
+        }
+        let columns: Vec<ArrayRef> = builders.into_iter().map(Builder::finish).collect();
+        let batch = RecordBatch::try_new(self.arrow.clone(), columns)
+            .map_err(|e| FormatError::Internal(e.to_string()))?;
+        Ok(Decoded {
+            batch,
+            rows,
+            errors,
+        })
+    }
+
+    fn read_resolved<'a>(
+        &'a self,
+        m: &'a [u8],
+        res: &'a Resolution,
+        out: &mut Vec<Datum<'a>>,
+    ) -> Result<(), String> {
+        let mut r = Reader { buf: m, pos: 0 };
+        confluent_header(&mut r)?;
+        out.extend(res.defaults.iter().map(|d| match d {
+            Some(d) => d.datum(),
+            None => Datum::Null,
+        }));
+        for step in &res.steps {
+            let read = read_datum(&mut r, &step.field)?;
+            let Some(j) = step.to else {
+                continue;
+            };
+            let reader = &self.fields[j];
+            let d = match read {
+                Read::Enum(i, symbols) => match step.symbols.get(i).and_then(Option::as_ref) {
+                    Some(s) => Datum::Str(s.as_str()),
+                    None => {
+                        return Err(format!(
+                            "field `{}`: the writer's symbol `{}` is not a symbol of the declared enum, which has no default",
+                            reader.name, symbols[i]
+                        ));
+                    }
+                },
+                Read::Value(d) => promote(d, &reader.kind),
+            };
+            if matches!(d, Datum::Null) && reader.union.is_none() {
+                return Err(format!(
+                    "field `{}`: the writer wrote null, and the declared field is not optional",
+                    reader.name
+                ));
+            }
+            out[j] = d;
         }
         if r.pos != m.len() {
             return Err(format!("{} bytes left after the record", m.len() - r.pos));
@@ -452,7 +603,224 @@ pub fn avro_schema_for(arrow: &SchemaRef, record_name: &str) -> Result<String, F
         };
         fields.push(serde_json::json!({"name": f.name(), "type": ty}));
     }
-    Ok(serde_json::json!({"type": "record", "name": record_name, "fields": fields}).to_string())
+    // An Avro name is [A-Za-z_][A-Za-z0-9_]*: a sink named `out-1` writes record `out_1`.
+    let mut name: String = record_name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    if !name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+        name.insert(0, '_');
+    }
+    Ok(serde_json::json!({"type": "record", "name": name, "fields": fields}).to_string())
+}
+
+/// The schema id of a Confluent-framed message.
+pub fn confluent_id(m: &[u8]) -> Option<u32> {
+    match m {
+        [0, a, b, c, d, ..] => Some(u32::from_be_bytes([*a, *b, *c, *d])),
+        _ => None,
+    }
+}
+
+fn confluent_header(r: &mut Reader<'_>) -> Result<(), String> {
+    let magic = r.byte()?;
+    if magic != 0 {
+        return Err(format!(
+            "magic byte is {magic}, not 0 (not the Confluent wire format)"
+        ));
+    }
+    r.take(4)?;
+    Ok(())
+}
+
+/// What one field read: a value, or an enum's index with the writer's symbols.
+enum Read<'a> {
+    Value(Datum<'a>),
+    Enum(usize, &'a [String]),
+}
+
+fn read_datum<'a>(r: &mut Reader<'a>, f: &'a FieldCodec) -> Result<Read<'a>, String> {
+    if let Some((null, value)) = f.union {
+        let branch = r.long()?;
+        if branch == null as i64 {
+            return Ok(Read::Value(Datum::Null));
+        }
+        if branch != value as i64 {
+            return Err(format!(
+                "field `{}`: union branch {branch} does not exist",
+                f.name
+            ));
+        }
+    }
+    Ok(Read::Value(match &f.kind {
+        Kind::Boolean => match r.byte()? {
+            0 => Datum::Bool(false),
+            1 => Datum::Bool(true),
+            b => return Err(format!("field `{}`: {b} is not a boolean", f.name)),
+        },
+        Kind::Int | Kind::Date => {
+            let v = r.long()?;
+            Datum::Int(
+                i32::try_from(v)
+                    .map_err(|_| format!("field `{}`: {v} overflows an int", f.name))?,
+            )
+        }
+        Kind::Long | Kind::TimestampMillis | Kind::TimestampMicros => Datum::Long(r.long()?),
+        Kind::Float => Datum::Float(f32::from_le_bytes(r.array::<4>()?)),
+        Kind::Double => Datum::Double(f64::from_le_bytes(r.array::<8>()?)),
+        Kind::String => {
+            let bytes = r.sized()?;
+            Datum::Str(
+                std::str::from_utf8(bytes).map_err(|_| format!("field `{}`: not UTF-8", f.name))?,
+            )
+        }
+        Kind::Bytes => Datum::Bytes(r.sized()?),
+        Kind::Enum(symbols) => {
+            let i = r.long()?;
+            let i = usize::try_from(i)
+                .ok()
+                .filter(|i| *i < symbols.len())
+                .ok_or_else(|| format!("field `{}`: enum index {i} out of range", f.name))?;
+            return Ok(Read::Enum(i, symbols));
+        }
+    }))
+}
+
+/// Whether a value written as `w` can be read as `r`: Avro's promotions, and a logical
+/// type on one side only (Avro resolves by the underlying type); but two timestamps of
+/// different units are refused, since reading one as the other would be off by 1,000.
+fn promotes(w: &Kind, r: &Kind) -> bool {
+    use Kind::*;
+    w == r
+        || matches!(
+            (w, r),
+            (Int, Long | Float | Double)
+                | (Long, Float | Double)
+                | (Float, Double)
+                | (String, Bytes)
+                | (Bytes, String)
+                | (Enum(_), Enum(_))
+                | (Long, TimestampMillis | TimestampMicros)
+                | (TimestampMillis | TimestampMicros, Long)
+                | (Int, Date)
+                | (Date, Int)
+        )
+}
+
+fn promote<'a>(d: Datum<'a>, to: &Kind) -> Datum<'a> {
+    match (d, to) {
+        (Datum::Int(v), Kind::Long) => Datum::Long(v.into()),
+        (Datum::Int(v), Kind::Float) => Datum::Float(v as f32),
+        (Datum::Int(v), Kind::Double) => Datum::Double(v.into()),
+        (Datum::Long(v), Kind::Float) => Datum::Float(v as f32),
+        (Datum::Long(v), Kind::Double) => Datum::Double(v as f64),
+        (Datum::Float(v), Kind::Double) => Datum::Double(v.into()),
+        (Datum::Str(v), Kind::Bytes) => Datum::Bytes(v.as_bytes()),
+        (Datum::Bytes(v), Kind::String) => match std::str::from_utf8(v) {
+            Ok(s) => Datum::Str(s),
+            Err(_) => Datum::Null,
+        },
+        (d, _) => d,
+    }
+}
+
+fn kind_name(k: &Kind) -> &'static str {
+    match k {
+        Kind::Boolean => "boolean",
+        Kind::Int => "int",
+        Kind::Long => "long",
+        Kind::Float => "float",
+        Kind::Double => "double",
+        Kind::String => "string",
+        Kind::Bytes => "bytes",
+        Kind::Enum(_) => "enum",
+        Kind::TimestampMillis => "timestamp-millis",
+        Kind::TimestampMicros => "timestamp-micros",
+        Kind::Date => "date",
+    }
+}
+
+/// How messages of one writer schema are read into a codec's schema ([`AvroCodec::resolve`]).
+#[derive(Debug, Clone)]
+pub struct Resolution {
+    steps: Vec<Step>,
+    /// Per declared field, its value when the writer lacks the field.
+    defaults: Vec<Option<Owned>>,
+}
+
+#[derive(Debug, Clone)]
+struct Step {
+    /// The writer's field.
+    field: FieldCodec,
+    /// The declared field it fills; `None`: skipped.
+    to: Option<usize>,
+    /// For enums: the declared symbol of each of the writer's (None: none).
+    symbols: Vec<Option<String>>,
+}
+
+/// A default value.
+#[derive(Debug, Clone)]
+enum Owned {
+    Null,
+    Bool(bool),
+    Int(i32),
+    Long(i64),
+    Float(f32),
+    Double(f64),
+    Str(String),
+}
+
+impl Owned {
+    fn datum(&self) -> Datum<'_> {
+        match self {
+            Owned::Null => Datum::Null,
+            Owned::Bool(v) => Datum::Bool(*v),
+            Owned::Int(v) => Datum::Int(*v),
+            Owned::Long(v) => Datum::Long(*v),
+            Owned::Float(v) => Datum::Float(*v),
+            Owned::Double(v) => Datum::Double(*v),
+            Owned::Str(v) => Datum::Str(v),
+        }
+    }
+}
+
+/// A field's default as a value: for an optional field, the default matches the first
+/// branch of its union (Avro's rule), so `null` when null comes first.
+fn default_of(f: &FieldCodec, v: &Value) -> Result<Owned, String> {
+    let wrong = || {
+        format!(
+            "field `{}`: the default {v} is not a {}",
+            f.name,
+            kind_name(&f.kind)
+        )
+    };
+    if v.is_null() {
+        return if f.union.is_some() {
+            Ok(Owned::Null)
+        } else {
+            Err(wrong())
+        };
+    }
+    Ok(match &f.kind {
+        Kind::Boolean => Owned::Bool(v.as_bool().ok_or_else(wrong)?),
+        Kind::Int | Kind::Date => Owned::Int(
+            v.as_i64()
+                .and_then(|i| i32::try_from(i).ok())
+                .ok_or_else(wrong)?,
+        ),
+        Kind::Long | Kind::TimestampMillis | Kind::TimestampMicros => {
+            Owned::Long(v.as_i64().ok_or_else(wrong)?)
+        }
+        Kind::Float => Owned::Float(v.as_f64().ok_or_else(wrong)? as f32),
+        Kind::Double => Owned::Double(v.as_f64().ok_or_else(wrong)?),
+        Kind::String | Kind::Enum(_) => Owned::Str(v.as_str().ok_or_else(wrong)?.to_string()),
+        Kind::Bytes => {
+            return Err(format!(
+                "field `{}`: bytes defaults are not supported",
+                f.name
+            ));
+        }
+    })
 }
 
 /// A value read from a message, borrowing its bytes.
@@ -729,5 +1097,145 @@ mod tests {
         assert_eq!(back.column(0).as_string::<i32>().value(0), "a");
         assert_eq!(back.column(3).as_primitive::<Float64Type>().value(0), 1.0);
         assert_eq!(back.column(6).as_string::<i32>().value(0), "SOUTH");
+    }
+
+    const READER: &str = r#"{"type":"record","name":"R","fields":[
+        {"name":"id","type":"string"},
+        {"name":"ts","type":{"type":"long","logicalType":"timestamp-millis"}},
+        {"name":"n","type":"long"},
+        {"name":"x","type":["null","double"],"default":null},
+        {"name":"region","type":{"type":"enum","name":"Region","symbols":["NORTH","SOUTH"],"default":"NORTH"}},
+        {"name":"added","type":"string","default":"none"},
+        {"name":"qty","type":"double","aliases":["quantity"]}
+    ]}"#;
+
+    fn confluent(id: u32, datum: Vec<u8>) -> Vec<u8> {
+        let mut m = vec![0];
+        m.extend_from_slice(&id.to_be_bytes());
+        m.extend(datum);
+        m
+    }
+
+    /// Reading data that apache-avro wrote with an evolved schema: fields added and
+    /// removed, an int promoted, an alias, an unknown enum symbol; values by hand.
+    #[test]
+    fn resolves_writer_schemas_as_avro_specifies() {
+        let writer = r#"{"type":"record","name":"R","fields":[
+            {"name":"region","type":{"type":"enum","name":"Region","symbols":["NORTH","SOUTH","EAST"]}},
+            {"name":"id","type":["null","string"]},
+            {"name":"extra","type":"string"},
+            {"name":"n","type":"int"},
+            {"name":"quantity","type":"float"},
+            {"name":"ts","type":{"type":"long","logicalType":"timestamp-millis"}}
+        ]}"#;
+        let schema = apache_avro::Schema::parse_str(writer).expect("writer");
+        let record = |region: u32, id: Option<&str>| {
+            AvroValue::Record(vec![
+                (
+                    "region".into(),
+                    AvroValue::Enum(region, ["NORTH", "SOUTH", "EAST"][region as usize].into()),
+                ),
+                (
+                    "id".into(),
+                    match id {
+                        Some(v) => AvroValue::Union(1, Box::new(AvroValue::String(v.into()))),
+                        None => AvroValue::Union(0, Box::new(AvroValue::Null)),
+                    },
+                ),
+                ("extra".into(), AvroValue::String("skipped".into())),
+                ("n".into(), AvroValue::Int(-3)),
+                ("quantity".into(), AvroValue::Float(1.5)),
+                ("ts".into(), AvroValue::TimestampMillis(77)),
+            ])
+        };
+        let datum = |v| apache_avro::to_avro_datum(&schema, v).expect("writes");
+        let arrow = event_schema::parse_avsc(READER).expect("reader");
+        let reader =
+            AvroCodec::new(READER, arrow, Framing::Confluent { schema_id: 0 }).expect("codec");
+        let resolution = reader.resolve(writer).expect("resolves");
+        let resolutions: HashMap<u32, Result<Resolution, String>> = [
+            (5, Ok(resolution)),
+            (6, Err("the subject's schema cannot be read".to_string())),
+        ]
+        .into();
+        let a = confluent(5, datum(record(1, Some("a"))));
+        let b = confluent(5, datum(record(2, Some("b"))));
+        let null_id = confluent(5, datum(record(0, None)));
+        let unknown = confluent(9, datum(record(0, Some("c"))));
+        let refused = confluent(6, datum(record(0, Some("d"))));
+        let out = reader
+            .decode_resolved(&[&a, &b, &null_id, &unknown, &refused], &resolutions)
+            .expect("decodes");
+        assert_eq!(out.rows, vec![0, 1]);
+        let batch = &out.batch;
+        assert_eq!(batch.column(0).as_string::<i32>().value(1), "b");
+        assert_eq!(
+            batch
+                .column(1)
+                .as_primitive::<TimestampMillisecondType>()
+                .value(0),
+            77
+        );
+        assert_eq!(batch.column(2).as_primitive::<Int64Type>().value(0), -3);
+        assert!(batch.column(3).is_null(0), "x takes its default, null");
+        assert_eq!(batch.column(4).as_string::<i32>().value(0), "SOUTH");
+        assert_eq!(
+            batch.column(4).as_string::<i32>().value(1),
+            "NORTH",
+            "EAST becomes the default"
+        );
+        assert_eq!(batch.column(5).as_string::<i32>().value(0), "none");
+        assert_eq!(batch.column(6).as_primitive::<Float64Type>().value(0), 1.5);
+        let errors: Vec<&str> = out.errors.iter().map(|e| e.message.as_str()).collect();
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(
+            errors[0].contains("`id`: the writer wrote null"),
+            "{}",
+            errors[0]
+        );
+        assert!(
+            errors[1].contains("schema id 9 is not known"),
+            "{}",
+            errors[1]
+        );
+        assert!(
+            errors[2].contains("schema id 6: the subject's"),
+            "{}",
+            errors[2]
+        );
+    }
+
+    #[test]
+    fn unresolvable_writer_schemas_say_why() {
+        let arrow = event_schema::parse_avsc(READER).expect("reader");
+        let reader =
+            AvroCodec::new(READER, arrow, Framing::Confluent { schema_id: 0 }).expect("codec");
+        let no_id = r#"{"type":"record","name":"R","fields":[
+            {"name":"ts","type":"long"},{"name":"n","type":"long"},{"name":"qty","type":"double"}]}"#;
+        let e = reader.resolve(no_id).expect_err("id has no default");
+        assert!(
+            e.contains(
+                "field `id` of the declared schema is not in the writer's schema and has no default"
+            ),
+            "{e}"
+        );
+        let narrowing = r#"{"type":"record","name":"R","fields":[
+            {"name":"id","type":"string"},{"name":"ts","type":{"type":"long","logicalType":"timestamp-millis"}},
+            {"name":"n","type":"double"},{"name":"qty","type":"double"}]}"#;
+        let e = reader
+            .resolve(narrowing)
+            .expect_err("double does not narrow to long");
+        assert!(
+            e.contains("field `n`: the writer's double cannot be read as the declared long"),
+            "{e}"
+        );
+        let micros = r#"{"type":"record","name":"R","fields":[
+            {"name":"id","type":"string"},{"name":"ts","type":{"type":"long","logicalType":"timestamp-micros"}},
+            {"name":"n","type":"long"},{"name":"qty","type":"double"}]}"#;
+        let e = reader.resolve(micros).expect_err("units differ");
+        assert!(
+            e.contains("timestamp-micros cannot be read as the declared timestamp-millis"),
+            "{e}"
+        );
     }
 }

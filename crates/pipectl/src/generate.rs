@@ -56,6 +56,24 @@ pub struct AvroEncoding {
 }
 
 impl AvroEncoding {
+    /// The same encoding, framed with the id `registry` gives the event schema under
+    /// `subject` (registering it if needed).
+    pub fn registered(
+        self,
+        registry: &connectors::registry::Registry,
+        subject: &str,
+    ) -> Result<Self, String> {
+        let id = registry
+            .register(subject, self.codec.avro_json())
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            json: self.json,
+            codec: self
+                .codec
+                .with_framing(formats::avro::Framing::Confluent { schema_id: id }),
+        })
+    }
+
     /// Re-encodes `events` in place: well-formed ones as Avro, malformed ones as a truncated
     /// Avro message (always undecodable: the reader runs out of bytes).
     fn encode(

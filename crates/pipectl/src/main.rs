@@ -6,6 +6,7 @@
 
 mod demo;
 mod generate;
+mod registry;
 mod remote;
 mod run;
 
@@ -90,12 +91,15 @@ enum Command {
         /// Event time between events, in ms.
         #[arg(long, default_value_t = 100.0)]
         interval_ms: f64,
-        /// Message encoding: json, avro or avro_confluent (schema id 0).
+        /// Message encoding: json, avro or avro_confluent (the schema registered under
+        /// `<topic>-value` with --schema-registry, else schema id 0).
         #[arg(long, default_value = "json")]
         format: String,
         /// Directory of event schemas (for Avro; default: the nearest `schemas/`).
         #[arg(long, env = "PIPECTL_SCHEMAS")]
         schemas: Option<PathBuf>,
+        #[command(flatten)]
+        registry: registry::RegistryArgs,
     },
     /// Run the example pipelines on an in-process Kafka broker with generated events and show
     /// live results. Needs nothing installed.
@@ -229,6 +233,8 @@ enum Command {
         /// Time between checkpoints.
         #[arg(long, value_parser = parse_duration, default_value = "10s")]
         checkpoint_interval: Duration,
+        #[command(flatten)]
+        registry: registry::RegistryArgs,
     },
 }
 
@@ -369,7 +375,15 @@ async fn run(cli: Cli) -> ExitCode {
             interval_ms,
             format,
             schemas,
+            registry,
         } => {
+            let registry = match registry.connect() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             let kinds: Vec<String> = if kind == "all" {
                 if topic.is_some() {
                     eprintln!(
@@ -415,6 +429,18 @@ async fn run(cli: Cli) -> ExitCode {
                         generator::KINDS.join(", ")
                     );
                     return ExitCode::from(2);
+                };
+                let avro = match (avro, &registry, format.as_str()) {
+                    (Some(a), Some(r), "avro_confluent") => {
+                        match a.registered(r, &format!("{topic}-value")) {
+                            Ok(a) => Some(a),
+                            Err(e) => {
+                                eprintln!("error: {e}");
+                                return ExitCode::from(1);
+                            }
+                        }
+                    }
+                    (a, _, _) => a,
                 };
                 jobs.push(generate::GenArgs {
                     bootstrap: bootstrap.clone(),
@@ -474,6 +500,7 @@ async fn run(cli: Cli) -> ExitCode {
             schemas,
             checkpoint_dir,
             checkpoint_interval,
+            registry,
         } => {
             let plan = match check_file(&file, schemas.as_deref()).await {
                 Checked::Valid(Some(plan), _) => plan,
@@ -486,6 +513,13 @@ async fn run(cli: Cli) -> ExitCode {
             config.max_batch = max_batch;
             config.checkpoint_dir = checkpoint_dir;
             config.checkpoint_interval = checkpoint_interval;
+            config.registry = match registry.connect() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             match run::run(&plan, config, quiet).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -29,6 +29,9 @@ pub struct RunConfig {
     /// Once set, no checkpoint is written any more: the pipeline is being deleted, and a run
     /// that stops late must not bring its checkpoint back.
     pub discard: Arc<AtomicBool>,
+    /// The schema registry of `avro_confluent` sources and sinks; none: sources read every
+    /// message with their declared schema, sinks write schema id 0.
+    pub registry: Option<Arc<connectors::registry::Registry>>,
 }
 
 impl RunConfig {
@@ -44,6 +47,7 @@ impl RunConfig {
             checkpoint_dir: None,
             checkpoint_interval: Duration::from_secs(10),
             discard: Arc::new(AtomicBool::new(false)),
+            registry: None,
         }
     }
 }

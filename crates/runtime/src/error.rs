@@ -29,6 +29,9 @@ pub enum RuntimeError {
     /// Kafka failed.
     #[error(transparent)]
     Kafka(#[from] connectors::ConnectorError),
+    /// The schema registry failed or refused a schema.
+    #[error(transparent)]
+    Registry(#[from] connectors::registry::RegistryError),
     /// A record failed and the source's policy is `on_error: fail`.
     #[error(
         "bad record in {topic} partition {partition} offset {offset}: {error} (set `on_error: skip` or `dead_letter` on the source to keep going)"
@@ -74,6 +77,10 @@ impl RuntimeError {
                     Blame::External
                 }
             }
+            RuntimeError::Registry(e) => match e {
+                connectors::registry::RegistryError::Unreachable(_) => Blame::External,
+                _ => Blame::User,
+            },
             RuntimeError::BadRecord { .. } | RuntimeError::Sql(_) => Blame::Data,
             RuntimeError::Unsupported(_) => Blame::User,
             RuntimeError::Checkpoint(_) => Blame::External,

@@ -5,15 +5,18 @@
 //! port 1, in order with the upserts.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use connectors::registry::{Registry, RegistryError};
 
 use connectors::{Connect, RawBatch, Source as _};
 use datafusion::arrow::array::{RecordBatch, TimestampMillisecondArray, UInt32Array};
 use datafusion::arrow::compute::{cast, take};
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
-use formats::avro::AvroCodec;
+use formats::avro::{AvroCodec, Resolution};
 use formats::json::JsonDecoder;
-use planner::{OnError, SourcePlan};
+use planner::{Format, OnError, SourcePlan};
 
 use crate::error::{RuntimeError, internal};
 use crate::metrics::SourceMetrics;
@@ -24,6 +27,55 @@ use crate::operators::sink::framing;
 enum Decoder {
     Json(JsonDecoder),
     Avro(AvroCodec),
+    /// Confluent-framed Avro, each message read with its writer's schema from the registry
+    /// resolved to the declared one.
+    Registry {
+        codec: AvroCodec,
+        registry: Arc<Registry>,
+        /// Per schema id seen: how to read it, or why it cannot be read.
+        resolutions: HashMap<u32, Result<Resolution, String>>,
+    },
+}
+
+/// Attempts at reaching the registry for a new schema id before the run fails (retryable):
+/// one every 500 ms.
+const REGISTRY_ATTEMPTS: u32 = 20;
+
+/// Looks up the schema ids of `messages` not seen before.
+fn learn_ids(
+    codec: &AvroCodec,
+    registry: &Registry,
+    resolutions: &mut HashMap<u32, Result<Resolution, String>>,
+    messages: &[&[u8]],
+) -> Result<(), RuntimeError> {
+    for m in messages {
+        let Some(id) = formats::avro::confluent_id(m) else {
+            continue;
+        };
+        if resolutions.contains_key(&id) {
+            continue;
+        }
+        let mut attempt = 0;
+        let found = loop {
+            match registry.schema(id) {
+                Err(RegistryError::Unreachable(e)) if attempt + 1 < REGISTRY_ATTEMPTS => {
+                    attempt += 1;
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                other => break other,
+            }
+        };
+        let resolution = match found {
+            Ok(writer) => codec
+                .resolve(&writer)
+                .map_err(|e| format!("its writer schema cannot be read as the declared one: {e}")),
+            Err(RegistryError::NotFound(_)) => Err("not in the registry".to_string()),
+            Err(e) => return Err(e.into()),
+        };
+        resolutions.insert(id, resolution);
+    }
+    Ok(())
 }
 
 /// What a source task hands to its operator: rows (port 0) or tombstone keys (port 1) of
@@ -70,13 +122,20 @@ impl<C: Connect> SourceTask<C> {
         plan: &SourcePlan,
         conn: C::Source,
         dead_letter: Option<C::Sink>,
+        registry: Option<&Arc<Registry>>,
     ) -> Result<Self, RuntimeError> {
-        let decoder = match framing(plan.format) {
-            None => Decoder::Json(JsonDecoder::new(plan.schema.clone()).map_err(internal)?),
-            Some(f) => Decoder::Avro(
-                AvroCodec::new(&plan.avro_json, plan.schema.clone(), f)
-                    .map_err(|e| RuntimeError::Unsupported(format!("source `{name}`: {e}")))?,
-            ),
+        let codec = |f| {
+            AvroCodec::new(&plan.avro_json, plan.schema.clone(), f)
+                .map_err(|e| RuntimeError::Unsupported(format!("source `{name}`: {e}")))
+        };
+        let decoder = match (framing(plan.format), plan.format, registry) {
+            (None, _, _) => Decoder::Json(JsonDecoder::new(plan.schema.clone()).map_err(internal)?),
+            (Some(f), Format::AvroConfluent, Some(registry)) => Decoder::Registry {
+                codec: codec(f)?,
+                registry: registry.clone(),
+                resolutions: HashMap::new(),
+            },
+            (Some(f), _, _) => Decoder::Avro(codec(f)?),
         };
         Ok(Self {
             node,
@@ -122,6 +181,14 @@ impl<C: Connect> SourceTask<C> {
         let mut decoded = match &mut self.decoder {
             Decoder::Json(d) => d.decode(&payloads),
             Decoder::Avro(d) => d.decode(&payloads),
+            Decoder::Registry {
+                codec,
+                registry,
+                resolutions,
+            } => {
+                learn_ids(codec, registry, resolutions, &payloads)?;
+                codec.decode_resolved(&payloads, resolutions)
+            }
         }
         .map_err(internal)?;
         // Tombstones of a table are deletes, not bad records; without a key a tombstone

@@ -55,6 +55,8 @@ pub(crate) struct Surroundings<K> {
     pub inputs: Vec<datafusion::arrow::datatypes::SchemaRef>,
     /// The Kafka (or in-memory) sink of a sink node.
     pub sink: Option<K>,
+    /// The schema registry, for `avro_confluent` sinks.
+    pub registry: Option<Arc<connectors::registry::Registry>>,
 }
 
 /// The operator of plan node `node`.
@@ -127,6 +129,7 @@ async fn build<K: connectors::Sink>(
             &node.name,
             s,
             around.sink.ok_or_else(|| internal("sink not connected"))?,
+            around.registry.as_deref(),
         )?),
     })
 }
@@ -206,6 +209,7 @@ pub(crate) async fn graph<C: Connect>(
                 .collect::<Option<Vec<_>>>()
                 .ok_or_else(|| internal("input schema"))?,
             sink: None,
+            registry: config.registry.clone(),
         };
         if let Some(s) = upstream {
             around.partitions = sources[s].conn.partitions().to_vec();
@@ -242,7 +246,14 @@ pub(crate) async fn graph<C: Connect>(
                     )?),
                     _ => None,
                 };
-                sources.push(SourceTask::new(i, &n.name, s, conn, dead_letter)?);
+                sources.push(SourceTask::new(
+                    i,
+                    &n.name,
+                    s,
+                    conn,
+                    dead_letter,
+                    config.registry.as_ref(),
+                )?);
                 sources.len() - 1
             }
             NodeKind::Sink(s) => {
@@ -309,6 +320,7 @@ pub async fn operator(
         allowed_ms,
         inputs,
         sink: None,
+        registry: None,
     };
     build(node, around).await
 }

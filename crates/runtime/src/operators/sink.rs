@@ -2,6 +2,7 @@
 //! acknowledgement of every record.
 
 use async_trait::async_trait;
+use connectors::registry::{Registry, RegistryError};
 use connectors::{OutRecord, Sink};
 use datafusion::arrow::array::{Array, RecordBatch, StringArray};
 use datafusion::arrow::compute::cast;
@@ -42,19 +43,39 @@ pub struct SinkOp<K> {
 }
 
 impl<K: Sink> SinkOp<K> {
-    /// The sink `name` of `plan`, writing through `sink`.
-    pub fn new(name: &str, plan: &SinkPlan, sink: K) -> Result<Self, RuntimeError> {
+    /// The sink `name` of `plan`, writing through `sink`. An `avro_confluent` sink with a
+    /// `registry` registers its schema under the topic's subject (`<topic>-value`, the
+    /// TopicNameStrategy) and writes the id the registry gives it.
+    pub fn new(
+        name: &str,
+        plan: &SinkPlan,
+        sink: K,
+        registry: Option<&Registry>,
+    ) -> Result<Self, RuntimeError> {
         if plan.delivery == Delivery::ExactlyOnce {
             return Err(RuntimeError::Unsupported(format!(
                 "sink `{name}`: `delivery: exactly_once` needs transactional sinks, which are not built yet; use `at_least_once`"
             )));
         }
-        let encoder = match framing(plan.format) {
-            None => Encoder::Json,
-            Some(f) => Encoder::Avro(
-                AvroCodec::for_arrow(plan.schema.clone(), name, f)
-                    .map_err(|e| RuntimeError::Unsupported(format!("sink `{name}`: {e}")))?,
-            ),
+        let codec = |f| {
+            AvroCodec::for_arrow(plan.schema.clone(), name, f)
+                .map_err(|e| RuntimeError::Unsupported(format!("sink `{name}`: {e}")))
+        };
+        let encoder = match (framing(plan.format), registry) {
+            (None, _) => Encoder::Json,
+            (Some(Framing::Confluent { .. }), Some(registry)) => {
+                let avsc = formats::avro::avro_schema_for(&plan.schema, name)
+                    .map_err(|e| RuntimeError::Unsupported(format!("sink `{name}`: {e}")))?;
+                let subject = format!("{}-value", plan.topic);
+                let schema_id = registry.register(&subject, &avsc).map_err(|e| match e {
+                    RegistryError::Incompatible(m) => RegistryError::Incompatible(format!(
+                        "sink `{name}`: the registry refuses its schema under subject `{subject}` as incompatible with the subject's earlier versions: {m}"
+                    )),
+                    other => other,
+                })?;
+                Encoder::Avro(codec(Framing::Confluent { schema_id })?)
+            }
+            (Some(f), _) => Encoder::Avro(codec(f)?),
         };
         Ok(Self {
             sink,

@@ -1,0 +1,273 @@
+//! The Confluent wire format against a live schema registry (Apicurio Registry, started by
+//! `scripts/schema-registry` in scripts/gate) and a real broker, with an independent client:
+//! confluent-kafka's AvroSerializer and AvroDeserializer (tests/oracle/registry_client.py),
+//! and DuckDB for the expected windows.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use connectors::read_all;
+use serde_json::Value;
+
+mod support;
+use support::{bootstrap, registry_url, root, run_python, unique};
+
+const READING: &str = r#"{"type": "record", "name": "Reading", "namespace": "test", "fields": [
+  {"name": "line", "type": "string"},
+  {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+  {"name": "value", "type": "double"},
+  {"name": "note", "type": ["null", "string"], "default": null}]}"#;
+
+fn pipeline(name: &str, topic: &str) -> String {
+    format!(
+        r#"apiVersion: pipelines/v1
+kind: Pipeline
+metadata: {{ name: {name} }}
+spec:
+  sources:
+    - name: readings
+      kafka: {{ topic: {topic}, start_from: earliest }}
+      format: avro_confluent
+      schema: reg/reading
+      event_time: {{ field: ts }}
+      on_error: dead_letter
+  transforms:
+    - name: per_minute
+      window: {{ tumbling: 1m }}
+      sql: SELECT line, window_start, window_end, count(*) AS n, sum(value) AS total, count(note) AS notes FROM readings GROUP BY line, window_start, window_end
+  sinks:
+    - {{ name: json_out, from: per_minute, kafka: {{ topic: {topic}.json }}, format: json }}
+    - {{ name: avro_out, from: per_minute, kafka: {{ topic: {topic}.avro }}, format: avro_confluent }}
+"#
+    )
+}
+
+fn pipectl_run(dir: &Path, file: &Path, bootstrap: &str, registry: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pipectl"))
+        .arg("run")
+        .arg(file)
+        .arg("--schemas")
+        .arg(dir.join("schemas"))
+        .args(["--bootstrap", bootstrap, "--until-idle", "3s", "--quiet"])
+        .args(["--schema-registry", registry])
+        .current_dir(root())
+        .output()
+        .expect("pipectl runs")
+}
+
+fn client(args: &[&str]) -> Value {
+    let script = root().join("tests/oracle/registry_client.py");
+    let mut all: Vec<&std::ffi::OsStr> = vec![script.as_os_str()];
+    all.extend(args.iter().map(std::ffi::OsStr::new));
+    let out = run_python(&all);
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last().unwrap_or_default()).expect("a JSON report")
+}
+
+fn setup(name: &str) -> (std::path::PathBuf, String) {
+    let dir = std::env::temp_dir().join(unique(name));
+    std::fs::create_dir_all(dir.join("schemas/reg")).expect("dir");
+    std::fs::write(dir.join("schemas/reg/reading.avsc"), READING).expect("schema");
+    (dir, unique(name).replace('.', "-"))
+}
+
+/// Events written with two schemas (the declared one, and an evolved one with a field
+/// removed, one added with a default and a double narrowed to a float) give the windows
+/// DuckDB computes; the Avro sink's records, decoded by Confluent's deserializer through
+/// the registry, equal the JSON sink's; an unknown schema id and an unreadable writer schema
+/// are dead-lettered with their reasons.
+#[test]
+fn evolved_writer_schemas_are_resolved_and_sinks_register_theirs() {
+    let (Some(bootstrap), Some(registry)) = (bootstrap(), registry_url()) else {
+        return;
+    };
+    let (dir, topic) = setup("registry");
+    let name = format!("reg-{}", support::nanos() % 1_000_000_000);
+    let file = dir.join("p.yaml");
+    std::fs::write(&file, pipeline(&name, &topic)).expect("pipeline");
+    let events = dir.join("events.jsonl");
+    let events = events.to_str().expect("path");
+    let produced = client(&[
+        "produce",
+        "--bootstrap",
+        &bootstrap,
+        "--registry",
+        &registry,
+        "--topic",
+        &topic,
+        "--events",
+        events,
+        "--count",
+        "3000",
+    ]);
+    assert_eq!(produced["produced"], 3002);
+    let out = pipectl_run(&dir, &file, &bootstrap, &registry);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("3002 in"), "{stderr}");
+    assert!(stderr.contains("2 dead-lettered"), "{stderr}");
+    let report = client(&[
+        "check",
+        "--bootstrap",
+        &bootstrap,
+        "--registry",
+        &registry,
+        "--events",
+        events,
+        "--json-topic",
+        &format!("{topic}.json"),
+        "--avro-topic",
+        &format!("{topic}.avro"),
+    ]);
+    eprintln!("registry test: {report}");
+    assert!(report["expected"].as_u64().unwrap_or(0) >= 40, "{report}");
+    assert_eq!(report["json_rows"], report["expected"], "{report}");
+    assert_eq!(report["json_equals_duckdb"], true, "{report}");
+    assert_eq!(report["avro_equals_json"], true, "{report}");
+    let ids = report["avro_schema_ids"].as_array().expect("ids");
+    assert!(
+        ids.len() == 1 && ids[0].as_u64().unwrap_or(0) > 0,
+        "the Avro sink writes the id the registry gave it: {report}"
+    );
+    let letters = read_all(
+        &bootstrap,
+        &format!("{name}.readings.dead_letter"),
+        Duration::from_secs(60),
+    )
+    .expect("dead letters");
+    let reasons: Vec<String> = letters
+        .iter()
+        .map(|m| {
+            m.headers
+                .iter()
+                .find(|(k, _)| k == "error")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(
+        reasons[0].contains("schema id 999999: not in the registry"),
+        "{reasons:?}"
+    );
+    let bad = produced["bad_schema_id"].as_u64().expect("id");
+    assert!(
+        reasons[1].contains(&format!(
+            "schema id {bad}: its writer schema cannot be read as the declared one: field `value`: the writer's string cannot be read as the declared double"
+        )),
+        "{reasons:?}"
+    );
+}
+
+/// A sink whose schema the registry refuses under BACKWARD compatibility stops the run at
+/// start, saying so, before anything is read.
+#[test]
+fn a_sink_schema_the_registry_refuses_stops_the_run_at_start() {
+    let (Some(bootstrap), Some(registry)) = (bootstrap(), registry_url()) else {
+        return;
+    };
+    let (dir, topic) = setup("registry-refused");
+    let subject = format!("{topic}.avro-value");
+    let reg = connectors::registry::Registry::new(connectors::registry::RegistryConfig {
+        url: registry.clone(),
+        auth: None,
+        timeout: Duration::from_secs(10),
+    });
+    // An earlier version with a field the sink's rows do not have: under BACKWARD the
+    // sink's schema (which cannot read it: its fields have no defaults) is incompatible.
+    set_backward(&registry, &subject);
+    reg.register(
+        &subject,
+        r#"{"type":"record","name":"Old","fields":[{"name":"other","type":"string"}]}"#,
+    )
+    .expect("registers the old version");
+    // The source topic exists (empty): the run gets as far as its sinks.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(connectors::create_topic(&bootstrap, &topic, 1))
+        .expect("topic");
+    let file = dir.join("p.yaml");
+    std::fs::write(&file, pipeline("reg-refused", &topic)).expect("pipeline");
+    let out = pipectl_run(&dir, &file, &bootstrap, &registry);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "sink `avro_out`: the registry refuses its schema under subject `{subject}` as incompatible"
+        )),
+        "{stderr}"
+    );
+}
+
+/// `PUT /config/{subject}` with BACKWARD, over plain HTTP.
+fn set_backward(registry: &str, subject: &str) {
+    let out = Command::new("curl")
+        .args(["-sf", "-X", "PUT", "-H", "Content-Type: application/json"])
+        .arg(format!("{registry}/config/{subject}"))
+        .args(["-d", r#"{"compatibility":"BACKWARD"}"#])
+        .output()
+        .expect("curl runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `pipectl gen --format avro_confluent --schema-registry URL` writes messages Confluent's
+/// deserializer decodes through the registry: the event schema registered under
+/// `<topic>-value`, its id in every message.
+#[test]
+fn gen_writes_messages_a_confluent_consumer_decodes() {
+    let (Some(bootstrap), Some(registry)) = (bootstrap(), registry_url()) else {
+        return;
+    };
+    let topic = unique("registry-gen").replace('.', "-");
+    let out = Command::new(env!("CARGO_BIN_EXE_pipectl"))
+        .args([
+            "gen",
+            "--kind",
+            "production/sensor_reading",
+            "--count",
+            "250",
+        ])
+        .args([
+            "--topic",
+            &topic,
+            "--partitions",
+            "2",
+            "--format",
+            "avro_confluent",
+        ])
+        .args(["--bootstrap", &bootstrap, "--schema-registry", &registry])
+        .current_dir(root())
+        .output()
+        .expect("pipectl gen runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = client(&[
+        "decode",
+        "--bootstrap",
+        &bootstrap,
+        "--registry",
+        &registry,
+        "--topic",
+        &topic,
+    ]);
+    assert_eq!(report["count"], 250, "{report}");
+    let ids = report["schema_ids"].as_array().expect("ids");
+    assert!(
+        ids.len() == 1 && ids[0].as_u64().unwrap_or(0) > 0,
+        "{report}"
+    );
+    let first = &report["first"];
+    for field in ["line_id", "ts", "temperature"] {
+        assert!(first.get(field).is_some(), "no `{field}` in {first}");
+    }
+}
