@@ -1336,3 +1336,85 @@ fn a_rollback_is_checked_again_like_a_deploy() {
     daemon.stop();
     std::fs::remove_dir_all(&state).ok();
 }
+
+/// With `--schema-registry`, a deployed pipeline reads Confluent Avro written by `pipectl
+/// gen` through the registry and its Avro sink registers its schema: Confluent's
+/// deserializer (tests/oracle/registry_client.py) decodes every output record.
+#[test]
+fn the_daemon_reads_and_writes_through_the_schema_registry() {
+    let (Some(bootstrap), Some(registry)) = (bootstrap(), support::registry_url()) else {
+        return;
+    };
+    let input = unique("daemon.registry.in").replace('.', "-");
+    let output = unique("daemon.registry.out").replace('.', "-");
+    gen_readings(
+        &bootstrap,
+        &input,
+        &[
+            "--count",
+            "300",
+            "--format",
+            "avro_confluent",
+            "--schema-registry",
+            &registry,
+        ],
+    );
+    let state = std::env::temp_dir().join(unique("daemon-registry"));
+    let mut daemon = Daemon::start_with(
+        &state,
+        free_port(),
+        &bootstrap,
+        &["--schema-registry", &registry],
+    );
+    let url = daemon.url.clone();
+    deploy_yaml(
+        &url,
+        &format!(
+            r#"apiVersion: pipelines/v1
+kind: Pipeline
+metadata: {{ name: via-registry }}
+spec:
+  sources:
+    - name: readings
+      kafka: {{ topic: {input}, start_from: earliest }}
+      format: avro_confluent
+      schema: production/sensor_reading
+  transforms:
+    - name: hot
+      sql: SELECT line_id, temperature FROM readings WHERE temperature IS NOT NULL
+  sinks:
+    - {{ name: out, from: hot, kafka: {{ topic: {output} }}, format: avro_confluent }}
+"#
+        ),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let report = loop {
+        let script = root().join("tests/oracle/registry_client.py");
+        let out = run_python(&[
+            script.as_os_str(),
+            "decode".as_ref(),
+            "--bootstrap".as_ref(),
+            bootstrap.as_ref(),
+            "--registry".as_ref(),
+            registry.as_ref(),
+            "--topic".as_ref(),
+            output.as_ref(),
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let report: Value =
+            serde_json::from_str(text.lines().last().unwrap_or("{}")).expect("JSON");
+        if report["count"].as_u64().unwrap_or(0) >= 300 || Instant::now() > deadline {
+            break report;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    assert_eq!(report["count"], 300, "{report} {}", daemon.logs());
+    let ids = report["schema_ids"].as_array().expect("ids");
+    assert!(
+        ids.len() == 1 && ids[0].as_u64().unwrap_or(0) > 0,
+        "{report}"
+    );
+    assert!(report["first"].get("temperature").is_some(), "{report}");
+    daemon.stop();
+    std::fs::remove_dir_all(&state).ok();
+}

@@ -36,6 +36,48 @@ impl std::fmt::Debug for RegistryConfig {
     }
 }
 
+impl RegistryConfig {
+    /// The configuration command-line options describe: credentials come from the
+    /// environment variables they name (basic: `user` with the password in
+    /// `password_env`; or a bearer token in `token_env`), never from the command line.
+    pub fn from_options(
+        url: &str,
+        user: Option<&str>,
+        password_env: Option<&str>,
+        token_env: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        let var = |name: &str| {
+            std::env::var(name).map_err(|_| {
+                format!(
+                    "the environment variable `{name}` named for the schema registry is not set"
+                )
+            })
+        };
+        let auth = match (user, password_env, token_env) {
+            (Some(_), _, Some(_)) => {
+                return Err("give the schema registry a user or a token, not both".into());
+            }
+            (Some(user), Some(password), None) => Some(RegistryAuth::Basic {
+                user: user.to_string(),
+                password: var(password)?,
+            }),
+            (Some(_), None, None) | (None, Some(_), _) => {
+                return Err(
+                    "basic authentication to the schema registry needs both a user and a password variable".into(),
+                );
+            }
+            (None, None, Some(token)) => Some(RegistryAuth::Bearer(var(token)?)),
+            (None, None, None) => None,
+        };
+        Ok(Self {
+            url: url.to_string(),
+            auth,
+            timeout,
+        })
+    }
+}
+
 /// Registry credentials (secrets: never printed).
 #[derive(Clone)]
 pub enum RegistryAuth {
@@ -280,5 +322,30 @@ mod tests {
             assert_eq!(super::base64(plain), coded);
         }
         assert_eq!(super::encode("a b/c-value"), "a%20b%2Fc-value");
+    }
+
+    #[test]
+    fn credentials_come_from_named_variables_and_are_never_printed() {
+        use super::RegistryConfig;
+        let t = std::time::Duration::from_secs(1);
+        // A variable every test process has stands in for the password.
+        let secret = std::env::var("PATH").expect("PATH is set");
+        let c = RegistryConfig::from_options("http://r", Some("alice"), Some("PATH"), None, t)
+            .expect("basic");
+        let shown = format!("{c:?}");
+        assert!(
+            shown.contains("alice") && !shown.contains(&secret),
+            "{shown}"
+        );
+        let e =
+            RegistryConfig::from_options("http://r", None, None, Some("REGISTRY_TEST_UNSET"), t)
+                .expect_err("unset");
+        assert!(e.contains("`REGISTRY_TEST_UNSET`"), "{e}");
+        let e = RegistryConfig::from_options("http://r", Some("alice"), None, None, t)
+            .expect_err("no password");
+        assert!(e.contains("needs both"), "{e}");
+        let e = RegistryConfig::from_options("http://r", Some("a"), Some("P"), Some("T"), t)
+            .expect_err("both");
+        assert!(e.contains("not both"), "{e}");
     }
 }

@@ -69,6 +69,22 @@ struct Args {
     /// Time budget of checking one deployed pipeline.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     check_time: Duration,
+    /// Confluent-compatible schema registry URL for `avro_confluent` sources (writer
+    /// schemas resolved) and sinks (schemas registered); see docs/schemas.md.
+    #[arg(long, env = "PIPELINED_SCHEMA_REGISTRY")]
+    schema_registry: Option<String>,
+    /// User for basic authentication to the registry (password: --schema-registry-password-env).
+    #[arg(long)]
+    schema_registry_user: Option<String>,
+    /// Environment variable of the daemon holding the registry password.
+    #[arg(long)]
+    schema_registry_password_env: Option<String>,
+    /// Environment variable of the daemon holding a registry bearer token.
+    #[arg(long)]
+    schema_registry_token_env: Option<String>,
+    /// Time allowed for one registry request.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    schema_registry_timeout: Duration,
     /// Internal: check one pipeline read from standard input (the daemon's child).
     #[arg(long, hide = true)]
     check_pipeline: bool,
@@ -181,7 +197,24 @@ async fn serve(args: Args, env: PipelineEnv) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let schema_registry = match &args.schema_registry {
+        None => None,
+        Some(url) => match connectors::registry::RegistryConfig::from_options(
+            url,
+            args.schema_registry_user.as_deref(),
+            args.schema_registry_password_env.as_deref(),
+            args.schema_registry_token_env.as_deref(),
+            args.schema_registry_timeout,
+        ) {
+            Ok(c) => Some(Arc::new(connectors::registry::Registry::new(c))),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
     let supervisor = Supervisor::new(Settings {
+        schema_registry,
         bootstrap: args.bootstrap.clone(),
         state_dir: args.state_dir.clone(),
         schemas: args.schemas.clone(),

@@ -22,6 +22,8 @@ use crate::now;
 pub struct Settings {
     /// Kafka bootstrap servers.
     pub bootstrap: String,
+    /// The schema registry of `avro_confluent` sources and sinks.
+    pub schema_registry: Option<Arc<connectors::registry::Registry>>,
     /// State directory: registry and checkpoints.
     pub state_dir: PathBuf,
     /// Event schemas.
@@ -478,6 +480,7 @@ async fn attempt(run: Run) -> Result<(), Failure> {
     config.checkpoint_dir = Some(settings.checkpoint_dir(&name));
     config.checkpoint_interval = settings.checkpoint_interval;
     config.discard = discard;
+    config.registry = settings.schema_registry.clone();
     let runner = Runner::new(&plan, config, live.stats.clone()).await?;
     let warnings: Vec<String> = runner.warnings().iter().map(|w| live.redact(w)).collect();
     for w in &warnings {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use connectors::registry::{Registry, RegistryAuth, RegistryConfig};
+use connectors::registry::{Registry, RegistryConfig};
 
 /// Where the schema registry is.
 #[derive(Debug, Clone, clap::Args)]
@@ -16,13 +16,13 @@ pub struct RegistryArgs {
     #[arg(long, env = "PIPECTL_SCHEMA_REGISTRY")]
     pub schema_registry: Option<String>,
     /// User for basic authentication; the password is read from --schema-registry-password-env.
-    #[arg(long, requires = "schema_registry_password_env")]
+    #[arg(long)]
     pub schema_registry_user: Option<String>,
     /// Environment variable holding the basic-authentication password.
-    #[arg(long, requires = "schema_registry_user")]
+    #[arg(long)]
     pub schema_registry_password_env: Option<String>,
     /// Environment variable holding a bearer token.
-    #[arg(long, conflicts_with = "schema_registry_user")]
+    #[arg(long)]
     pub schema_registry_token_env: Option<String>,
     /// Time allowed for one registry request.
     #[arg(long, value_parser = crate::parse_duration, default_value = "10s")]
@@ -35,29 +35,13 @@ impl RegistryArgs {
         let Some(url) = &self.schema_registry else {
             return Ok(None);
         };
-        let var = |name: &str| {
-            std::env::var(name).map_err(|_| {
-                format!(
-                    "the environment variable `{name}` named for the schema registry is not set"
-                )
-            })
-        };
-        let auth = match (
-            &self.schema_registry_user,
-            &self.schema_registry_password_env,
-            &self.schema_registry_token_env,
-        ) {
-            (Some(user), Some(password), _) => Some(RegistryAuth::Basic {
-                user: user.clone(),
-                password: var(password)?,
-            }),
-            (_, _, Some(token)) => Some(RegistryAuth::Bearer(var(token)?)),
-            _ => None,
-        };
-        Ok(Some(Arc::new(Registry::new(RegistryConfig {
-            url: url.clone(),
-            auth,
-            timeout: self.schema_registry_timeout,
-        }))))
+        let config = RegistryConfig::from_options(
+            url,
+            self.schema_registry_user.as_deref(),
+            self.schema_registry_password_env.as_deref(),
+            self.schema_registry_token_env.as_deref(),
+            self.schema_registry_timeout,
+        )?;
+        Ok(Some(Arc::new(Registry::new(config))))
     }
 }
