@@ -271,3 +271,73 @@ fn gen_writes_messages_a_confluent_consumer_decodes() {
         assert!(first.get(field).is_some(), "no `{field}` in {first}");
     }
 }
+
+/// `pipectl validate --schema-registry` reads each `avro_confluent` source's topic's latest
+/// writer schema as the declared one, and asks whether each `avro_confluent` sink's schema
+/// could be registered, reporting both with file:line:col; without the option the file is
+/// valid.
+#[test]
+fn validate_checks_sources_and_sinks_against_the_registry() {
+    let Some(registry) = registry_url() else {
+        return;
+    };
+    let (dir, topic) = setup("registry-validate");
+    let reg = connectors::registry::Registry::new(connectors::registry::RegistryConfig {
+        url: registry.clone(),
+        auth: None,
+        timeout: Duration::from_secs(10),
+    });
+    let writer = r#"{"type":"record","name":"Reading","fields":[{"name":"line","type":"string"},{"name":"ts","type":"long"},{"name":"value","type":"string"}]}"#;
+    let id = reg
+        .register(&format!("{topic}-value"), writer)
+        .expect("registers");
+    let sink_subject = format!("{topic}.avro-value");
+    set_backward(&registry, &sink_subject);
+    reg.register(
+        &sink_subject,
+        r#"{"type":"record","name":"Old","fields":[{"name":"other","type":"string"}]}"#,
+    )
+    .expect("registers the old version");
+    let file = dir.join("p.yaml");
+    let text = pipeline("reg-validate", &topic);
+    std::fs::write(&file, &text).expect("pipeline");
+    let validate = |with_registry: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pipectl"));
+        c.arg("validate")
+            .arg(&file)
+            .arg("--schemas")
+            .arg(dir.join("schemas"));
+        if with_registry {
+            c.args(["--schema-registry", &registry]);
+        }
+        c.output().expect("pipectl runs")
+    };
+    let plain = validate(false);
+    assert_eq!(
+        plain.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&plain.stderr)
+    );
+    let out = validate(true);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // Positions by hand: `schema:` is on line 9 with its value at column 15; the Avro sink
+    // is line 18, its format where `avro_confluent }` starts.
+    let f = file.display();
+    assert!(
+        stderr.contains(&format!(
+            "{f}:9:15: error: spec.sources[0].schema: the registry's latest schema of subject `{topic}-value` (version 1, id {id}) cannot be read as `reg/reading`: field `value`: the writer's string cannot be read as the declared double"
+        )),
+        "{stderr}"
+    );
+    let line = text.lines().nth(17).expect("line 18");
+    let col = line.find("avro_confluent }").expect("format") + 1;
+    assert!(
+        stderr.contains(&format!(
+            "{f}:18:{col}: error: spec.sinks[1].format: the registry would refuse this sink's schema under subject `{sink_subject}` as incompatible"
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains(": 2 errors"), "{stderr}");
+}

@@ -250,6 +250,36 @@ impl Registry {
         Ok(id)
     }
 
+    /// Whether `schema` could be registered under `subject` by the subject's compatibility
+    /// level: `Ok(Err(why))` when it could not (a subject that does not exist accepts any).
+    pub fn compatible(
+        &self,
+        subject: &str,
+        schema: &str,
+    ) -> Result<Result<(), String>, RegistryError> {
+        let answer = self.call(
+            "POST",
+            &format!(
+                "/compatibility/subjects/{}/versions/latest",
+                encode(subject)
+            ),
+            Some(serde_json::json!({ "schema": schema, "schemaType": "AVRO" })),
+        );
+        let v = match answer {
+            Ok(v) => v,
+            Err(RegistryError::NotFound(_)) => return Ok(Ok(())),
+            Err(e) => return Err(e),
+        };
+        if v.get("is_compatible").and_then(Value::as_bool) == Some(false) {
+            let why = v
+                .get("messages")
+                .map(Value::to_string)
+                .unwrap_or_else(|| "the registry gives no reason".to_string());
+            return Ok(Err(why));
+        }
+        Ok(Ok(()))
+    }
+
     /// The latest version of `subject`.
     pub fn latest(&self, subject: &str) -> Result<Version, RegistryError> {
         let v = self.call(

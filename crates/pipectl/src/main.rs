@@ -41,6 +41,10 @@ enum Command {
         /// Directory of event schemas (default: the nearest `schemas/` above each file).
         #[arg(long, env = "PIPECTL_SCHEMAS")]
         schemas: Option<PathBuf>,
+        /// Also check `avro_confluent` sources and sinks against the registry's latest
+        /// versions of their subjects.
+        #[command(flatten)]
+        registry: registry::RegistryArgs,
     },
     /// Show what a pipeline compiles to: each node's inputs, DataFusion plan and schema.
     Plan {
@@ -49,6 +53,9 @@ enum Command {
         /// Directory of event schemas (default: the nearest `schemas/` above the file).
         #[arg(long, env = "PIPECTL_SCHEMAS")]
         schemas: Option<PathBuf>,
+        /// Also check `avro_confluent` sources and sinks against the registry.
+        #[command(flatten)]
+        registry: registry::RegistryArgs,
     },
     /// Print the JSON Schema of the pipeline language (for editor completion).
     Schema,
@@ -354,8 +361,28 @@ async fn run(cli: Cli) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Validate { files, schemas } => validate(&files, schemas.as_deref()).await,
-        Command::Plan { file, schemas } => plan(&file, schemas.as_deref()).await,
+        Command::Validate {
+            files,
+            schemas,
+            registry,
+        } => match registry.connect() {
+            Ok(r) => validate(&files, schemas.as_deref(), r.as_deref()).await,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Plan {
+            file,
+            schemas,
+            registry,
+        } => match registry.connect() {
+            Ok(r) => plan(&file, schemas.as_deref(), r.as_deref()).await,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Schema => {
             print!("{}", spec::json_schema());
             ExitCode::SUCCESS
@@ -502,7 +529,15 @@ async fn run(cli: Cli) -> ExitCode {
             checkpoint_interval,
             registry,
         } => {
-            let plan = match check_file(&file, schemas.as_deref()).await {
+            let schema_registry = match registry.connect() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let plan = match check_file(&file, schemas.as_deref(), schema_registry.as_deref()).await
+            {
                 Checked::Valid(Some(plan), _) => plan,
                 Checked::Valid(None, _) | Checked::Invalid => return ExitCode::from(1),
                 Checked::Unreadable => return ExitCode::from(2),
@@ -513,13 +548,7 @@ async fn run(cli: Cli) -> ExitCode {
             config.max_batch = max_batch;
             config.checkpoint_dir = checkpoint_dir;
             config.checkpoint_interval = checkpoint_interval;
-            config.registry = match registry.connect() {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
-            };
+            config.registry = schema_registry;
             match run::run(&plan, config, quiet).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -602,7 +631,7 @@ async fn deploy(
     let mut worst = 0u8;
     let mut names: std::collections::BTreeMap<String, PathBuf> = Default::default();
     for file in &files {
-        match check_file(file, schemas).await {
+        match check_file(file, schemas, None).await {
             Checked::Valid(_, doc) => match doc.pipeline.as_ref() {
                 Some(p) if names.contains_key(&p.metadata.name) => {
                     eprintln!(
@@ -703,7 +732,11 @@ enum Checked {
     Unreadable,
 }
 
-async fn check_file(file: &Path, schemas: Option<&Path>) -> Checked {
+async fn check_file(
+    file: &Path,
+    schemas: Option<&Path>,
+    schema_registry: Option<&connectors::registry::Registry>,
+) -> Checked {
     let name = file.display().to_string();
     let text = match std::fs::read_to_string(file) {
         Ok(t) => t,
@@ -713,7 +746,13 @@ async fn check_file(file: &Path, schemas: Option<&Path>) -> Checked {
         }
     };
     let registry = registry_for(file, schemas);
-    let (doc, plan) = planner::check(&name, &text, &registry, &spec::process_env).await;
+    let (mut doc, plan) = planner::check(&name, &text, &registry, &spec::process_env).await;
+    if let (Some(plan), Some(r)) = (&plan, schema_registry)
+        && let Err(e) = registry::check_plan(&mut doc, plan, r)
+    {
+        eprintln!("error: cannot check {name} against the schema registry: {e}");
+        return Checked::Unreadable;
+    }
     let diagnostics = doc.diagnostics();
     if diagnostics.is_empty() {
         return Checked::Valid(plan, Box::new(doc));
@@ -773,11 +812,15 @@ fn expand_dirs(files: &[PathBuf]) -> Vec<PathBuf> {
     out
 }
 
-async fn validate(files: &[PathBuf], schemas: Option<&Path>) -> ExitCode {
+async fn validate(
+    files: &[PathBuf],
+    schemas: Option<&Path>,
+    registry: Option<&connectors::registry::Registry>,
+) -> ExitCode {
     let files = expand_dirs(files);
     let mut worst = 0u8;
     for file in &files {
-        match check_file(file, schemas).await {
+        match check_file(file, schemas, registry).await {
             Checked::Valid(_, doc) => {
                 let p = doc.pipeline.as_ref().map(|p| &p.spec);
                 let counts = p.map_or(String::new(), |s| {
@@ -798,8 +841,12 @@ async fn validate(files: &[PathBuf], schemas: Option<&Path>) -> ExitCode {
     ExitCode::from(worst)
 }
 
-async fn plan(file: &Path, schemas: Option<&Path>) -> ExitCode {
-    match check_file(file, schemas).await {
+async fn plan(
+    file: &Path,
+    schemas: Option<&Path>,
+    registry: Option<&connectors::registry::Registry>,
+) -> ExitCode {
+    match check_file(file, schemas, registry).await {
         Checked::Valid(Some(plan), _) => {
             print!("{}", plan.explain());
             ExitCode::SUCCESS
