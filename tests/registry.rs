@@ -341,3 +341,194 @@ fn validate_checks_sources_and_sinks_against_the_registry() {
     );
     assert!(stderr.contains(": 2 errors"), "{stderr}");
 }
+
+/// A registry of the test's own (the shared one must stay up), keeping its data on disk so
+/// that a restart keeps every schema; stopped when dropped.
+struct OwnRegistry {
+    env: Vec<(String, String)>,
+}
+
+impl OwnRegistry {
+    fn new(port: u16, dir: &Path) -> Self {
+        let env = vec![
+            ("REGISTRY_PORT".to_string(), port.to_string()),
+            ("REGISTRY_MGMT_PORT".to_string(), (port + 1).to_string()),
+            (
+                "REGISTRY_RUN_DIR".to_string(),
+                dir.join("run").display().to_string(),
+            ),
+            (
+                "REGISTRY_DATA_DIR".to_string(),
+                dir.join("data").display().to_string(),
+            ),
+        ];
+        let r = Self { env };
+        r.script("start");
+        r
+    }
+
+    fn script(&self, command: &str) -> String {
+        let out = Command::new(root().join("scripts/schema-registry"))
+            .arg(command)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .expect("scripts/schema-registry runs");
+        assert!(
+            out.status.success(),
+            "schema-registry {command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for OwnRegistry {
+    fn drop(&mut self) {
+        let _ = Command::new(root().join("scripts/schema-registry"))
+            .arg("stop")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output();
+    }
+}
+
+fn free_port_pair() -> u16 {
+    for _ in 0..100 {
+        let p = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a port");
+        if p < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no two free ports in a row")
+}
+
+/// The registry stops mid-run: messages of an id already seen keep flowing (it is cached);
+/// messages of a new id wait, retried, until the registry is back; nothing is lost or
+/// dead-lettered.
+#[test]
+fn a_registry_restart_mid_run_loses_nothing() {
+    let (Some(bootstrap), Some(_)) = (bootstrap(), registry_url()) else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(unique("registry-restart"));
+    let own = OwnRegistry::new(free_port_pair(), &dir);
+    let registry = own.script("url");
+    let topic = unique("registry-restart").replace('.', "-");
+    let out_topic = format!("{topic}.out");
+    // Phase A: 400 readings with the declared schema, registered by `pipectl gen`.
+    let generated = Command::new(env!("CARGO_BIN_EXE_pipectl"))
+        .args([
+            "gen",
+            "--kind",
+            "production/sensor_reading",
+            "--count",
+            "400",
+        ])
+        .args([
+            "--topic",
+            &topic,
+            "--partitions",
+            "1",
+            "--format",
+            "avro_confluent",
+        ])
+        .args(["--bootstrap", &bootstrap, "--schema-registry", &registry])
+        .current_dir(root())
+        .output()
+        .expect("gen runs");
+    assert!(
+        generated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
+    // A second version, registered now, that the pipeline has not seen yet.
+    let declared = std::fs::read_to_string(root().join("schemas/production/sensor_reading.avsc"))
+        .expect("schema");
+    let mut v2: Value = serde_json::from_str(&declared).expect("json");
+    v2["fields"]
+        .as_array_mut()
+        .expect("fields")
+        .push(serde_json::json!({"name": "shift", "type": "string", "default": "day"}));
+    let v2_file = dir.join("v2.avsc");
+    std::fs::write(&v2_file, v2.to_string()).expect("v2");
+    let reg = connectors::registry::Registry::new(connectors::registry::RegistryConfig {
+        url: registry.clone(),
+        auth: None,
+        timeout: Duration::from_secs(10),
+    });
+    let v2_id = reg
+        .register(&format!("{topic}-value"), &v2.to_string())
+        .expect("registers v2");
+    let file = dir.join("p.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"apiVersion: pipelines/v1
+kind: Pipeline
+metadata: {{ name: reg-restart }}
+spec:
+  sources:
+    - name: readings
+      kafka: {{ topic: {topic}, start_from: earliest }}
+      format: avro_confluent
+      schema: production/sensor_reading
+      on_error: dead_letter
+  transforms:
+    - name: lines
+      sql: SELECT line_id, machine_id FROM readings
+  sinks:
+    - {{ name: out, from: lines, kafka: {{ topic: {out_topic} }}, format: json }}
+"#
+        ),
+    )
+    .expect("pipeline");
+    let run = Command::new(env!("CARGO_BIN_EXE_pipectl"))
+        .arg("run")
+        .arg(&file)
+        .args(["--bootstrap", &bootstrap, "--until-idle", "20s", "--quiet"])
+        .args(["--schema-registry", &registry])
+        .current_dir(root())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("pipectl run starts");
+    let count = |t: &str| {
+        read_all(&bootstrap, t, Duration::from_secs(30))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while count(&out_topic) < 400 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "phase A not processed"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // The registry goes down; 300 messages of the new id arrive; it comes back 3 s later.
+    own.script("stop");
+    let script = root().join("tests/oracle/registry_client.py");
+    run_python(&[
+        script.as_os_str(),
+        "framed".as_ref(),
+        "--bootstrap".as_ref(),
+        bootstrap.as_ref(),
+        "--topic".as_ref(),
+        topic.as_ref(),
+        "--schema-file".as_ref(),
+        v2_file.as_os_str(),
+        "--id".as_ref(),
+        v2_id.to_string().as_ref(),
+        "--count".as_ref(),
+        "300".as_ref(),
+    ]);
+    std::thread::sleep(Duration::from_secs(3));
+    own.script("start");
+    let out = run.wait_with_output().expect("pipectl run ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("700 in"), "{stderr}");
+    assert!(stderr.contains("0 errors"), "{stderr}");
+    assert_eq!(count(&out_topic), 700, "{stderr}");
+}

@@ -5,6 +5,8 @@
               float) through confluent-kafka's AvroSerializer and the registry, then two bad
               messages (an unknown schema id; a writer schema whose `value` is a string); writes
               the readings as the declared schema reads them to --events (JSON lines)
+    framed    writes --count records of the schema in --schema-file, framed with schema id --id,
+              without asking the registry (it may be down): values made from each field's type
     decode    reads --topic through the registry with confluent-kafka's AvroDeserializer and
               prints how many records it decoded, their schema ids and the first record
     check     the pipeline's window rows from its JSON sink and, through the registry with
@@ -162,6 +164,36 @@ def check(a):
     }))
 
 
+def value_of(ty, i):
+    if isinstance(ty, list):
+        return value_of(next(t for t in ty if t != "null"), i)
+    if isinstance(ty, dict):
+        if ty.get("type") == "enum":
+            return ty["symbols"][i % len(ty["symbols"])]
+        if ty.get("logicalType", "").startswith("timestamp"):
+            return T0 + i * 100
+        return value_of(ty["type"], i)
+    return {"string": f"s{i}", "long": i, "int": i, "double": i * 0.5, "float": i * 0.5,
+            "boolean": i % 2 == 0}[ty]
+
+
+def framed(a):
+    import io
+    import fastavro
+    schema = json.load(open(a.schema_file))
+    parsed = fastavro.parse_schema(schema)
+    producer = Producer({"bootstrap.servers": a.bootstrap, "enable.idempotence": True})
+    for i in range(a.count):
+        record = {f["name"]: value_of(f["type"], i) for f in schema["fields"]}
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, parsed, record)
+        producer.produce(a.topic, value=b"\x00" + a.id.to_bytes(4, "big") + buf.getvalue())
+    left = producer.flush(60)
+    if left:
+        raise SystemExit(f"{left} messages were not delivered")
+    print(json.dumps({"produced": a.count}))
+
+
 def decode(a):
     registry = SchemaRegistryClient({"url": a.registry})
     de = AvroDeserializer(registry)
@@ -175,9 +207,11 @@ def decode(a):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("command", choices=["produce", "check", "decode"])
+    ap.add_argument("command", choices=["produce", "check", "decode", "framed"])
     ap.add_argument("--bootstrap", required=True)
-    ap.add_argument("--registry", required=True)
+    ap.add_argument("--registry")
+    ap.add_argument("--schema-file")
+    ap.add_argument("--id", type=int)
     ap.add_argument("--topic")
     ap.add_argument("--events")
     ap.add_argument("--count", type=int, default=3000)
@@ -185,7 +219,7 @@ def main():
     ap.add_argument("--json-topic")
     ap.add_argument("--avro-topic")
     a = ap.parse_args()
-    {"produce": produce, "check": check, "decode": decode}[a.command](a)
+    {"produce": produce, "check": check, "decode": decode, "framed": framed}[a.command](a)
 
 
 if __name__ == "__main__":

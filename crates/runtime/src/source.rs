@@ -39,7 +39,7 @@ enum Decoder {
 
 /// Attempts at reaching the registry for a new schema id before the run fails (retryable):
 /// one every 500 ms.
-const REGISTRY_ATTEMPTS: u32 = 20;
+const REGISTRY_ATTEMPTS: u32 = 60;
 
 /// Looks up the schema ids of `messages` not seen before.
 fn learn_ids(
@@ -58,9 +58,8 @@ fn learn_ids(
         let mut attempt = 0;
         let found = loop {
             match registry.schema(id) {
-                Err(RegistryError::Unreachable(e)) if attempt + 1 < REGISTRY_ATTEMPTS => {
+                Err(RegistryError::Unreachable(_)) if attempt + 1 < REGISTRY_ATTEMPTS => {
                     attempt += 1;
-                    let _ = e;
                     std::thread::sleep(Duration::from_millis(500));
                 }
                 other => break other,
