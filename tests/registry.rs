@@ -43,8 +43,13 @@ spec:
     )
 }
 
+/// Time allowed for one child process of these tests: a hang fails the test, saying where.
+const CHILD_LIMIT: &str = "120";
+
 fn pipectl_run(dir: &Path, file: &Path, bootstrap: &str, registry: &str) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pipectl"))
+    Command::new("timeout")
+        .args(["-k", "5", CHILD_LIMIT])
+        .arg(env!("CARGO_BIN_EXE_pipectl"))
         .arg("run")
         .arg(file)
         .arg("--schemas")
@@ -57,10 +62,19 @@ fn pipectl_run(dir: &Path, file: &Path, bootstrap: &str, registry: &str) -> Outp
 }
 
 fn client(args: &[&str]) -> Value {
-    let script = root().join("tests/oracle/registry_client.py");
-    let mut all: Vec<&std::ffi::OsStr> = vec![script.as_os_str()];
-    all.extend(args.iter().map(std::ffi::OsStr::new));
-    let out = run_python(&all);
+    let out = Command::new("timeout")
+        .args(["-k", "5", CHILD_LIMIT])
+        .arg(support::test_python())
+        .arg(root().join("tests/oracle/registry_client.py"))
+        .args(args)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "registry_client.py {args:?} (exit {:?}, 124: over {CHILD_LIMIT} s): {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(text.lines().last().unwrap_or_default()).expect("a JSON report")
 }
@@ -160,8 +174,9 @@ fn evolved_writer_schemas_are_resolved_and_sinks_register_theirs() {
     );
 }
 
-/// A sink whose schema the registry refuses under BACKWARD compatibility stops the run at
-/// start, saying so, before anything is read.
+/// A sink whose schema the registry refuses under BACKWARD compatibility stops the run
+/// before it starts, with the located error of the registry check `pipectl run` makes
+/// first.
 #[test]
 fn a_sink_schema_the_registry_refuses_stops_the_run_at_start() {
     let (Some(bootstrap), Some(registry)) = (bootstrap(), registry_url()) else {
@@ -196,7 +211,7 @@ fn a_sink_schema_the_registry_refuses_stops_the_run_at_start() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains(&format!(
-            "sink `avro_out`: the registry refuses its schema under subject `{subject}` as incompatible"
+            "error: spec.sinks[1].format: the registry would refuse this sink's schema under subject `{subject}` as incompatible"
         )),
         "{stderr}"
     );
@@ -484,7 +499,9 @@ spec:
         ),
     )
     .expect("pipeline");
-    let run = Command::new(env!("CARGO_BIN_EXE_pipectl"))
+    let run = Command::new("timeout")
+        .args(["-k", "5", CHILD_LIMIT])
+        .arg(env!("CARGO_BIN_EXE_pipectl"))
         .arg("run")
         .arg(&file)
         .args(["--bootstrap", &bootstrap, "--until-idle", "20s", "--quiet"])
@@ -531,4 +548,62 @@ spec:
     assert!(stderr.contains("700 in"), "{stderr}");
     assert!(stderr.contains("0 errors"), "{stderr}");
     assert_eq!(count(&out_topic), 700, "{stderr}");
+}
+
+/// `subject_strategy: record_name` and `topic_record_name` register a sink's schema under
+/// the record's name (the sink's, made an Avro name) and `<topic>-<record>`, not under
+/// `<topic>-value`.
+#[test]
+fn sinks_register_under_the_subject_their_strategy_names() {
+    let (Some(bootstrap), Some(registry)) = (bootstrap(), registry_url()) else {
+        return;
+    };
+    let (dir, topic) = setup("registry-subjects");
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(connectors::create_topic(&bootstrap, &topic, 1))
+        .expect("topic");
+    // Sink names unique to this run, so that their record-name subjects are new.
+    let n = support::nanos() % 1_000_000_000;
+    let (by_record, by_topic_record) = (format!("rec_{n}"), format!("toprec_{n}"));
+    let yaml = pipeline("reg-subjects", &topic).replace(
+        &format!(
+            "    - {{ name: avro_out, from: per_minute, kafka: {{ topic: {topic}.avro }}, format: avro_confluent }}\n"
+        ),
+        &format!(
+            "    - {{ name: {by_record}, from: per_minute, kafka: {{ topic: {topic}.a }}, format: avro_confluent, subject_strategy: record_name }}\n    - {{ name: {by_topic_record}, from: per_minute, kafka: {{ topic: {topic}.b }}, format: avro_confluent, subject_strategy: topic_record_name }}\n"
+        ),
+    );
+    assert!(yaml.contains("record_name"), "{yaml}");
+    let file = dir.join("p.yaml");
+    std::fs::write(&file, yaml).expect("pipeline");
+    let out = pipectl_run(&dir, &file, &bootstrap, &registry);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reg = connectors::registry::Registry::new(connectors::registry::RegistryConfig {
+        url: registry,
+        auth: None,
+        timeout: Duration::from_secs(10),
+    });
+    let record = format!("rec_{n}");
+    assert!(reg.latest(&record).is_ok(), "no subject `{record}`");
+    let topic_record = format!("{topic}.b-toprec_{n}");
+    assert!(
+        reg.latest(&topic_record).is_ok(),
+        "no subject `{topic_record}`"
+    );
+    for absent in [format!("{topic}.a-value"), format!("{topic}.b-value")] {
+        assert!(
+            matches!(
+                reg.latest(&absent),
+                Err(connectors::registry::RegistryError::NotFound(_))
+            ),
+            "`{absent}` should not exist"
+        );
+    }
 }

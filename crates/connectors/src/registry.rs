@@ -273,8 +273,9 @@ impl Registry {
         if v.get("is_compatible").and_then(Value::as_bool) == Some(false) {
             let why = v
                 .get("messages")
-                .map(Value::to_string)
-                .unwrap_or_else(|| "the registry gives no reason".to_string());
+                .filter(|m| m.as_array().is_some_and(|a| !a.is_empty()))
+                .unwrap_or(&v)
+                .to_string();
             return Ok(Err(why));
         }
         Ok(Ok(()))

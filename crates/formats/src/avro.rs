@@ -562,6 +562,19 @@ fn write_bytes(buf: &mut Vec<u8>, b: &[u8]) {
     buf.extend_from_slice(b);
 }
 
+/// `name` as an Avro name, `[A-Za-z_][A-Za-z0-9_]*`: a sink named `out-1` writes record
+/// `out_1` (the record name of [`avro_schema_for`]).
+pub fn avro_name(name: &str) -> String {
+    let mut out: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    if !out.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+        out.insert(0, '_');
+    }
+    out
+}
+
 /// An Avro schema (JSON text) for rows of `arrow`.
 pub fn avro_schema_for(arrow: &SchemaRef, record_name: &str) -> Result<String, FormatError> {
     let mut fields = Vec::new();
@@ -603,14 +616,7 @@ pub fn avro_schema_for(arrow: &SchemaRef, record_name: &str) -> Result<String, F
         };
         fields.push(serde_json::json!({"name": f.name(), "type": ty}));
     }
-    // An Avro name is [A-Za-z_][A-Za-z0-9_]*: a sink named `out-1` writes record `out_1`.
-    let mut name: String = record_name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    if !name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
-        name.insert(0, '_');
-    }
+    let name = avro_name(record_name);
     Ok(serde_json::json!({"type": "record", "name": name, "fields": fields}).to_string())
 }
 

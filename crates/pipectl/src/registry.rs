@@ -91,7 +91,7 @@ pub fn check_plan(
                 }
             }
             planner::NodeKind::Sink(s) if s.format == planner::Format::AvroConfluent => {
-                let subject = format!("{}-value", s.topic);
+                let subject = s.subject.clone();
                 let avsc = formats::avro::avro_schema_for(&s.schema, &node.name)
                     .map_err(|e| e.to_string())?;
                 if let Err(why) = registry

@@ -940,6 +940,7 @@ impl Planner<'_> {
                 format: resolve::format(s.format),
                 key: s.key.clone(),
                 delivery: resolve::delivery(s.delivery),
+                subject: resolve::subject(s),
                 schema: table.schema,
             }),
         });

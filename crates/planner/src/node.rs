@@ -296,6 +296,8 @@ pub struct SinkPlan {
     pub key: Option<String>,
     /// Delivery guarantee.
     pub delivery: Delivery,
+    /// The registry subject of an `avro_confluent` sink's schema, by its subject strategy.
+    pub subject: String,
     /// Rows written.
     pub schema: SchemaRef,
 }

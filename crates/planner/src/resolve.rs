@@ -185,3 +185,13 @@ pub(crate) fn model_fingerprint(m: &yaml::Model, predictions: &Schema, snapshots
 pub(crate) fn sink_fingerprint() -> u64 {
     fnv1a("")
 }
+
+/// The registry subject of sink `s`'s schema (the record is named after the sink).
+pub(crate) fn subject(s: &yaml::Sink) -> String {
+    let record = formats::avro::avro_name(&s.name);
+    match s.subject_strategy {
+        yaml::SubjectStrategy::TopicName => format!("{}-value", s.kafka.topic),
+        yaml::SubjectStrategy::RecordName => record,
+        yaml::SubjectStrategy::TopicRecordName => format!("{}-{record}", s.kafka.topic),
+    }
+}

@@ -526,6 +526,23 @@ pub struct Sink {
     /// Delivery guarantee.
     #[serde(default)]
     pub delivery: Delivery,
+    /// With `format: avro_confluent`: the registry subject the sink's schema is registered
+    /// under (the record is named after the sink).
+    #[serde(default)]
+    pub subject_strategy: SubjectStrategy,
+}
+
+/// How a sink's registry subject is named (Confluent's subject name strategies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SubjectStrategy {
+    /// `<topic>-value`: one schema history per topic.
+    #[default]
+    TopicName,
+    /// The record's name: one history per record type, whatever the topic.
+    RecordName,
+    /// `<topic>-<record name>`: several record types per topic, each with its history.
+    TopicRecordName,
 }
 
 /// The Kafka side of a sink.

@@ -742,6 +742,17 @@ fn check_sink(
             "`exactly_once` needs transactional sinks, which this version does not have yet; use `at_least_once` (outputs may repeat after a crash, never go missing)",
         ));
     }
+    if s.subject_strategy != crate::model::SubjectStrategy::TopicName
+        && s.format != crate::model::Format::AvroConfluent
+    {
+        out.push(Diagnostic::at_path(
+            format!("{path}.subject_strategy"),
+            format!(
+                "`subject_strategy` names the schema registry subject of `format: avro_confluent` sinks; this sink writes {}: remove it, or write avro_confluent",
+                s.format
+            ),
+        ));
+    }
     check_properties(
         &s.kafka.properties,
         &format!("{path}.kafka.properties"),

@@ -44,7 +44,7 @@ pub struct SinkOp<K> {
 
 impl<K: Sink> SinkOp<K> {
     /// The sink `name` of `plan`, writing through `sink`. An `avro_confluent` sink with a
-    /// `registry` registers its schema under the topic's subject (`<topic>-value`, the
+    /// `registry` registers its schema under its subject (by default `<topic>-value`, the
     /// TopicNameStrategy) and writes the id the registry gives it.
     pub fn new(
         name: &str,
@@ -66,8 +66,8 @@ impl<K: Sink> SinkOp<K> {
             (Some(Framing::Confluent { .. }), Some(registry)) => {
                 let avsc = formats::avro::avro_schema_for(&plan.schema, name)
                     .map_err(|e| RuntimeError::Unsupported(format!("sink `{name}`: {e}")))?;
-                let subject = format!("{}-value", plan.topic);
-                let schema_id = registry.register(&subject, &avsc).map_err(|e| match e {
+                let subject = &plan.subject;
+                let schema_id = registry.register(subject, &avsc).map_err(|e| match e {
                     RegistryError::Incompatible(m) => RegistryError::Incompatible(format!(
                         "sink `{name}`: the registry refuses its schema under subject `{subject}` as incompatible with the subject's earlier versions: {m}"
                     )),
