@@ -252,6 +252,19 @@ impl AvroCodec {
 
     /// Decodes `messages`; bad ones are reported, never appended.
     pub fn decode(&self, messages: &[&[u8]]) -> Result<Decoded, FormatError> {
+        crate::check_enums(
+            self.decode_each(messages, |m, out| self.read_record(m, out))?,
+            &[],
+        )
+    }
+
+    /// Reads each message with `read` into its row's values; a message `read` refuses is
+    /// reported with the reason, never appended.
+    fn decode_each<'a>(
+        &'a self,
+        messages: &[&'a [u8]],
+        mut read: impl FnMut(&'a [u8], &mut Vec<Datum<'a>>) -> Result<(), String>,
+    ) -> Result<Decoded, FormatError> {
         let mut builders: Vec<Builder> = self
             .arrow
             .fields()
@@ -260,10 +273,10 @@ impl AvroCodec {
             .collect::<Result<_, _>>()?;
         let mut rows = Vec::with_capacity(messages.len());
         let mut errors = Vec::new();
-        let mut values: Vec<Datum<'_>> = Vec::with_capacity(self.fields.len());
+        let mut values: Vec<Datum<'a>> = Vec::with_capacity(self.fields.len());
         for (i, m) in messages.iter().enumerate() {
             values.clear();
-            match self.read_record(m, &mut values) {
+            match read(m, &mut values) {
                 Ok(()) => {
                     for (b, v) in builders.iter_mut().zip(&values) {
                         b.append(v);
@@ -279,14 +292,11 @@ impl AvroCodec {
         let columns: Vec<ArrayRef> = builders.into_iter().map(Builder::finish).collect();
         let batch = RecordBatch::try_new(self.arrow.clone(), columns)
             .map_err(|e| FormatError::Internal(e.to_string()))?;
-        crate::check_enums(
-            Decoded {
-                batch,
-                rows,
-                errors,
-            },
-            &[],
-        )
+        Ok(Decoded {
+            batch,
+            rows,
+            errors,
+        })
     }
 
     fn read_record<'a>(&'a self, m: &'a [u8], out: &mut Vec<Datum<'a>>) -> Result<(), String> {
@@ -378,45 +388,13 @@ impl AvroCodec {
         messages: &[&[u8]],
         resolutions: &HashMap<u32, Result<Resolution, String>>,
     ) -> Result<Decoded, FormatError> {
-        let mut builders: Vec<Builder> = self
-            .arrow
-            .fields()
-            .iter()
-            .map(|f| Builder::new(f.data_type(), messages.len()))
-            .collect::<Result<_, _>>()?;
-        let mut rows = Vec::with_capacity(messages.len());
-        let mut errors = Vec::new();
-        let mut values: Vec<Datum<'_>> = Vec::with_capacity(self.fields.len());
-        for (i, m) in messages.iter().enumerate() {
-            values.clear();
-            let read = match confluent_id(m) {
-                None => Err("not in the Confluent wire format (magic byte 0, schema id)".into()),
-                Some(id) => match resolutions.get(&id) {
-                    Some(Ok(res)) => self.read_resolved(m, res, &mut values),
-                    Some(Err(reason)) => Err(format!("schema id {id}: {reason}")),
-                    None => Err(format!("schema id {id} is not known to the registry")),
-                },
-            };
-            match read {
-                Ok(()) => {
-                    for (b, v) in builders.iter_mut().zip(&values) {
-                        b.append(v);
-                    }
-                    rows.push(i);
-                }
-                Err(message) => errors.push(RecordError {
-                    index: i,
-                    message: format!("invalid Avro record: {message}"),
-                }),
-            }
-        }
-        let columns: Vec<ArrayRef> = builders.into_iter().map(Builder::finish).collect();
-        let batch = RecordBatch::try_new(self.arrow.clone(), columns)
-            .map_err(|e| FormatError::Internal(e.to_string()))?;
-        Ok(Decoded {
-            batch,
-            rows,
-            errors,
+        self.decode_each(messages, |m, out| match confluent_id(m) {
+            None => Err("not in the Confluent wire format (magic byte 0, schema id)".into()),
+            Some(id) => match resolutions.get(&id) {
+                Some(Ok(res)) => self.read_resolved(m, res, out),
+                Some(Err(reason)) => Err(format!("schema id {id}: {reason}")),
+                None => Err(format!("schema id {id} is not known to the registry")),
+            },
         })
     }
 

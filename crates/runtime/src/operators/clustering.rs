@@ -7,15 +7,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, Float64Array, Float64Builder, ListArray, MapBuilder, MapFieldNames, RecordBatch,
-    StringBuilder, StructArray, UInt32Array, UInt32Builder, UInt64Array,
+    ArrayRef, Float64Array, Float64Builder, ListArray, RecordBatch, StructArray, UInt32Array,
+    UInt32Builder, UInt64Array,
 };
 use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Fields, SchemaRef};
 use ml::{KMeans, KMeansConfig};
 
-use super::model::{KeyState, Learner};
+use super::model::{KeyState, Learner, name_to_value};
 use crate::error::{RuntimeError, internal};
 use crate::metrics::{KeyQuality, ModelSummary, top_keys};
 
@@ -124,15 +124,7 @@ impl Learner for Clustering {
         let (mut samples, mut weight, mut inertia) = (Vec::new(), Vec::new(), Vec::new());
         let mut offsets = vec![0i32];
         let (mut ids, mut weights, mut radii) = (Vec::new(), Vec::new(), Vec::new());
-        let mut centers = MapBuilder::new(
-            Some(MapFieldNames {
-                entry: "entries".into(),
-                key: "key".into(),
-                value: "value".into(),
-            }),
-            StringBuilder::new(),
-            Float64Builder::new(),
-        );
+        let mut centers = name_to_value();
         for k in keys {
             let model = &k.learnt.model;
             samples.push(model.samples());

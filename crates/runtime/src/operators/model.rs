@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Float64Array, RecordBatch, StringBuilder, TimestampMillisecondArray,
-    UInt32Array, UInt64Array,
+    Array, ArrayRef, AsArray, Float64Array, Float64Builder, MapBuilder, MapFieldNames, RecordBatch,
+    StringBuilder, TimestampMillisecondArray, UInt32Array, UInt64Array,
 };
 use datafusion::arrow::compute::{cast, take};
 use datafusion::arrow::datatypes::{
@@ -78,6 +78,20 @@ pub trait Learner: std::fmt::Debug + Send + 'static {
         names: &[String],
         per_key: Option<usize>,
     ) -> ModelSummary;
+}
+
+/// A builder of the snapshots' maps from input name to number (coefficients, centres), with
+/// the field names the planner's snapshot schemas use.
+pub fn name_to_value() -> MapBuilder<StringBuilder, Float64Builder> {
+    MapBuilder::new(
+        Some(MapFieldNames {
+            entry: "entries".into(),
+            key: "key".into(),
+            value: "value".into(),
+        }),
+        StringBuilder::new(),
+        Float64Builder::new(),
+    )
 }
 
 /// One key's model.

@@ -7,15 +7,14 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Float64Array, Float64Builder, MapBuilder, MapFieldNames, RecordBatch,
-    StringBuilder, UInt64Array,
+    Array, ArrayRef, AsArray, Float64Array, Float64Builder, RecordBatch, UInt64Array,
 };
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Float64Type, SchemaRef};
 use ml::{PageHinkley, RegressionState, Welford};
 use planner::{Drift, OnDrift};
 
-use super::model::{KeyState, Learner};
+use super::model::{KeyState, Learner, name_to_value};
 use crate::error::{RuntimeError, internal};
 use crate::metrics::{KeyQuality, ModelSummary, top_keys};
 
@@ -158,15 +157,7 @@ impl Learner for Regression {
     ) -> Result<Vec<ArrayRef>, RuntimeError> {
         let (mut samples, mut weight) = (Vec::new(), Vec::new());
         let mut intercept = Float64Builder::new();
-        let mut coefficients = MapBuilder::new(
-            Some(MapFieldNames {
-                entry: "entries".into(),
-                key: "key".into(),
-                value: "value".into(),
-            }),
-            StringBuilder::new(),
-            Float64Builder::new(),
-        );
+        let mut coefficients = name_to_value();
         let mut metrics: Vec<Float64Builder> = (0..6).map(|_| Float64Builder::new()).collect();
         let mut alarms = Vec::new();
         for k in keys {
