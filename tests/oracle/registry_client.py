@@ -17,10 +17,12 @@ The events are made here from a fixed seed, never by the engine.
 """
 
 import argparse
+import faulthandler
 import json
 import random
 import struct
 import sys
+import time
 from datetime import datetime, timezone
 
 import duckdb
@@ -56,6 +58,11 @@ BAD = {
     ],
 }
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+# Not idempotent: an idempotent producer first needs the broker's transaction coordinator,
+# which on a freshly started broker can take minutes to load (the test then hung). One
+# request in flight keeps the order of the partition, which the windows' lateness needs.
+PRODUCER = {"acks": "all", "enable.idempotence": False,
+            "max.in.flight.requests.per.connection": 1}
 
 
 def f32(x):
@@ -64,7 +71,7 @@ def f32(x):
 
 def produce(a):
     registry = SchemaRegistryClient({"url": a.registry})
-    producer = Producer({"bootstrap.servers": a.bootstrap, "enable.idempotence": True})
+    producer = Producer(PRODUCER | {"bootstrap.servers": a.bootstrap})
     ser = {
         name: AvroSerializer(registry, json.dumps(schema), conf={"auto.register.schemas": True})
         for name, schema in [("v1", V1), ("v2", V2)]
@@ -112,12 +119,17 @@ def read(bootstrap, topic, decode):
         if high <= low:
             continue
         c.assign([TopicPartition(topic, p, low)])
-        got = 0
+        got, last_error = 0, None
+        deadline = time.monotonic() + 30
         while got < high - low:
-            m = c.poll(10)
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{topic}: {got} of {high - low} read in 30 s; last error: {last_error}")
+            m = c.poll(1)
             if m is None:
-                raise SystemExit(f"{topic}: timed out after {got} of {high - low}")
+                continue
             if m.error():
+                last_error = m.error()
+                print(f"{topic}: {last_error}", file=sys.stderr)
                 continue
             got += 1
             rows.append(decode(m))
@@ -182,7 +194,7 @@ def framed(a):
     import fastavro
     schema = json.load(open(a.schema_file))
     parsed = fastavro.parse_schema(schema)
-    producer = Producer({"bootstrap.servers": a.bootstrap, "enable.idempotence": True})
+    producer = Producer(PRODUCER | {"bootstrap.servers": a.bootstrap})
     for i in range(a.count):
         record = {f["name"]: value_of(f["type"], i) for f in schema["fields"]}
         buf = io.BytesIO()
@@ -206,6 +218,8 @@ def decode(a):
 
 
 def main():
+    # A hang prints every thread's stack and exits, well inside the Rust test's limit.
+    faulthandler.dump_traceback_later(100, exit=True)
     ap = argparse.ArgumentParser()
     ap.add_argument("command", choices=["produce", "check", "decode", "framed"])
     ap.add_argument("--bootstrap", required=True)
