@@ -184,11 +184,7 @@ fn a_sink_schema_the_registry_refuses_stops_the_run_at_start() {
     };
     let (dir, topic) = setup("registry-refused");
     let subject = format!("{topic}.avro-value");
-    let reg = connectors::registry::Registry::new(connectors::registry::RegistryConfig {
-        url: registry.clone(),
-        auth: None,
-        timeout: Duration::from_secs(10),
-    });
+    let reg = client_of(&registry);
     // An earlier version with a field the sink's rows do not have: under BACKWARD the
     // sink's schema (which cannot read it: its fields have no defaults) is incompatible.
     set_backward(&registry, &subject);
@@ -215,6 +211,15 @@ fn a_sink_schema_the_registry_refuses_stops_the_run_at_start() {
         )),
         "{stderr}"
     );
+}
+
+/// The engine's registry client, for the tests' own registrations and lookups.
+fn client_of(url: &str) -> connectors::registry::Registry {
+    connectors::registry::Registry::new(connectors::registry::RegistryConfig {
+        url: url.to_string(),
+        auth: None,
+        timeout: Duration::from_secs(10),
+    })
 }
 
 /// `PUT /config/{subject}` with BACKWARD, over plain HTTP.
@@ -297,11 +302,7 @@ fn validate_checks_sources_and_sinks_against_the_registry() {
         return;
     };
     let (dir, topic) = setup("registry-validate");
-    let reg = connectors::registry::Registry::new(connectors::registry::RegistryConfig {
-        url: registry.clone(),
-        auth: None,
-        timeout: Duration::from_secs(10),
-    });
+    let reg = client_of(&registry);
     let writer = r#"{"type":"record","name":"Reading","fields":[{"name":"line","type":"string"},{"name":"ts","type":"long"},{"name":"value","type":"string"}]}"#;
     let id = reg
         .register(&format!("{topic}-value"), writer)
@@ -468,11 +469,7 @@ fn a_registry_restart_mid_run_loses_nothing() {
         .push(serde_json::json!({"name": "shift", "type": "string", "default": "day"}));
     let v2_file = dir.join("v2.avsc");
     std::fs::write(&v2_file, v2.to_string()).expect("v2");
-    let reg = connectors::registry::Registry::new(connectors::registry::RegistryConfig {
-        url: registry.clone(),
-        auth: None,
-        timeout: Duration::from_secs(10),
-    });
+    let reg = client_of(&registry);
     let v2_id = reg
         .register(&format!("{topic}-value"), &v2.to_string())
         .expect("registers v2");
@@ -585,11 +582,7 @@ fn sinks_register_under_the_subject_their_strategy_names() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let reg = connectors::registry::Registry::new(connectors::registry::RegistryConfig {
-        url: registry,
-        auth: None,
-        timeout: Duration::from_secs(10),
-    });
+    let reg = client_of(&registry);
     let record = format!("rec_{n}");
     assert!(reg.latest(&record).is_ok(), "no subject `{record}`");
     let topic_record = format!("{topic}.b-toprec_{n}");

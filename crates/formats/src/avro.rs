@@ -115,23 +115,25 @@ fn kind_of(ty: &Value, field: &str) -> Result<Kind, FormatError> {
                 }
                 ("int", Some("date")) => Ok(Kind::Date),
                 ("string", _) => Ok(Kind::String),
-                ("enum", _) => Ok(Kind::Enum(
-                    o.get("symbols")
-                        .and_then(Value::as_array)
-                        .map(|s| {
-                            s.iter()
-                                .filter_map(Value::as_str)
-                                .map(str::to_string)
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                )),
+                ("enum", _) => Ok(Kind::Enum(strings(o.get("symbols")))),
                 (other, None) if !other.is_empty() => kind_of(&Value::String(other.into()), field),
                 _ => Err(unsupported()),
             }
         }
         _ => Err(unsupported()),
     }
+}
+
+/// The strings of a JSON array (`symbols`, `aliases`); none when absent.
+fn strings(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The fields of a record schema (JSON text).
@@ -182,16 +184,7 @@ fn parse_fields(avsc: &str) -> Result<Vec<FieldCodec>, FormatError> {
             union,
             symbols,
             default: f.get("default").cloned(),
-            aliases: f
-                .get("aliases")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .map(str::to_string)
-                        .collect()
-                })
-                .unwrap_or_default(),
+            aliases: strings(f.get("aliases")),
             enum_default: base
                 .get("default")
                 .and_then(Value::as_str)

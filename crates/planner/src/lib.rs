@@ -27,7 +27,6 @@ use spec::model::{self as yaml, Model, Pipeline, Sink, Source, Transform, Window
 
 pub use node::*;
 pub use outputs::EVENT_TIME;
-pub use resolve::dead_letter_topic;
 
 /// Column a windowed transform sees with the start of each row's window.
 pub const WINDOW_START: &str = "window_start";

@@ -327,12 +327,45 @@ pub fn canonical(schema: &datafusion::arrow::datatypes::Schema) -> String {
         .join(",")
 }
 
-/// FNV-1a of `text`: stable across processes and platforms.
-pub fn fnv1a(text: &str) -> u64 {
+/// FNV-1a of `bytes`: stable across processes and platforms (state fingerprints, and
+/// the runtime's feature hashing).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.as_bytes() {
+    for b in bytes {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     h
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema};
+
+    use super::canonical;
+
+    /// The same schema built twice, with metadata in hash maps of their own (whose
+    /// iteration orders differ), must read the same: checkpoints are restored by it.
+    #[test]
+    fn canonical_schema_text_does_not_depend_on_hash_map_order() {
+        let build = || {
+            let metadata: HashMap<String, String> = (0..16)
+                .map(|i| (format!("key{i}"), format!("value{i}")))
+                .collect();
+            let inner = Field::new("kind", DataType::Utf8, false).with_metadata(metadata.clone());
+            Schema::new(vec![
+                Field::new("status", DataType::Utf8, true).with_metadata(metadata.clone()),
+                Field::new("nested", DataType::Struct(Fields::from(vec![inner])), true),
+            ])
+        };
+        let texts: std::collections::BTreeSet<String> =
+            (0..20).map(|_| canonical(&build())).collect();
+        assert_eq!(texts.len(), 1, "{texts:?}");
+        // The Debug text, which fingerprints used before, is not stable.
+        let debug: std::collections::BTreeSet<String> =
+            (0..20).map(|_| format!("{:?}", build())).collect();
+        assert!(debug.len() > 1, "hash-map order did vary in this process");
+    }
 }

@@ -57,7 +57,7 @@ pub(crate) fn delivery(d: yaml::Delivery) -> node::Delivery {
 }
 
 /// The dead-letter topic of a source.
-pub fn dead_letter_topic(pipeline: &str, source: &yaml::Source) -> String {
+pub(crate) fn dead_letter_topic(pipeline: &str, source: &yaml::Source) -> String {
     source
         .dead_letter_topic
         .clone()
@@ -148,7 +148,7 @@ pub(crate) fn model_kind(m: &yaml::Model) -> Option<node::ModelKind> {
 }
 
 pub(crate) fn source_fingerprint(s: &yaml::Source, schema: &Schema) -> u64 {
-    fnv1a(&format!("{:?}{}", s.table, canonical(schema)))
+    fnv1a(format!("{:?}{}", s.table, canonical(schema)).as_bytes())
 }
 
 pub(crate) fn transform_fingerprint(
@@ -160,30 +160,36 @@ pub(crate) fn transform_fingerprint(
         .iter()
         .map(|t| format!("{:?}.{}({})", t.schema, t.table, canonical(&t.arrow)))
         .collect();
-    fnv1a(&format!(
-        "{:?}{:?}{:?}{inputs:?}{}",
-        t.sql,
-        t.window,
-        t.join,
-        canonical(schema)
-    ))
+    fnv1a(
+        format!(
+            "{:?}{:?}{:?}{inputs:?}{}",
+            t.sql,
+            t.window,
+            t.join,
+            canonical(schema)
+        )
+        .as_bytes(),
+    )
 }
 
 pub(crate) fn model_fingerprint(m: &yaml::Model, predictions: &Schema, snapshots: &Schema) -> u64 {
-    fnv1a(&format!(
-        "{:?}{:?}{:?}{:?}{}{}",
-        m.key,
-        m.regression,
-        m.clustering,
-        m.input,
-        canonical(predictions),
-        canonical(snapshots)
-    ))
+    fnv1a(
+        format!(
+            "{:?}{:?}{:?}{:?}{}{}",
+            m.key,
+            m.regression,
+            m.clustering,
+            m.input,
+            canonical(predictions),
+            canonical(snapshots)
+        )
+        .as_bytes(),
+    )
 }
 
 /// Sinks hold no state.
 pub(crate) fn sink_fingerprint() -> u64 {
-    fnv1a("")
+    fnv1a(b"")
 }
 
 /// The registry subject of sink `s`'s schema (the record is named after the sink).

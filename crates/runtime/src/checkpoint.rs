@@ -98,16 +98,6 @@ pub fn read_rows(bytes: &[u8]) -> Result<Vec<RecordBatch>, RuntimeError> {
         .map_err(corrupt)
 }
 
-/// A stable 64-bit fingerprint of a definition's text (FNV-1a).
-pub fn fingerprint(text: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
 /// The checkpoint file of a pipeline.
 #[derive(Debug, Clone)]
 pub struct Store {

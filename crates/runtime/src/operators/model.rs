@@ -370,16 +370,6 @@ pub struct FeatureColumns {
     text: Vec<ArrayRef>,
 }
 
-/// FNV-1a, for feature hashing (stable across runs and platforms).
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
 impl Features {
     /// The features of `features` read from rows of `input`.
     pub fn new(features: &[Feature], input: &SchemaRef) -> Result<Self, RuntimeError> {
@@ -452,8 +442,9 @@ impl Features {
                 Input::Hashed(_, buckets) => {
                     let a = cols.text[ti].as_string::<i32>();
                     ti += 1;
-                    let hit = (!a.is_null(row))
-                        .then(|| (fnv1a(a.value(row).as_bytes()) % u64::from(*buckets)) as usize);
+                    let hit = (!a.is_null(row)).then(|| {
+                        (planner::fnv1a(a.value(row).as_bytes()) % u64::from(*buckets)) as usize
+                    });
                     for b in 0..*buckets as usize {
                         out[at] = if hit == Some(b) { 1.0 } else { 0.0 };
                         at += 1;
