@@ -14,7 +14,8 @@
 //!   how the input is spread over partitions, `{"restarts": false}` to skip the
 //!   stop-and-restore runs, `{"error": TEXT}` when every run must fail with TEXT,
 //!   `{"batches": [N, ...]}` to run only with these micro-batch sizes (for a result that
-//!   depends on arrival timing by definition, such as a lookup join; the case says why);
+//!   depends on arrival timing by definition, such as a lookup join; the case says why),
+//!   `{"tasks": N}` when the runner must divide the pipeline into N partition tasks;
 //! - `GOLDEN.md`: how the expected output was derived (by hand or by the script beside it),
 //!   never from the engine's own output.
 //!
@@ -54,6 +55,8 @@ struct Case {
     restarts: bool,
     error: Option<String>,
     batches: Option<Vec<usize>>,
+    /// Tasks the runner must divide the pipeline into.
+    tasks: Option<usize>,
 }
 
 fn load(dir: &Path) -> Case {
@@ -112,6 +115,7 @@ fn load(dir: &Path) -> Case {
         any_partitions: options["any_partitions"].as_bool().unwrap_or(false),
         restarts: options["restarts"].as_bool().unwrap_or(true),
         error: options["error"].as_str().map(str::to_string),
+        tasks: options["tasks"].as_u64().map(|n| n as usize),
         batches: options["batches"].as_array().map(|b| {
             b.iter()
                 .filter_map(|n| n.as_u64().map(|n| n as usize))
@@ -268,7 +272,7 @@ async fn run_variant(case: &Case, plan: &planner::PipelinePlan, v: Variant) -> R
         .map(|_| Some((total / (v.stops as u64 + 1)).max(1)))
         .collect();
     segments.push(None);
-    let outcome = run_segments(plan, v, &broker, &dir, segments).await;
+    let outcome = run_segments(plan, v, &broker, &dir, segments, case.tasks).await;
     std::fs::remove_dir_all(&dir).ok();
     match (&case.error, outcome) {
         (Some(want), Err(e)) if e.contains(want.as_str()) => {}
@@ -296,6 +300,7 @@ async fn run_segments(
     broker: &Memory,
     dir: &Path,
     segments: Vec<Option<u64>>,
+    tasks: Option<usize>,
 ) -> Result<(), String> {
     for max_events in segments {
         let mut config = RunConfig::new("memory");
@@ -307,6 +312,11 @@ async fn run_segments(
         let runner = Runner::connect(plan, config, Arc::new(Stats::default()), broker.clone())
             .await
             .map_err(|e| e.to_string())?;
+        if let Some(want) = tasks
+            && runner.tasks() != want
+        {
+            return Err(format!("ran as {} tasks, want {want}", runner.tasks()));
+        }
         runner
             .run(std::future::pending())
             .await

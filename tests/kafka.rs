@@ -136,7 +136,8 @@ fn window_oracle(
 }
 
 /// Window rows of the sink equal the oracle's: counts, minima and maxima exactly, sums and
-/// averages of doubles to 1e-12 (their order of addition differs between engines).
+/// averages of doubles to 1e-12 (their order of addition differs between engines). Rows are
+/// compared in window-end then key order (tasks and output partitions write in parallel).
 fn assert_same_windows(got: &[Value], expected: &[Value]) {
     assert!(
         expected.len() > 1000,
@@ -144,7 +145,17 @@ fn assert_same_windows(got: &[Value], expected: &[Value]) {
         expected.len()
     );
     assert_eq!(got.len(), expected.len(), "number of window rows");
-    for (g, e) in got.iter().zip(expected) {
+    let order = |v: &Value| {
+        (
+            epoch_ms(&v["window_end"]),
+            v["line_id"].as_str().unwrap_or_default().to_string(),
+        )
+    };
+    let mut got = got.to_vec();
+    got.sort_by_key(order);
+    let mut expected = expected.to_vec();
+    expected.sort_by_key(order);
+    for (g, e) in got.iter().zip(&expected) {
         let what = format!("\n got {g}\nwant {e}");
         assert_eq!(g["line_id"], e["line_id"], "{what}");
         assert_eq!(
@@ -294,10 +305,96 @@ fn tumbling_windows_equal_duckdb_and_dead_letters_hold_exactly_the_malformed_rec
     }
 }
 
+/// A pipeline keyed by its partitions' key runs as a task per partition (8 here) on 1, 2
+/// and 4 worker threads; every run gives DuckDB's windows and dead-letters exactly the
+/// malformed records.
+#[test]
+fn partition_tasks_on_1_2_and_4_workers_give_duckdbs_windows() {
+    let Some(bootstrap) = bootstrap() else { return };
+    let input = unique("tasks.in");
+    pipectl(
+        &[
+            "gen",
+            "--bootstrap",
+            &bootstrap,
+            "--kind",
+            "production/sensor_reading",
+            "--count",
+            "100000",
+            "--seed",
+            "7",
+            "--topic",
+            &input,
+            "--partitions",
+            "8",
+            "--late",
+            "0.01",
+            "--malformed",
+            "0.01",
+        ],
+        &[],
+    );
+    let (_, expected, invalid) = window_oracle(&bootstrap, &input);
+    for workers in ["1", "2", "4"] {
+        let output = unique("tasks.out");
+        let dlq = unique("tasks.dlq");
+        let group = unique("group");
+        let run = pipectl(
+            &[
+                "run",
+                "tests/pipelines/sensor-window.yaml",
+                "--bootstrap",
+                &bootstrap,
+                "--until-idle",
+                "5s",
+                "--workers",
+                workers,
+                "--quiet",
+            ],
+            &[
+                ("TEST_INPUT_TOPIC", &input),
+                ("TEST_OUTPUT_TOPIC", &output),
+                ("TEST_DEAD_LETTER_TOPIC", &dlq),
+                ("TEST_GROUP", &group),
+            ],
+        );
+        let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+        assert!(
+            stderr.contains("running as 8 tasks, one per input partition"),
+            "{stderr}"
+        );
+        let got: Vec<Value> = read(&bootstrap, &output)
+            .iter()
+            .map(|m| serde_json::from_slice(&m.payload).expect("output is JSON"))
+            .collect();
+        assert_same_windows(&got, &expected);
+        assert_eq!(
+            late_from_summary(&stderr),
+            expected[0]["late_total"].as_u64().expect("late total"),
+            "late events counted on {workers} workers\n{stderr}"
+        );
+        let letters: BTreeSet<(i32, i64)> = read(&bootstrap, &dlq)
+            .iter()
+            .map(|m| {
+                (
+                    header(m, "source-partition").parse().expect("partition"),
+                    header(m, "source-offset").parse().expect("offset"),
+                )
+            })
+            .collect();
+        assert_eq!(letters, invalid, "dead letters on {workers} workers");
+        println!(
+            "{workers} workers: {} window rows, {} dead letters, as DuckDB",
+            got.len(),
+            letters.len()
+        );
+    }
+}
+
 #[test]
 fn json_avro_and_confluent_avro_inputs_give_identical_results() {
     let Some(bootstrap) = bootstrap() else { return };
-    let mut results: Vec<(String, Vec<Vec<u8>>, usize)> = Vec::new();
+    let mut results: Vec<(String, Vec<Value>, usize)> = Vec::new();
     for format in ["json", "avro", "avro_confluent"] {
         let input = unique(&format!("formats.{format}.in"));
         let output = unique(&format!("formats.{format}.out"));
@@ -345,10 +442,17 @@ fn json_avro_and_confluent_avro_inputs_give_identical_results() {
                 ("TEST_FORMAT", format),
             ],
         );
-        let rows: Vec<Vec<u8>> = read(&bootstrap, &output)
+        // In window-end then key order: tasks write in parallel.
+        let mut rows: Vec<Value> = read(&bootstrap, &output)
             .into_iter()
-            .map(|m| m.payload)
+            .map(|m| serde_json::from_slice(&m.payload).expect("json"))
             .collect();
+        rows.sort_by_key(|v| {
+            (
+                epoch_ms(&v["window_end"]),
+                v["line_id"].as_str().unwrap_or_default().to_string(),
+            )
+        });
         let letters = read(&bootstrap, &dlq).len();
         results.push((format.to_string(), rows, letters));
     }
@@ -358,12 +462,8 @@ fn json_avro_and_confluent_avro_inputs_give_identical_results() {
     for (format, rows, letters) in &results[1..] {
         assert_eq!(rows.len(), json_rows.len(), "{format}: window rows");
         for (a, b) in rows.iter().zip(json_rows) {
-            let (a, b): (Value, Value) = (
-                serde_json::from_slice(a).expect("json"),
-                serde_json::from_slice(b).expect("json"),
-            );
             assert!(
-                same_json(&a, &b),
+                same_json(a, b),
                 "{format}: results differ from JSON input:\n {a}\n {b}"
             );
         }

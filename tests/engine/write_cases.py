@@ -438,8 +438,54 @@ the result does not depend on micro-batch boundaries: it runs with every batch s
 stops restore the model mid-seeding.""")
 
 
+def partition_tasks():
+    # (partition, line, seconds, temperature), in offset order within each partition.
+    ev = [(0, "L1", 5, 70.0), (1, "L2", 15, 60.0), (2, "L3", 1, 20.0), (0, "L4", 10, 50.0),
+          (1, "L2", 50, 65.0), (0, "L1", 65, 90.0), (2, "L3", 59, 30.0), (1, "L2", 70, 75.0),
+          (0, "L1", 130, 10.0), (2, "L3", 61, 40.0), (0, "L4", 40, 99.0)]
+    exp = [("L1", 0, 1, 70.0, 70.0), ("L1", 1, 1, 90.0, 90.0), ("L1", 2, 1, 10.0, 10.0),
+           ("L4", 0, 1, 50.0, 50.0), ("L2", 0, 2, 125.0, 65.0), ("L2", 1, 1, 75.0, 75.0),
+           ("L3", 0, 2, 50.0, 30.0), ("L3", 1, 1, 40.0, 40.0)]
+    write_case(
+        "partition-tasks",
+        pipeline("partition-tasks", "      key: line_id\n      event_time: { field: ts, max_out_of_order: 10s }\n", """  transforms:
+    - name: per_minute
+      window: { tumbling: 1m }
+      sql: |
+        SELECT line_id AS line, window_start, window_end, count(*) AS n,
+               sum(temperature) AS total, max(temperature) AS hottest
+        FROM readings GROUP BY line_id, window_start, window_end
+  sinks:
+    - { name: out, from: per_minute, kafka: { topic: out }, format: json }
+"""),
+        [msg("in", p, reading(l, "M", T0 + s * S, t), key=l) for p, l, s, t in ev],
+        {"out": [{"line": l, "window_start": T0 + w * M, "window_end": T0 + (w + 1) * M,
+                  "n": n, "total": tot, "hottest": mx} for l, w, n, tot, mx in exp]},
+        """By hand, as tumbling-window (docs/running.md), per partition. The source declares `key:
+line_id` and the window groups by it, so the pipeline runs as one task per partition (3),
+which the case checks. Partition 0 holds L1 and L4, partition 1 L2, partition 2 L3; event
+times in seconds after 2026-01-01T00:00:00Z. Partition 0 in offset order: L1 5 (70), L4 10
+(50), L1 65 (90), L1 130 (10), L4 40 (99: its window ends at 60 <= 130 - 10, late,
+dropped). Partition 1: L2 15 (60), 50 (65), 70 (75). Partition 2: L3 1 (20), 59 (30), 61
+(40). The input ends, so every window is emitted:
+
+| line | window | n | total | hottest |
+|---|---|---|---|---|
+| L1 | [0, 60) | 1 | 70 | 70 |
+| L1 | [60, 120) | 1 | 90 | 90 |
+| L1 | [120, 180) | 1 | 10 | 10 |
+| L4 | [0, 60) | 1 | 50 | 50 |
+| L2 | [0, 60) | 2 | 125 | 65 |
+| L2 | [60, 120) | 1 | 75 | 75 |
+| L3 | [0, 60) | 2 | 50 | 30 |
+| L3 | [60, 120) | 1 | 40 | 40 |
+
+The stops restore each task from its own checkpoint.""",
+        {"tasks": 3})
+
+
 if __name__ == "__main__":
     for case in [filter_project, tumbling_window, dead_letters, skip_bad_records,
                  fail_on_bad_record, hopping_window, session_window, late_dead_letter,
-                 regression, interval_join, lookup_join, clustering]:
+                 regression, interval_join, lookup_join, clustering, partition_tasks]:
         case()

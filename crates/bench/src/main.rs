@@ -54,6 +54,41 @@ spec:
       format: json
 "#;
 
+/// The scale benchmark's pipeline: per-line windows and a per-line regression, keyed like
+/// its topic, so that it runs as a task per partition.
+const KEYED: &str = r#"
+apiVersion: pipelines/v1
+kind: Pipeline
+metadata: { name: bench-keyed }
+spec:
+  sources:
+    - name: readings
+      kafka: { topic: "${BENCH_TOPIC:-keyed}", start_from: earliest, group: "${BENCH_GROUP:-keyed}" }
+      format: json
+      schema: production/sensor_reading
+      key: line_id
+      event_time: { field: ts, max_out_of_order: 5s }
+      on_error: skip
+  transforms:
+    - name: per_minute
+      window: { tumbling: 1m }
+      sql: |
+        SELECT line_id, window_start, window_end, count(*) AS n, avg(temperature) AS t,
+               max(vibration) AS v, avg(failure_rate) AS f
+        FROM readings GROUP BY line_id, window_start, window_end
+  models:
+    - name: failure
+      input: readings
+      key: line_id
+      regression: { target: failure_rate, features: [temperature, humidity, pressure, speed, vibration] }
+  sinks:
+    - { name: windows, from: per_minute, kafka: { topic: "${BENCH_TOPIC:-keyed}.windows" }, format: json }
+    - { name: predictions, from: failure.predictions, kafka: { topic: "${BENCH_TOPIC:-keyed}.predictions" }, format: json }
+"#;
+
+/// Partitions of the scale benchmark's topic.
+const KEYED_PARTITIONS: usize = 8;
+
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -76,6 +111,10 @@ fn report(what: &str, events: usize, elapsed: Duration) {
 }
 
 async fn plan_with(env: &[(&str, String)]) -> Result<PipelinePlan, BenchError> {
+    plan_of(PIPELINE, env).await
+}
+
+async fn plan_of(yaml: &str, env: &[(&str, String)]) -> Result<PipelinePlan, BenchError> {
     let dir =
         event_schema::find_schema_dir(&std::env::current_dir()?).ok_or("no schemas/ directory")?;
     let registry = event_schema::SchemaRegistry::new(dir);
@@ -85,7 +124,7 @@ async fn plan_with(env: &[(&str, String)]) -> Result<PipelinePlan, BenchError> {
             .map(|(_, v)| v.clone())
             .or_else(|| std::env::var(name).ok())
     };
-    match planner::check("bench.yaml", PIPELINE, &registry, &lookup).await {
+    match planner::check("bench.yaml", yaml, &registry, &lookup).await {
         (_, Some(p)) => Ok(p),
         (doc, None) => Err(doc
             .diagnostics()
@@ -95,6 +134,90 @@ async fn plan_with(env: &[(&str, String)]) -> Result<PipelinePlan, BenchError> {
             .join("\n")
             .into()),
     }
+}
+
+/// Runs `plan` to `events` input events on a runtime of its own with `workers` threads (on
+/// a thread of its own, since the caller's runtime cannot block): (events read, time to
+/// read and process them, tasks).
+fn run_on_workers<C: connectors::Connect>(
+    workers: usize,
+    plan: &PipelinePlan,
+    bootstrap: &str,
+    connect: C,
+    events: usize,
+) -> Result<(usize, Duration, usize), String> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(workers)
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                rt.block_on(async {
+                    let stats = Arc::new(runtime::Stats::default());
+                    let mut config = runtime::RunConfig::new(bootstrap);
+                    config.max_events = Some(events as u64);
+                    let runner = runtime::Runner::connect(plan, config, stats.clone(), connect)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let tasks = runner.tasks();
+                    let started = Instant::now();
+                    let handle = tokio::spawn(runner.run(std::future::pending()));
+                    while stats.events_in.load(Ordering::Relaxed) < events as u64
+                        && !handle.is_finished()
+                    {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    let consumed = started.elapsed();
+                    handle
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .map_err(|e| e.to_string())?;
+                    Ok((
+                        stats.events_in.load(Ordering::Relaxed) as usize,
+                        consumed,
+                        tasks,
+                    ))
+                })
+            })
+            .join()
+            .map_err(|_| "the benchmark thread panicked".to_string())?
+    })
+}
+
+/// The scale benchmark: the keyed pipeline on 1 and 2 workers, over `topic` of `connect`.
+async fn scale<C: connectors::Connect>(
+    place: &str,
+    topic: &str,
+    bootstrap: &str,
+    connect: C,
+    events: usize,
+) -> Result<(), BenchError> {
+    let mut rates = Vec::new();
+    for workers in [1, 2] {
+        let group = format!("{topic}-{workers}-workers");
+        let plan = plan_of(
+            KEYED,
+            &[("BENCH_TOPIC", topic.to_string()), ("BENCH_GROUP", group)],
+        )
+        .await?;
+        let (n, elapsed, tasks) =
+            run_on_workers(workers, &plan, bootstrap, connect.clone(), events)?;
+        report(
+            &format!("window + regression per line, {place}, {workers} worker(s)"),
+            n,
+            elapsed,
+        );
+        println!("{:<44} {tasks} tasks", "");
+        rates.push(n as f64 / elapsed.as_secs_f64());
+    }
+    println!(
+        "{:<44} 2 workers / 1 worker: {:.2}",
+        "",
+        rates[1] / rates[0]
+    );
+    Ok(())
 }
 
 #[tokio::main]
@@ -116,10 +239,10 @@ async fn main() -> Result<(), BenchError> {
 
     let mut settings = Settings::new("production/sensor_reading", 1);
     settings.interval_ms = 10.0;
-    let messages: Vec<Vec<u8>> = Generator::new(settings)?
+    let (keys, messages): (Vec<String>, Vec<Vec<u8>>) = Generator::new(settings)?
         .take(events)
-        .map(|e| e.value)
-        .collect();
+        .map(|e| (e.key, e.value))
+        .unzip();
 
     let plan = plan_with(&[]).await?;
     let (schema, avro_json) = plan
@@ -192,6 +315,21 @@ async fn main() -> Result<(), BenchError> {
         );
     }
 
+    // The scale benchmark in memory: messages keyed by line, as the generator keys them.
+    broker.create_topic("keyed", KEYED_PARTITIONS);
+    for (k, m) in keys.iter().zip(&messages) {
+        let p = planner::fnv1a(k.as_bytes()) % KEYED_PARTITIONS as u64;
+        broker.produce("keyed", p as i32, Some(k.as_bytes()), Some(m), 0)?;
+    }
+    scale(
+        "in-memory broker",
+        "keyed",
+        "memory",
+        broker.clone(),
+        events,
+    )
+    .await?;
+
     let Some(bootstrap) = arg("--bootstrap") else {
         println!("(add --bootstrap HOST:PORT to measure through a Kafka broker)");
         return Ok(());
@@ -242,6 +380,7 @@ async fn main() -> Result<(), BenchError> {
             properties: BTreeMap::new(),
             max_batch: batch_size,
             max_wait: Duration::from_millis(100),
+            only: None,
         },
     )?;
     let mut raw = connectors::RawBatch::default();
@@ -293,5 +432,26 @@ async fn main() -> Result<(), BenchError> {
             (started.elapsed() - consumed).as_secs_f64()
         );
     }
+
+    // The scale benchmark through Kafka: a topic of 8 partitions keyed by line.
+    let keyed = format!("bench.keyed.{nanos}");
+    connectors::create_topic(&bootstrap, &keyed, KEYED_PARTITIONS as i32).await?;
+    let sink = connectors::KafkaSink::new(&bootstrap, &keyed, &BTreeMap::new(), Vec::new())?;
+    for (chunk, chunk_keys) in messages.chunks(batch_size).zip(keys.chunks(batch_size)) {
+        let records: Vec<connectors::OutRecord<'_>> = chunk
+            .iter()
+            .zip(chunk_keys)
+            .map(|(m, k)| connectors::OutRecord {
+                key: Some(k.as_bytes()),
+                value: m,
+                timestamp: None,
+            })
+            .collect();
+        sink.send_all(&records, &[]).await?;
+    }
+    let kafka = connectors::Kafka {
+        bootstrap: bootstrap.clone(),
+    };
+    scale("via Kafka", &keyed, &bootstrap, kafka, events).await?;
     Ok(())
 }

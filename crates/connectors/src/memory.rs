@@ -177,7 +177,10 @@ impl Source for MemorySource {
                         break;
                     }
                     let partition = p as i32;
-                    let offset = next.entry(partition).or_insert(0);
+                    let Some(offset) = next.get_mut(&partition) else {
+                        // Not assigned to this source.
+                        continue;
+                    };
                     let Some(m) = usize::try_from(*offset).ok().and_then(|o| msgs.get(o)) else {
                         continue;
                     };
@@ -222,6 +225,7 @@ impl Source for MemorySource {
         let next = self.next.lock().unwrap_or_else(|e| e.into_inner());
         ends.iter()
             .enumerate()
+            .filter(|(p, _)| self.partitions.contains(&(*p as i32)))
             .map(|(p, end)| {
                 let p = p as i32;
                 let pos = next.get(&p).or(known.get(&p)).copied().unwrap_or(0);
@@ -296,6 +300,17 @@ impl Connect for Memory {
     type Source = MemorySource;
     type Sink = MemorySink;
 
+    fn partitions(
+        &self,
+        topic: &str,
+        _properties: &BTreeMap<String, String>,
+    ) -> Result<Vec<i32>, ConnectorError> {
+        let ends = self
+            .ends(topic)
+            .ok_or_else(|| ConnectorError::Config(format!("topic `{topic}` does not exist")))?;
+        Ok((0..ends.len() as i32).collect())
+    }
+
     fn source(&self, config: &SourceConfig) -> Result<MemorySource, ConnectorError> {
         let ends = self.ends(&config.topic).ok_or_else(|| {
             ConnectorError::Config(format!("topic `{}` does not exist", config.topic))
@@ -304,8 +319,14 @@ impl Connect for Memory {
         let state = self.lock();
         let parts = &state.topics[&config.topic];
         let mut start_offsets = BTreeMap::new();
+        let assigned: Vec<i32> = (0..ends.len() as i32)
+            .filter(|p| config.only.as_ref().is_none_or(|only| only.contains(p)))
+            .collect();
         for (p, end) in ends.iter().enumerate() {
             let partition = p as i32;
+            if !assigned.contains(&partition) {
+                continue;
+            }
             let offset = match &config.start {
                 Start::Earliest => 0,
                 Start::Latest => *end,
@@ -327,7 +348,7 @@ impl Connect for Memory {
             broker: self.clone(),
             topic: config.topic.clone(),
             group: config.group.clone(),
-            partitions: (0..ends.len() as i32).collect(),
+            partitions: assigned,
             next: Mutex::new(start_offsets.clone()),
             start_offsets,
             max_batch: config.max_batch.max(1),
@@ -361,6 +382,7 @@ mod tests {
             properties: BTreeMap::new(),
             max_batch,
             max_wait: Duration::from_millis(1),
+            only: None,
         }
     }
 
@@ -397,6 +419,27 @@ mod tests {
         // Nothing more: an empty batch after the wait.
         again.next_batch(&mut batch).await.expect("empty");
         assert!(batch.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_source_given_partitions_reads_and_reports_only_those() {
+        let broker = Memory::new();
+        broker.create_topic("t", 3);
+        for p in 0..3 {
+            broker
+                .produce("t", p, None, Some(&[b'a' + p as u8]), 0)
+                .expect("produce");
+        }
+        let mut c = config("t", Start::Committed, 10);
+        c.only = Some(vec![1]);
+        let source = broker.source(&c).expect("source");
+        assert_eq!(source.partitions(), &[1]);
+        assert_eq!(source.lag(&BTreeMap::new()), BTreeMap::from([(1, 1)]));
+        let mut batch = RawBatch::default();
+        source.next_batch(&mut batch).await.expect("batch");
+        assert_eq!(batch.payloads(), vec![b"b"]);
+        assert_eq!(batch.partitions, vec![1]);
+        assert_eq!(source.lag(&BTreeMap::new()), BTreeMap::from([(1, 0)]));
     }
 
     #[tokio::test]

@@ -39,6 +39,10 @@ struct Args {
     /// Time between checkpoints of each pipeline.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     checkpoint_interval: Duration,
+    /// Threads of each pipeline's worker pool, which runs its tasks (one per input
+    /// partition when the plan allows); default: one per core.
+    #[arg(long, env = "PIPELINED_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    workers: Option<u16>,
     /// Largest request body, bytes.
     #[arg(long, default_value_t = 2 * 1024 * 1024)]
     max_body: usize,
@@ -219,6 +223,10 @@ async fn serve(args: Args, env: PipelineEnv) -> ExitCode {
         state_dir: args.state_dir.clone(),
         schemas: args.schemas.clone(),
         checkpoint_interval: args.checkpoint_interval,
+        workers: args.workers.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            usize::from,
+        ),
         env,
         stop_timeout: args.stop_timeout,
     });

@@ -35,6 +35,8 @@ pub struct Settings {
     /// Longest wait for a pipeline to stop; past it, it is abandoned (it ends at its next
     /// micro-batch boundary, writing nothing more if it was deleted).
     pub stop_timeout: Duration,
+    /// Worker threads of each pipeline.
+    pub workers: usize,
 }
 
 /// Stack of a pipeline's thread: planning and running recurse over SQL expressions.
@@ -343,7 +345,12 @@ fn run_thread(run: Run) {
         stop,
         ..
     } = run.clone();
-    let rt = match tokio::runtime::Builder::new_current_thread()
+    // The pipeline's worker pool: its tasks run on these threads (planning runs on this
+    // one).
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(run.settings.workers.max(1))
+        .thread_stack_size(PIPELINE_STACK_BYTES)
+        .thread_name(format!("pipeline-{name}-worker"))
         .enable_all()
         .build()
     {

@@ -240,6 +240,10 @@ enum Command {
         /// Time between checkpoints.
         #[arg(long, value_parser = parse_duration, default_value = "10s")]
         checkpoint_interval: Duration,
+        /// Threads that run the pipeline's tasks (one task per input partition when the
+        /// plan allows); default: one per core.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+        workers: Option<u16>,
         #[command(flatten)]
         registry: registry::RegistryArgs,
     },
@@ -251,10 +255,14 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Run {
+        workers: Some(n), ..
+    } = &cli.command
     {
+        builder.worker_threads(usize::from(*n));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -528,6 +536,7 @@ async fn run(cli: Cli) -> ExitCode {
             checkpoint_dir,
             checkpoint_interval,
             registry,
+            workers: _,
         } => {
             let schema_registry = match registry.connect() {
                 Ok(r) => r,

@@ -30,6 +30,13 @@ pub async fn run(
         eprintln!("warning: {w}");
     }
     let shown = runner.warnings().len();
+    match (&plan.parallelism, runner.tasks()) {
+        (planner::Parallelism::Single(why), _) => {
+            eprintln!("running as one task over every partition: {why}");
+        }
+        (_, 1) => eprintln!("running as one task (the input has one partition)"),
+        (_, n) => eprintln!("running as {n} tasks, one per input partition"),
+    }
     let started = Instant::now();
     let status = {
         let stats = stats.clone();

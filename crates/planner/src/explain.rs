@@ -10,6 +10,12 @@ use crate::{Feature, Format, ModelKind, NodeKind, PipelinePlan, TransformKind, W
 
 pub(crate) fn explain(plan: &PipelinePlan) -> String {
     let mut out = format!("pipeline {}\n", plan.name);
+    match &plan.parallelism {
+        crate::Parallelism::PerPartition => out.push_str("tasks: one per input partition\n"),
+        crate::Parallelism::Single(why) => {
+            let _ = writeln!(out, "tasks: one for every partition: {why}");
+        }
+    }
     for node in &plan.nodes {
         out.push('\n');
         match &node.kind {
@@ -23,6 +29,9 @@ pub(crate) fn explain(plan: &PipelinePlan) -> String {
                     s.schema_name,
                     snake(format!("{:?}", s.on_error))
                 );
+                if let Some(key) = &s.key {
+                    let _ = writeln!(out, "  message key carries {key}");
+                }
                 match &s.event_time {
                     Some(et) => {
                         let _ = writeln!(

@@ -11,6 +11,7 @@ pub mod bounded;
 mod explain;
 pub mod node;
 pub mod outputs;
+pub mod partitioning;
 mod resolve;
 pub mod sql;
 
@@ -27,6 +28,7 @@ use spec::model::{self as yaml, Model, Pipeline, Sink, Source, Transform, Window
 
 pub use node::*;
 pub use outputs::EVENT_TIME;
+pub use partitioning::Parallelism;
 
 /// Column a windowed transform sees with the start of each row's window.
 pub const WINDOW_START: &str = "window_start";
@@ -40,6 +42,8 @@ pub struct PipelinePlan {
     pub name: String,
     /// Sources, transforms, models and sinks, inputs before their readers.
     pub nodes: Vec<PlannedNode>,
+    /// Whether it runs as a task per partition.
+    pub parallelism: Parallelism,
 }
 
 /// One planned node.
@@ -107,6 +111,7 @@ pub async fn plan(doc: &mut Document, registry: &SchemaRegistry) -> Option<Pipel
     if doc.is_valid() {
         Some(PipelinePlan {
             name: pipeline.metadata.name.clone(),
+            parallelism: partitioning::parallelism(&nodes),
             nodes,
         })
     } else {
@@ -256,6 +261,25 @@ impl Planner<'_> {
                 ),
             );
         }
+        if let Some(key) = &s.key {
+            if table_key.is_some() {
+                self.error(
+                    format!("{path}.key"),
+                    "a table is read whole by every task, so its partitioning does not matter: remove `key` (the table's key is `table.key`)".to_string(),
+                );
+            } else if schema.field_with_name(key).is_err() {
+                let columns = column_names(&schema);
+                self.error(
+                    format!("{path}.key"),
+                    format!(
+                        "no field `{key}` in schema `{}`{} (fields: {})",
+                        s.schema,
+                        suggestion(key, columns.iter().map(String::as_str)),
+                        one_of(columns.iter().map(String::as_str))
+                    ),
+                );
+            }
+        }
         self.tables.insert(
             s.name.clone(),
             Table {
@@ -292,6 +316,7 @@ impl Planner<'_> {
                 on_error: resolve::on_error(s.on_error),
                 dead_letter_topic: resolve::dead_letter_topic(&self.p.metadata.name, s),
                 table_key: s.table.as_ref().map(|t| t.key.clone()),
+                key: s.key.clone(),
             }),
         });
     }

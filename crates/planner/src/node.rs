@@ -94,6 +94,9 @@ pub struct SourcePlan {
     pub dead_letter_topic: String,
     /// The key column when the topic is read as a changelog table.
     pub table_key: Option<String>,
+    /// The column the message key carries (`key:`): the partitions of a stream are keyed
+    /// by it.
+    pub key: Option<String>,
 }
 
 /// The shape of a window.

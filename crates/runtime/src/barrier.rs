@@ -10,9 +10,9 @@ use connectors::{Connect, OutRecord, Sink as _, Source as _};
 
 use crate::checkpoint;
 use crate::error::RuntimeError;
-use crate::runner::Runner;
+use crate::task::Task;
 
-impl<C: Connect> Runner<C> {
+impl<C: Connect> Task<C> {
     /// Writes buffered sink records and dead letters and waits for Kafka to acknowledge them.
     pub(crate) async fn flush_outputs(&mut self) -> Result<(), RuntimeError> {
         for n in &mut self.nodes {

@@ -2,8 +2,9 @@
 //! together at the end of a micro-batch turn (the barrier: no record is in flight, every
 //! output of the turn has been acknowledged by Kafka).
 //!
-//! A checkpoint is one file, `checkpoint.cbor` in the pipeline's checkpoint directory,
-//! replaced atomically (written beside it, synced, renamed). It holds, per source, the next
+//! A checkpoint is one file, `checkpoint.cbor` in the pipeline's checkpoint directory (one
+//! per task, `task-<i>.cbor`, for a pipeline run as a task per partition), replaced
+//! atomically (written beside it, synced, renamed). It holds, per source, the next
 //! offset to read of every partition, and per stateful operator (by node name) a fingerprint
 //! of the operator's definition and its state as bytes: Arrow IPC streams for row state
 //! (open windows, join buffers, changelog tables), CBOR for model state (f64 bit-exact).
@@ -98,16 +99,52 @@ pub fn read_rows(bytes: &[u8]) -> Result<Vec<RecordBatch>, RuntimeError> {
         .map_err(corrupt)
 }
 
-/// The checkpoint file of a pipeline.
+/// The checkpoint file of a pipeline, or of one of its partition tasks.
 #[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
+    /// `checkpoint` for a pipeline run as one task, `task-<i>` for task `i` of several.
+    name: String,
 }
 
 impl Store {
-    /// Checkpoints kept in `dir` (created when missing).
+    /// Checkpoints of a pipeline run as one task, kept in `dir` (created when missing).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        Self {
+            dir: dir.into(),
+            name: "checkpoint".into(),
+        }
+    }
+
+    /// Checkpoints of task `index` of a pipeline run as several, kept in `dir`.
+    pub fn task(dir: impl Into<PathBuf>, index: usize) -> Self {
+        Self {
+            dir: dir.into(),
+            name: format!("task-{index}"),
+        }
+    }
+
+    /// How many tasks the checkpoints in `dir` were written by: 1 for `checkpoint.cbor`,
+    /// N for `task-0.cbor` .. `task-<N-1>.cbor`, 0 when there are none.
+    pub fn tasks_in(dir: &Path) -> usize {
+        if dir.join("checkpoint.cbor").exists() {
+            return 1;
+        }
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                name.strip_prefix("task-")?
+                    .strip_suffix(".cbor")?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .map(|i| i + 1)
+            .max()
+            .unwrap_or(0)
     }
 
     /// The directory.
@@ -116,7 +153,7 @@ impl Store {
     }
 
     fn file(&self) -> PathBuf {
-        self.dir.join("checkpoint.cbor")
+        self.dir.join(format!("{}.cbor", self.name))
     }
 
     /// The latest checkpoint, if one was written.
@@ -151,7 +188,7 @@ impl Store {
         };
         std::fs::create_dir_all(&self.dir).map_err(|e| io("creating", e))?;
         let bytes = encode(checkpoint)?;
-        let tmp = self.dir.join("checkpoint.cbor.tmp");
+        let tmp = self.dir.join(format!("{}.cbor.tmp", self.name));
         let mut f = std::fs::File::create(&tmp).map_err(|e| io("writing in", e))?;
         f.write_all(&bytes).map_err(|e| io("writing in", e))?;
         f.sync_all().map_err(|e| io("syncing in", e))?;

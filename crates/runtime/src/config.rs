@@ -1,8 +1,9 @@
 //! How a run is configured (`RunConfig`), what it counts while it runs (`Stats`) and what it
 //! reports when it ends (`Summary`).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::metrics;
@@ -76,8 +77,48 @@ pub struct Stats {
     /// The last of them (written rarely: only when an error happens).
     pub last_kafka_error: std::sync::Mutex<Option<String>>,
     /// Per source, sink, transform and model; latency histograms (published at most once
-    /// a second).
+    /// a second): the merge of every task's.
     pub detail: std::sync::Mutex<metrics::Detail>,
+    /// Each task's own view, by task number (published at most once a second).
+    pub tasks: std::sync::Mutex<BTreeMap<usize, TaskView>>,
+}
+
+/// What one task of a pipeline reports.
+#[derive(Debug, Clone, Default)]
+pub struct TaskView {
+    /// The partitions it reads, by source name.
+    pub partitions: BTreeMap<String, Vec<i32>>,
+    /// The smallest watermark of its windows, ms (`i64::MIN`: none).
+    pub watermark_ms: i64,
+    /// Its consumer lag summed over its partitions (-1 until measured).
+    pub lag: i64,
+    /// Its measurements.
+    pub detail: metrics::Detail,
+}
+
+impl Stats {
+    /// Records task `index`'s view and recomputes the pipeline's: the smallest watermark,
+    /// the summed lag and the merged measurements of all tasks.
+    pub(crate) fn publish(&self, index: usize, view: TaskView) {
+        let Ok(mut tasks) = self.tasks.lock() else {
+            return;
+        };
+        tasks.insert(index, view);
+        let watermark = tasks
+            .values()
+            .map(|t| t.watermark_ms)
+            .min()
+            .unwrap_or(i64::MIN);
+        self.watermark_ms.store(watermark, Ordering::Relaxed);
+        let measured: Vec<i64> = tasks.values().map(|t| t.lag).filter(|l| *l >= 0).collect();
+        if !measured.is_empty() {
+            self.lag.store(measured.iter().sum(), Ordering::Relaxed);
+        }
+        let merged = metrics::Detail::merged(tasks.values().map(|t| &t.detail));
+        if let Ok(mut d) = self.detail.lock() {
+            *d = merged;
+        }
+    }
 }
 
 impl Default for Stats {
@@ -94,6 +135,7 @@ impl Default for Stats {
             kafka_errors: AtomicU64::new(0),
             last_kafka_error: std::sync::Mutex::new(None),
             detail: std::sync::Mutex::new(metrics::Detail::default()),
+            tasks: std::sync::Mutex::new(BTreeMap::new()),
         }
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`runner`] | the loop: read micro-batches, push rows along the graph's edges, stop |
+//! | [`runner`] | a pipeline's tasks (one per partition when the plan allows), on the worker pool |
+//! | [`task`] | a task's loop: read micro-batches, push rows along the graph's edges, stop |
 //! | [`source`] | a source task: decode, apply the error policy, split by partition |
 //! | [`barrier`] | flush outputs and dead letters, write the checkpoint, commit offsets |
 //! | [`checkpoint`] | the checkpoint file: offsets and operator state, written atomically |
@@ -22,9 +23,11 @@ pub mod operators;
 pub mod runner;
 mod slot;
 mod source;
+pub mod task;
 
 pub use config::{RunConfig, Stats, Summary};
 pub use error::{Blame, RuntimeError};
 pub use metrics::ModelSummary;
 pub use operator::{Context, Operator};
-pub use runner::{Runner, stop_signal};
+pub use runner::Runner;
+pub use task::stop_signal;

@@ -174,6 +174,125 @@ pub struct Detail {
     pub models: BTreeMap<String, ModelSummary>,
 }
 
+impl Histogram {
+    fn add(&mut self, other: &Histogram) {
+        for (c, o) in self.counts.iter_mut().zip(other.counts) {
+            *c += o;
+        }
+        self.sum += other.sum;
+        self.count += other.count;
+    }
+}
+
+impl Detail {
+    /// The measurements of a pipeline from those of its tasks. Counts, sizes and histograms
+    /// add up; lags are per partition. A model's quality over several tasks (which learn
+    /// disjoint keys) is the mean of theirs weighted by rows learnt, its RMSE the root of
+    /// the weighted mean square: exact for MAE and RMSE, close for R². One task's
+    /// measurements are returned as they are.
+    pub fn merged<'a>(mut details: impl Iterator<Item = &'a Detail>) -> Detail {
+        let Some(first) = details.next() else {
+            return Detail::default();
+        };
+        let rest: Vec<&Detail> = details.collect();
+        if rest.is_empty() {
+            return first.clone();
+        }
+        let mut out = first.clone();
+        let mut models: BTreeMap<String, Vec<&ModelSummary>> = BTreeMap::new();
+        for (name, m) in &first.models {
+            models.entry(name.clone()).or_default().push(m);
+        }
+        for d in rest {
+            for (name, s) in &d.sources {
+                let o = out.sources.entry(name.clone()).or_default();
+                o.topic.clone_from(&s.topic);
+                o.events += s.events;
+                o.bytes += s.bytes;
+                o.batches += s.batches;
+                o.decode_errors += s.decode_errors;
+                o.dead_lettered += s.dead_lettered;
+                o.lag.extend(s.lag.iter().map(|(p, l)| (*p, *l)));
+            }
+            for (name, s) in &d.sinks {
+                let o = out.sinks.entry(name.clone()).or_default();
+                o.topic.clone_from(&s.topic);
+                o.records += s.records;
+                o.bytes += s.bytes;
+            }
+            for (name, n) in &d.late {
+                *out.late.entry(name.clone()).or_default() += n;
+            }
+            out.processing.add(&d.processing);
+            out.end_to_end.add(&d.end_to_end);
+            for (name, m) in &d.models {
+                models.entry(name.clone()).or_default().push(m);
+            }
+        }
+        out.models = models
+            .into_iter()
+            .map(|(name, parts)| (name, ModelSummary::merged(&parts)))
+            .collect();
+        out
+    }
+}
+
+impl ModelSummary {
+    /// The quality of one model learnt by several tasks (see [`Detail::merged`]).
+    fn merged(parts: &[&ModelSummary]) -> ModelSummary {
+        let mut out = ModelSummary {
+            kind: parts.first().map_or("", |p| p.kind),
+            ..ModelSummary::default()
+        };
+        let total: f64 = parts.iter().map(|p| p.samples as f64).sum();
+        let mean = |f: &dyn Fn(&ModelSummary) -> Option<f64>| -> Option<f64> {
+            let (mut sum, mut weight) = (0.0, 0.0);
+            for p in parts {
+                if let Some(v) = f(p) {
+                    sum += v * p.samples as f64;
+                    weight += p.samples as f64;
+                }
+            }
+            (weight > 0.0).then(|| sum / weight)
+        };
+        let root_mean_square = |f: &dyn Fn(&ModelSummary) -> Option<f64>| {
+            mean(&|p| f(p).map(|v| v * v)).map(f64::sqrt)
+        };
+        out.mae = mean(&|p| p.mae);
+        out.rmse = root_mean_square(&|p| p.rmse);
+        out.r2 = mean(&|p| p.r2);
+        out.rolling_mae = mean(&|p| p.rolling_mae);
+        out.rolling_rmse = root_mean_square(&|p| p.rolling_rmse);
+        out.rolling_r2 = mean(&|p| p.rolling_r2);
+        out.intercept = mean(&|p| p.intercept);
+        let mut cap = 0;
+        let mut per_key = Vec::new();
+        for p in parts {
+            out.keys += p.keys;
+            out.samples += p.samples;
+            out.skipped += p.skipped;
+            out.drift_alarms += p.drift_alarms;
+            if let Some(i) = p.inertia {
+                *out.inertia.get_or_insert(0.0) += i;
+            }
+            if out.cluster_sizes.len() < p.cluster_sizes.len() {
+                out.cluster_sizes.resize(p.cluster_sizes.len(), 0.0);
+            }
+            for (o, s) in out.cluster_sizes.iter_mut().zip(&p.cluster_sizes) {
+                *o += s;
+            }
+            for (name, c) in &p.coefficients {
+                *out.coefficients.entry(name.clone()).or_default() +=
+                    c * p.samples as f64 / total.max(1.0);
+            }
+            cap = cap.max(p.per_key.len());
+            per_key.extend(p.per_key.iter().map(|(k, q)| (k.clone(), q.clone())));
+        }
+        out.per_key = top_keys(per_key, (cap > 0).then_some(cap));
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,6 +312,43 @@ mod tests {
         let top = top_keys(all.clone(), Some(2));
         assert_eq!(top.keys().collect::<Vec<_>>(), vec!["b", "c"]);
         assert!(top_keys(all, None).is_empty());
+    }
+
+    #[test]
+    fn tasks_measurements_add_up_and_model_errors_weigh_by_rows() {
+        let model = |samples, mae: f64, rmse: f64| ModelSummary {
+            kind: "regression",
+            keys: 2,
+            samples,
+            mae: Some(mae),
+            rmse: Some(rmse),
+            ..Default::default()
+        };
+        let task = |events, samples, mae, rmse| {
+            let mut d = Detail::default();
+            d.sources.insert(
+                "readings".into(),
+                SourceMetrics {
+                    events,
+                    ..Default::default()
+                },
+            );
+            d.processing.observe(0.002, events);
+            d.models.insert("m".into(), model(samples, mae, rmse));
+            d
+        };
+        let a = task(10, 100, 1.0, 2.0);
+        let b = task(30, 300, 3.0, 4.0);
+        let merged = Detail::merged([&a, &b].into_iter());
+        assert_eq!(merged.sources["readings"].events, 40);
+        assert_eq!(merged.processing.count, 40);
+        let m = &merged.models["m"];
+        assert_eq!((m.keys, m.samples), (4, 400));
+        // MAE: (100 * 1 + 300 * 3) / 400; RMSE: sqrt((100 * 4 + 300 * 16) / 400).
+        assert!((m.mae.expect("mae") - 2.5).abs() < 1e-12);
+        assert!((m.rmse.expect("rmse") - 13.0_f64.sqrt()).abs() < 1e-12);
+        // One task's measurements are its own, bit for bit.
+        assert_eq!(Detail::merged([&a].into_iter()), a);
     }
 
     #[test]

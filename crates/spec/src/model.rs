@@ -108,6 +108,11 @@ pub struct Source {
     /// transforms join it as a lookup table; it cannot be windowed.
     #[serde(default)]
     pub table: Option<TableSource>,
+    /// The column whose value the producers put in the message key, so that every event of
+    /// one value of it is in one partition. Windows grouped by it and models keyed by it
+    /// then run as one task per partition, in parallel (see docs/scaling.md).
+    #[serde(default)]
+    pub key: Option<String>,
 }
 
 /// A source read as a table.

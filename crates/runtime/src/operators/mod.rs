@@ -41,9 +41,9 @@ use planner::{
 use crate::config::RunConfig;
 use crate::error::{RuntimeError, internal};
 use crate::operator::Operator;
-use crate::runner::Node;
 use crate::slot::{Slot, SlotTable};
 use crate::source::SourceTask;
+use crate::task::Node;
 
 /// What an operator needs from the graph around it.
 pub(crate) struct Surroundings<K> {
@@ -164,7 +164,8 @@ fn input_port(node: &PlannedNode, j: usize, port: u8) -> u8 {
 
 /// Builds the graph of `plan`: every node's operator and edges, and a source task per
 /// source, connected through `connect`. `restored` is the checkpoint resumed from;
-/// `checkpointed` runs own every partition.
+/// `checkpointed` runs own every partition; `only`: the partitions of stream sources that
+/// this task reads (all when `None`).
 pub(crate) async fn graph<C: Connect>(
     plan: &PipelinePlan,
     connect: &C,
@@ -172,6 +173,7 @@ pub(crate) async fn graph<C: Connect>(
     headers: &[(String, String)],
     checkpointed: bool,
     restored: Option<&crate::checkpoint::Checkpoint>,
+    only: Option<&[i32]>,
 ) -> Result<(Vec<Node>, Vec<SourceTask<C>>), RuntimeError> {
     // Output ports by table name: a model has two.
     let ports: HashMap<String, (usize, u8)> = plan
@@ -237,6 +239,11 @@ pub(crate) async fn graph<C: Connect>(
                     properties: s.properties.clone(),
                     max_batch: config.max_batch,
                     max_wait: config.max_wait,
+                    // Every task reads a whole table.
+                    only: match s.table_key {
+                        Some(_) => None,
+                        None => only.map(<[i32]>::to_vec),
+                    },
                 })?;
                 let dead_letter = match s.on_error {
                     OnError::DeadLetter => Some(connect.sink(

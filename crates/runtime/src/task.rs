@@ -1,0 +1,495 @@
+//! A task: one copy of the pipeline's graph over some partitions of its sources (all of
+//! them, or one per task: see [`crate::runner`]), with its operators, and its loop.
+//!
+//! Each turn reads a micro-batch from a source (bounded by count and time); its source task
+//! decodes it and applies the error policy ([`crate::source`]); the rows enter the source's
+//! operator one partition at a time and flow along the edges, each operator emitting
+//! through its [`Context`] (FIFO, so nodes see batches in the order they were produced). At
+//! the end of the turn comes the barrier ([`crate::barrier`]): sinks and dead letters are
+//! flushed (acknowledged by Kafka) and only then are source offsets committed:
+//! at-least-once.
+//!
+//! No record is in flight between operators at a barrier. With a checkpoint directory, the
+//! task writes a [`checkpoint::Checkpoint`] every `checkpoint_interval` and when it stops
+//! (every operator's state, with the source offsets it corresponds to), and then commits
+//! those offsets to the group; on start it resumes from the checkpoint. A run that is killed
+//! between checkpoints replays from the last one: its outputs since then may be written
+//! twice, never lost. Checkpointed runs assign their partitions themselves (one instance
+//! per pipeline).
+//!
+//! Without a checkpoint directory, pipelines with an operator that holds rows (windows)
+//! commit offsets only when they are flushed (the end of a bounded run), so that a restart
+//! replays the rows of open windows; other pipelines commit after every turn (a restart loses
+//! join buffers and model state, which is what checkpoints are for).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use connectors::{Connect, Kafka, RawBatch, Source as _};
+use datafusion::arrow::array::RecordBatch;
+use planner::PipelinePlan;
+
+use crate::config::{RunConfig, Stats, Summary};
+use crate::error::internal;
+pub use crate::error::{Blame, RuntimeError};
+use crate::operator::{Context, Operator};
+use crate::operators;
+use crate::source::{Rows, SourceTask};
+use crate::{checkpoint, metrics};
+
+/// A node of the running graph.
+pub(crate) struct Node {
+    pub name: String,
+    /// Fingerprint of its definition: checkpointed state is restored only into the same.
+    pub fingerprint: u64,
+    pub op: Box<dyn Operator>,
+    /// Where each output goes: (output port, reader node, the reader's input port).
+    pub readers: Vec<(u8, usize, usize)>,
+    /// The source whose dead-letter topic takes its dead letters and whose idle partitions
+    /// it is told.
+    pub root: usize,
+}
+
+/// A batch on its way: reader node, its input port, partition, rows.
+type Pending = (usize, usize, i32, RecordBatch);
+
+/// A pipeline ready to run.
+pub struct Task<C: Connect = Kafka> {
+    pub(crate) pipeline: String,
+    pub(crate) nodes: Vec<Node>,
+    pub(crate) sources: Vec<SourceTask<C>>,
+    pub(crate) connect: C,
+    /// Headers of every record written (the dead-letter sinks opened later need them).
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) config: RunConfig,
+    pub(crate) stats: Arc<Stats>,
+    /// Some operator holds rows until the end of input (see the module's doc).
+    pub(crate) holds_rows: bool,
+    pub(crate) checkpoints: Option<checkpoint::Store>,
+    /// Measured here, published to `stats` at most once a second.
+    pub(crate) detail: metrics::Detail,
+    last_publish: Option<Instant>,
+    pub(crate) summary: Summary,
+    /// Which task of the pipeline this is.
+    index: usize,
+    /// The smallest watermark of its operators (`i64::MIN`: none yet).
+    watermark: i64,
+    /// Its consumer lag (-1 until measured).
+    lag: i64,
+}
+
+/// What a task reads and where it keeps its state.
+#[derive(Debug, Clone)]
+pub(crate) struct Part {
+    /// Its number, from 0.
+    pub index: usize,
+    /// The partitions of every stream source it reads; `None`: all of them.
+    pub only: Option<Vec<i32>>,
+    /// Its checkpoints, when the run keeps them.
+    pub store: Option<checkpoint::Store>,
+}
+
+impl<C: Connect> std::fmt::Debug for Task<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Task")
+            .field("pipeline", &self.pipeline)
+            .finish()
+    }
+}
+
+impl<C: Connect> Task<C> {
+    /// Connects every source and sink of `plan` through `connect` (Kafka, or the in-memory
+    /// broker) and makes its operators.
+    pub(crate) async fn connect(
+        plan: &PipelinePlan,
+        config: RunConfig,
+        stats: Arc<Stats>,
+        connect: C,
+        part: Part,
+    ) -> Result<Self, RuntimeError> {
+        let checkpoints = part.store.clone();
+        let restored = match &checkpoints {
+            Some(store) => store.load()?,
+            None => None,
+        };
+        if let Some(c) = &restored
+            && c.pipeline != plan.name
+        {
+            return Err(RuntimeError::Checkpoint(format!(
+                "the checkpoint in {} belongs to pipeline `{}`, not `{}`",
+                config
+                    .checkpoint_dir
+                    .as_ref()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_default(),
+                c.pipeline,
+                plan.name
+            )));
+        }
+        let headers = vec![
+            ("pipeline".to_string(), plan.name.clone()),
+            ("pipeline-version".to_string(), config.version.clone()),
+        ];
+        let (nodes, sources) = operators::graph(
+            plan,
+            &connect,
+            &config,
+            &headers,
+            checkpoints.is_some(),
+            restored.as_ref(),
+            part.only.as_deref(),
+        )
+        .await?;
+        let mut task = Self {
+            pipeline: plan.name.clone(),
+            holds_rows: nodes.iter().any(|n| n.op.holds_rows()),
+            nodes,
+            sources,
+            connect,
+            headers,
+            config,
+            stats,
+            checkpoints,
+            detail: metrics::Detail::default(),
+            last_publish: None,
+            summary: Summary::default(),
+            index: part.index,
+            watermark: i64::MIN,
+            lag: -1,
+        };
+        if let Some(c) = restored {
+            task.restore(&c)?;
+        }
+        let mut queue = VecDeque::new();
+        for i in 0..task.nodes.len() {
+            let mut ctx = Context::default();
+            task.nodes[i].op.open(&mut ctx).await?;
+            task.route(i, ctx, &mut queue)?;
+            task.drain(&mut queue).await?;
+        }
+        task.publish(true);
+        Ok(task)
+    }
+
+    /// Loads each operator's checkpointed state into the operator of the same name and
+    /// definition; operators that changed start empty, with a warning.
+    fn restore(&mut self, c: &checkpoint::Checkpoint) -> Result<(), RuntimeError> {
+        for node in &mut self.nodes {
+            let Some(saved) = c.operators.get(&node.name) else {
+                continue;
+            };
+            if saved.fingerprint != node.fingerprint {
+                self.summary.warnings.push(format!(
+                    "`{}` starts with empty state: its definition changed since the checkpoint",
+                    node.name
+                ));
+                continue;
+            }
+            node.op.load(&saved.state)?;
+        }
+        Ok(())
+    }
+
+    /// Runs until a stop condition of the config, or until `stop` resolves.
+    pub async fn run(
+        mut self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<Summary, RuntimeError> {
+        tokio::pin!(stop);
+        let mut raw = RawBatch::default();
+        let mut last_input = Instant::now();
+        let mut pending_commits: Vec<BTreeMap<i32, i64>> =
+            vec![BTreeMap::new(); self.sources.len()];
+        let mut last_lag = Instant::now();
+        let mut last_checkpoint = Instant::now();
+        let started = Instant::now();
+        loop {
+            let mut got_any = false;
+            for s in 0..self.sources.len() {
+                let read = self.sources[s].conn.next_batch(&mut raw);
+                let result = tokio::select! {
+                    r = read => r,
+                    () = &mut stop => return self.finish(false, &pending_commits).await,
+                };
+                result?;
+                if raw.transient_errors > 0 {
+                    self.stats
+                        .kafka_errors
+                        .fetch_add(raw.transient_errors, Ordering::Relaxed);
+                    if let Ok(mut last) = self.stats.last_kafka_error.lock() {
+                        last.clone_from(&raw.last_transient_error);
+                    }
+                }
+                if raw.is_empty() {
+                    continue;
+                }
+                got_any = true;
+                let received = Instant::now();
+                self.process_raw(s, &raw).await?;
+                let next = raw.next_offsets();
+                self.sources[s]
+                    .position
+                    .extend(next.iter().map(|(p, o)| (*p, *o)));
+                pending_commits[s].extend(next);
+                self.flush_outputs().await?;
+                self.observe_latency(s, received, raw.len());
+                if !self.holds_rows && self.checkpoints.is_none() {
+                    self.sources[s].conn.commit(&pending_commits[s])?;
+                    pending_commits[s].clear();
+                }
+            }
+            if got_any {
+                last_input = Instant::now();
+            }
+            self.publish(false);
+            if self.checkpoints.is_some()
+                && last_checkpoint.elapsed() >= self.config.checkpoint_interval
+            {
+                self.checkpoint()?;
+                last_checkpoint = Instant::now();
+            }
+            self.advance(started);
+            if last_lag.elapsed() > Duration::from_secs(1) {
+                let mut total = 0;
+                for s in &mut self.sources {
+                    let lag = s.conn.lag(&s.position);
+                    total += lag.values().filter(|l| **l >= 0).sum::<i64>();
+                    s.metrics.lag = lag;
+                }
+                self.lag = total;
+                last_lag = Instant::now();
+            }
+            if let Some(max) = self.config.max_events
+                && self.stats.events_in.load(Ordering::Relaxed) >= max
+            {
+                return self.finish(false, &pending_commits).await;
+            }
+            if let Some(idle) = self.config.until_idle
+                && last_input.elapsed() >= idle
+            {
+                // The input has ended when nothing arrives and every partition has been read
+                // to its end; a consumer that is merely stalled (a slow broker) is waited for,
+                // up to six times the idle time.
+                let caught_up = self
+                    .sources
+                    .iter()
+                    .all(|s| s.conn.lag(&s.position).values().all(|l| *l == 0));
+                if caught_up || last_input.elapsed() >= idle * 6 {
+                    if !caught_up {
+                        self.summary.warnings.push(format!(
+                            "stopped after {:?} without input, before reading every partition to its end",
+                            idle * 6
+                        ));
+                    }
+                    return self.finish(true, &pending_commits).await;
+                }
+            }
+        }
+    }
+
+    /// Ends the run; `input_finished` flushes what operators hold (a bounded input has
+    /// ended).
+    async fn finish(
+        mut self,
+        input_finished: bool,
+        pending: &[BTreeMap<i32, i64>],
+    ) -> Result<Summary, RuntimeError> {
+        if input_finished {
+            // Nodes are in topological order: downstream operators see what upstream ones
+            // flushed before being finished themselves.
+            let mut queue = VecDeque::new();
+            for i in 0..self.nodes.len() {
+                let mut ctx = Context::default();
+                self.nodes[i].op.finish(&mut ctx).await?;
+                self.route(i, ctx, &mut queue)?;
+                self.drain(&mut queue).await?;
+            }
+            self.flush_outputs().await?;
+        }
+        if self.checkpoints.is_some() {
+            self.checkpoint()?;
+        } else if input_finished || !self.holds_rows {
+            for (s, offsets) in pending.iter().enumerate() {
+                self.sources[s].conn.commit(offsets)?;
+            }
+        }
+        self.publish(true);
+        Ok(self.summary)
+    }
+
+    /// Records the latencies of a micro-batch of `n` records read at `received`, once Kafka
+    /// has acknowledged its outputs.
+    fn observe_latency(&mut self, s: usize, received: Instant, n: usize) {
+        self.detail
+            .processing
+            .observe(received.elapsed().as_secs_f64(), n as u64);
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        for t in self.sources[s].times.drain(..) {
+            self.detail
+                .end_to_end
+                .observe((now_ms - t).max(0) as f64 / 1000.0, 1);
+        }
+    }
+
+    /// Copies the measurements, with fresh operator reports, to the stats: at most once a
+    /// second unless `now` (no lock per event or per batch).
+    fn publish(&mut self, now: bool) {
+        if !now
+            && self
+                .last_publish
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last_publish = Some(Instant::now());
+        for s in &self.sources {
+            self.detail
+                .sources
+                .insert(s.name.clone(), s.metrics.clone());
+        }
+        for n in &self.nodes {
+            n.op.report(&n.name, &mut self.detail);
+        }
+        self.stats.publish(
+            self.index,
+            crate::config::TaskView {
+                partitions: self
+                    .sources
+                    .iter()
+                    .map(|s| (s.name.clone(), s.conn.partitions().to_vec()))
+                    .collect(),
+                watermark_ms: self.watermark,
+                lag: self.lag,
+                detail: self.detail.clone(),
+            },
+        );
+    }
+
+    /// Tells each operator which partitions of its source are idle, and publishes the
+    /// pipeline's watermark: the smallest of its operators' (none without a window).
+    fn advance(&mut self, started: Instant) {
+        let now = Instant::now();
+        let idle_by_source: Vec<BTreeSet<i32>> = self
+            .sources
+            .iter()
+            .map(|s| match s.idle_timeout {
+                // A partition that has sent nothing yet is measured from the start of the
+                // run: its backlog may simply not have been fetched yet.
+                Some(timeout) => s
+                    .conn
+                    .partitions()
+                    .iter()
+                    .filter(|p| {
+                        let since = s.last_seen.get(p).copied().unwrap_or(started);
+                        now.duration_since(since) >= timeout
+                    })
+                    .copied()
+                    .collect(),
+                None => BTreeSet::new(),
+            })
+            .collect();
+        let none = BTreeSet::new();
+        self.watermark = self
+            .nodes
+            .iter_mut()
+            .filter_map(|n| n.op.advance(idle_by_source.get(n.root).unwrap_or(&none)))
+            .min()
+            .unwrap_or(i64::MIN);
+    }
+
+    async fn process_raw(&mut self, s: usize, raw: &RawBatch) -> Result<(), RuntimeError> {
+        self.stats
+            .events_in
+            .fetch_add(raw.len() as u64, Ordering::Relaxed);
+        let decoded = self.sources[s].decode(raw);
+        let (rows, bad) = match decoded {
+            Ok(r) => r,
+            Err(e) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        self.stats.errors.fetch_add(bad, Ordering::Relaxed);
+        let node = self.sources[s].node;
+        let mut queue = VecDeque::new();
+        for r in rows {
+            let (port, partition, batch) = match r {
+                Rows::Upserts(p, batch) => (0, p, batch),
+                Rows::Deletes(p, keys) => (1, p, operators::source::tombstones(keys)?),
+            };
+            queue.push_back((node, port, partition, batch));
+            self.drain(&mut queue).await?;
+        }
+        Ok(())
+    }
+
+    /// Pushes batches through the graph until no work is left.
+    async fn drain(&mut self, queue: &mut VecDeque<Pending>) -> Result<(), RuntimeError> {
+        while let Some((i, port, partition, batch)) = queue.pop_front() {
+            let mut ctx = Context::default();
+            self.nodes[i]
+                .op
+                .process(port, partition, batch, &mut ctx)
+                .await?;
+            self.route(i, ctx, queue)?;
+        }
+        Ok(())
+    }
+
+    /// Sends what node `i` emitted to its readers, and its dead letters to its source's.
+    fn route(
+        &mut self,
+        i: usize,
+        ctx: Context,
+        queue: &mut VecDeque<Pending>,
+    ) -> Result<(), RuntimeError> {
+        if ctx.late > 0 {
+            self.stats.late.fetch_add(ctx.late, Ordering::Relaxed);
+            *self
+                .detail
+                .late
+                .entry(self.nodes[i].name.clone())
+                .or_insert(0) += ctx.late;
+        }
+        if !ctx.dead_letters.is_empty() {
+            let root = self.nodes[i].root;
+            self.sources
+                .get_mut(root)
+                .ok_or_else(|| internal("dead letters without a source"))?
+                .letters
+                .extend(ctx.dead_letters);
+        }
+        let node = &self.nodes[i];
+        for (out_port, partition, batch) in ctx.emitted {
+            for (port, reader, in_port) in &node.readers {
+                if *port == out_port {
+                    queue.push_back((*reader, *in_port, partition, batch.clone()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Parts of the pipeline this runtime skips, with why.
+    pub fn warnings(&self) -> &[String] {
+        &self.summary.warnings
+    }
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM: what `pipectl run` and the daemon stop on (a
+/// run then stops cleanly, with a final checkpoint).
+pub async fn stop_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
