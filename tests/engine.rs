@@ -20,8 +20,8 @@
 //!   never from the engine's own output.
 //!
 //! Runs of each case: one pass; micro-batches of 1, 7 and 10,000 messages; stopped at three
-//! points and restored from a checkpoint each time; and, where the case allows, its input
-//! spread over 1 and 4 partitions.
+//! points and restored each time, from checkpoint files and from state in the broker's
+//! changelogs; and, where the case allows, its input spread over 1 and 4 partitions.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -226,6 +226,8 @@ struct Variant {
     partitions: Option<i32>,
     /// Stop and restore at this many points.
     stops: usize,
+    /// Keep state in the broker's changelogs rather than in checkpoint files.
+    kafka_state: bool,
 }
 
 async fn run_variant(case: &Case, plan: &planner::PipelinePlan, v: Variant) -> Result<(), String> {
@@ -308,7 +310,11 @@ async fn run_segments(
         config.max_wait = Duration::from_millis(1);
         config.until_idle = Some(Duration::from_millis(20));
         config.max_events = max_events;
-        config.checkpoint_dir = Some(dir.to_path_buf());
+        if v.kafka_state {
+            config.kafka_state = true;
+        } else {
+            config.checkpoint_dir = Some(dir.to_path_buf());
+        }
         let runner = Runner::connect(plan, config, Arc::new(Stats::default()), broker.clone())
             .await
             .map_err(|e| e.to_string())?;
@@ -355,16 +361,19 @@ async fn every_engine_case_writes_its_golden_output_in_every_run() {
                 max_batch: 10_000,
                 partitions: None,
                 stops: 0,
+                kafka_state: false,
             },
             Variant {
                 max_batch: 1,
                 partitions: None,
                 stops: 0,
+                kafka_state: false,
             },
             Variant {
                 max_batch: 7,
                 partitions: None,
                 stops: 0,
+                kafka_state: false,
             },
         ];
         if let Some(sizes) = &case.batches {
@@ -372,22 +381,27 @@ async fn every_engine_case_writes_its_golden_output_in_every_run() {
         }
         if case.restarts {
             // One message a batch, so that each run stops exactly at its point.
-            variants.push(Variant {
-                max_batch: 1,
-                partitions: None,
-                stops: 3,
-            });
+            for kafka_state in [false, true] {
+                variants.push(Variant {
+                    max_batch: 1,
+                    partitions: None,
+                    stops: 3,
+                    kafka_state,
+                });
+            }
         }
         if case.any_partitions {
             variants.push(Variant {
                 max_batch: 7,
                 partitions: Some(1),
                 stops: 0,
+                kafka_state: false,
             });
             variants.push(Variant {
                 max_batch: 7,
                 partitions: Some(4),
                 stops: 0,
+                kafka_state: false,
             });
         }
         for v in variants {

@@ -20,6 +20,7 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
+pub mod changelog;
 pub mod memory;
 pub mod registry;
 
@@ -65,6 +66,24 @@ pub trait Connect: Clone + Send + Sync + 'static {
     type Source: Source;
     /// Its sinks.
     type Sink: Sink;
+    /// Its changelogs (the state of tasks).
+    type Changelog: changelog::Changelog;
+    /// The changelog of one task: its state transactions as `id` (fencing any earlier
+    /// holder of `id`), committing source offsets for `groups`.
+    fn changelog(
+        &self,
+        id: &str,
+        groups: &[String],
+        properties: &BTreeMap<String, String>,
+    ) -> Result<Self::Changelog, ConnectorError>;
+    /// Creates the compacted topic `topic` of `partitions` partitions unless it exists; one
+    /// that exists with another number of partitions is refused.
+    fn changelog_topic(
+        &self,
+        topic: &str,
+        partitions: usize,
+        properties: &BTreeMap<String, String>,
+    ) -> impl std::future::Future<Output = Result<(), ConnectorError>> + Send;
     /// The partitions of `topic`, asked with the source's client `properties`.
     fn partitions(
         &self,
@@ -92,6 +111,41 @@ pub struct Kafka {
 impl Connect for Kafka {
     type Source = KafkaSource;
     type Sink = KafkaSink;
+    type Changelog = changelog::KafkaChangelog;
+    fn changelog(
+        &self,
+        id: &str,
+        groups: &[String],
+        properties: &BTreeMap<String, String>,
+    ) -> Result<Self::Changelog, ConnectorError> {
+        changelog::KafkaChangelog::new(&self.bootstrap, id, groups, properties)
+    }
+    async fn changelog_topic(
+        &self,
+        topic: &str,
+        partitions: usize,
+        properties: &BTreeMap<String, String>,
+    ) -> Result<(), ConnectorError> {
+        match self.partitions(topic, properties) {
+            Ok(existing) if existing.len() == partitions => return Ok(()),
+            Ok(existing) => {
+                return Err(ConnectorError::Config(format!(
+                    "changelog topic `{topic}` has {} partitions, the pipeline has {partitions} tasks: its partitioning changed since the state was written; delete the topic to start over",
+                    existing.len()
+                )));
+            }
+            Err(_) => {}
+        }
+        create_topic_with(
+            &self.bootstrap,
+            topic,
+            partitions as i32,
+            -1,
+            &[("cleanup.policy", "compact")],
+            properties,
+        )
+        .await
+    }
     fn partitions(
         &self,
         topic: &str,
@@ -232,6 +286,9 @@ pub enum Start {
     /// These next offsets (a checkpoint's); partitions not listed start at the group's
     /// committed offset (earliest when none). All partitions are assigned to this instance.
     Offsets(BTreeMap<i32, i64>),
+    /// The group's committed offsets (committed with the state in a changelog); partitions
+    /// without one start as the inner start says. Assigned by this instance.
+    Resume(Box<Start>),
 }
 
 /// How to read a topic.
@@ -443,9 +500,14 @@ impl KafkaSource {
         let mut start = config.start.clone();
         if let Some(only) = &config.only {
             partitions.retain(|p| only.contains(p));
-            if start == Start::Committed {
-                start = Start::Offsets(BTreeMap::new());
-            }
+        }
+        let mut resume = BTreeMap::new();
+        if let Start::Resume(fallback) = start {
+            resume = committed_offsets(&consumer, &config.topic, &partitions)?;
+            start = *fallback;
+        }
+        if start == Start::Committed && (config.only.is_some() || !resume.is_empty()) {
+            start = Start::Offsets(BTreeMap::new());
         }
         let mut start_offsets = BTreeMap::new();
         match start {
@@ -473,7 +535,7 @@ impl KafkaSource {
                             Some(o) => Offset::Offset(*o),
                             None => Offset::Beginning,
                         },
-                        Start::Committed => Offset::Stored,
+                        Start::Committed | Start::Resume(_) => Offset::Stored,
                     };
                     tpl.add_partition_offset(&config.topic, *p, offset)
                         .map_err(kafka("building the assignment"))?;
@@ -491,9 +553,10 @@ impl KafkaSource {
                 let mut concrete = TopicPartitionList::new();
                 for e in tpl.elements() {
                     let p = e.partition();
-                    let offset = match e.offset() {
-                        Offset::Offset(o) => o,
-                        logical => {
+                    let offset = match (resume.get(&p), e.offset()) {
+                        (Some(o), _) => *o,
+                        (None, Offset::Offset(o)) => o,
+                        (None, logical) => {
                             let (low, high) = consumer
                                 .fetch_watermarks(&config.topic, p, METADATA_TIMEOUT)
                                 .map_err(kafka(format!(
@@ -797,11 +860,31 @@ pub async fn create_topic(
     topic: &str,
     partitions: i32,
 ) -> Result<(), ConnectorError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+    create_topic_with(bootstrap, topic, partitions, 1, &[], &BTreeMap::new()).await
+}
+
+/// Creates `topic` with `partitions` partitions, `replication` (-1: the broker's default)
+/// and topic `config` unless it exists, the admin client configured with `properties`.
+async fn create_topic_with(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    replication: i32,
+    config: &[(&str, &str)],
+    properties: &BTreeMap<String, String>,
+) -> Result<(), ConnectorError> {
+    let mut client = ClientConfig::new();
+    for (k, v) in properties {
+        client.set(k, v);
+    }
+    let admin: AdminClient<DefaultClientContext> = client
         .set("bootstrap.servers", bootstrap)
         .create()
         .map_err(kafka("creating the admin client"))?;
-    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+    for (k, v) in config {
+        new = new.set(k, v);
+    }
     let results = admin
         .create_topics(
             [&new],

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::changelog::{Changelog, GroupOffsets, Restored, StateRecord};
 use crate::{
     Connect, ConnectorError, OutRecord, RawBatch, RecordHeaders, Sink, Source, SourceConfig, Start,
     StoredMessage,
@@ -296,9 +297,116 @@ impl Sink for MemorySink {
     }
 }
 
+/// A task's changelog on the in-memory broker: a commit appends its records and commits
+/// its offsets under one lock, so it is atomic as a Kafka transaction is.
+#[derive(Debug)]
+pub struct MemoryChangelog {
+    broker: Memory,
+}
+
+impl Changelog for MemoryChangelog {
+    async fn commit(
+        &self,
+        records: &[StateRecord],
+        offsets: &[GroupOffsets],
+    ) -> Result<(), ConnectorError> {
+        let mut state = self.broker.lock();
+        for r in records {
+            let part = state
+                .topics
+                .get_mut(&r.topic)
+                .and_then(|parts| {
+                    usize::try_from(r.partition)
+                        .ok()
+                        .and_then(|p| parts.get_mut(p))
+                })
+                .ok_or_else(|| {
+                    ConnectorError::Config(format!(
+                        "changelog `{}` has no partition {}",
+                        r.topic, r.partition
+                    ))
+                })?;
+            part.push(Message {
+                key: Some(r.key.clone()),
+                value: r.value.clone(),
+                timestamp: 0,
+                headers: vec![("fingerprint".into(), r.fingerprint.to_string().into_bytes())],
+            });
+        }
+        for (group, topic, next) in offsets {
+            for (p, o) in next {
+                state
+                    .committed
+                    .insert((group.clone(), topic.clone(), *p), *o);
+            }
+        }
+        Ok(())
+    }
+
+    fn restore(&self, topic: &str, partition: i32) -> Result<Restored, ConnectorError> {
+        let state = self.broker.lock();
+        let mut out = Restored::new();
+        let Some(part) = state
+            .topics
+            .get(topic)
+            .and_then(|parts| usize::try_from(partition).ok().and_then(|p| parts.get(p)))
+        else {
+            return Ok(out);
+        };
+        for m in part {
+            let Some(key) = &m.key else { continue };
+            let fingerprint = m
+                .headers
+                .iter()
+                .find(|(k, _)| k == "fingerprint")
+                .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok())
+                .unwrap_or(0);
+            match &m.value {
+                Some(v) => {
+                    out.insert(key.clone(), (v.clone(), fingerprint));
+                }
+                None => {
+                    out.remove(key);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 impl Connect for Memory {
     type Source = MemorySource;
     type Sink = MemorySink;
+    type Changelog = MemoryChangelog;
+
+    fn changelog(
+        &self,
+        _id: &str,
+        _groups: &[String],
+        _properties: &BTreeMap<String, String>,
+    ) -> Result<MemoryChangelog, ConnectorError> {
+        Ok(MemoryChangelog {
+            broker: self.clone(),
+        })
+    }
+
+    async fn changelog_topic(
+        &self,
+        topic: &str,
+        partitions: usize,
+        _properties: &BTreeMap<String, String>,
+    ) -> Result<(), ConnectorError> {
+        if let Some(ends) = self.ends(topic)
+            && ends.len() != partitions
+        {
+            return Err(ConnectorError::Config(format!(
+                "changelog topic `{topic}` has {} partitions, the pipeline has {partitions} tasks",
+                ends.len()
+            )));
+        }
+        self.create_topic(topic, partitions);
+        Ok(())
+    }
 
     fn partitions(
         &self,
@@ -327,7 +435,18 @@ impl Connect for Memory {
             if !assigned.contains(&partition) {
                 continue;
             }
-            let offset = match &config.start {
+            let start = match &config.start {
+                Start::Resume(fallback) => match committed.get(&partition) {
+                    Some(o) => {
+                        start_offsets.insert(partition, *o);
+                        continue;
+                    }
+                    None => fallback.as_ref(),
+                },
+                other => other,
+            };
+            let offset = match start {
+                Start::Resume(_) => 0,
                 Start::Earliest => 0,
                 Start::Latest => *end,
                 Start::Committed => committed.get(&partition).copied().unwrap_or(0),

@@ -237,6 +237,11 @@ enum Command {
         /// and resume from the one found there.
         #[arg(long)]
         checkpoint_dir: Option<PathBuf>,
+        /// Keep state in Kafka instead: each stateful operator's changes go to its compacted
+        /// changelog topic, committed with the source offsets in one transaction every
+        /// checkpoint interval; a restart restores from there (docs/scaling.md).
+        #[arg(long, conflicts_with = "checkpoint_dir")]
+        kafka_state: bool,
         /// Time between checkpoints.
         #[arg(long, value_parser = parse_duration, default_value = "10s")]
         checkpoint_interval: Duration,
@@ -534,6 +539,7 @@ async fn run(cli: Cli) -> ExitCode {
             quiet,
             schemas,
             checkpoint_dir,
+            kafka_state,
             checkpoint_interval,
             registry,
             workers: _,
@@ -556,6 +562,7 @@ async fn run(cli: Cli) -> ExitCode {
             config.max_events = max_events;
             config.max_batch = max_batch;
             config.checkpoint_dir = checkpoint_dir;
+            config.kafka_state = kafka_state;
             config.checkpoint_interval = checkpoint_interval;
             config.registry = schema_registry;
             match run::run(&plan, config, quiet).await {

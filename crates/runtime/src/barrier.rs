@@ -61,14 +61,19 @@ impl<C: Connect> Task<C> {
     }
 
     /// Writes a checkpoint (at a barrier: call only with every output flushed), then commits
-    /// its offsets to the consumer groups (for lag monitoring and for runs without it).
-    pub(crate) fn checkpoint(&mut self) -> Result<(), RuntimeError> {
-        let Some(store) = self.checkpoints.clone() else {
-            return Ok(());
-        };
+    /// its offsets to the consumer groups (for lag monitoring and for runs without it); with
+    /// state in Kafka, commits the changed state and the offsets in one transaction.
+    pub(crate) async fn checkpoint(&mut self) -> Result<(), RuntimeError> {
         if self.config.discard.load(Ordering::Relaxed) {
             return Ok(());
         }
+        if let Some(state) = &self.state {
+            let offsets = crate::state::positions(&self.sources);
+            return state.commit(&mut self.nodes, offsets, &self.stats).await;
+        }
+        let Some(store) = self.checkpoints.clone() else {
+            return Ok(());
+        };
         let mut operators = BTreeMap::new();
         for n in &mut self.nodes {
             if let Some(state) = n.op.save()? {

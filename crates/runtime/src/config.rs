@@ -25,8 +25,11 @@ pub struct RunConfig {
     pub version: String,
     /// Where checkpoints are kept; none: no checkpoints.
     pub checkpoint_dir: Option<std::path::PathBuf>,
-    /// Time between checkpoints.
+    /// Time between checkpoints (and state commits).
     pub checkpoint_interval: Duration,
+    /// Keep state in Kafka (changelog topics, committed with the offsets in one
+    /// transaction every `checkpoint_interval`) rather than in `checkpoint_dir`.
+    pub kafka_state: bool,
     /// Once set, no checkpoint is written any more: the pipeline is being deleted, and a run
     /// that stops late must not bring its checkpoint back.
     pub discard: Arc<AtomicBool>,
@@ -47,6 +50,7 @@ impl RunConfig {
             version: "1".into(),
             checkpoint_dir: None,
             checkpoint_interval: Duration::from_secs(10),
+            kafka_state: false,
             discard: Arc::new(AtomicBool::new(false)),
             registry: None,
         }
@@ -70,8 +74,10 @@ pub struct Stats {
     pub watermark_ms: AtomicI64,
     /// Consumer lag summed over partitions (-1 until first measured).
     pub lag: AtomicI64,
-    /// Checkpoints written.
+    /// Checkpoints written (state commits, with Kafka state).
     pub checkpoints: AtomicU64,
+    /// Bytes of state written to changelogs.
+    pub state_bytes: AtomicU64,
     /// Transient Kafka errors reported by the consumers (retried by librdkafka).
     pub kafka_errors: AtomicU64,
     /// The last of them (written rarely: only when an error happens).
@@ -132,6 +138,7 @@ impl Default for Stats {
             watermark_ms: AtomicI64::new(i64::MIN),
             lag: AtomicI64::new(-1),
             checkpoints: AtomicU64::new(0),
+            state_bytes: AtomicU64::new(0),
             kafka_errors: AtomicU64::new(0),
             last_kafka_error: std::sync::Mutex::new(None),
             detail: std::sync::Mutex::new(metrics::Detail::default()),

@@ -7,6 +7,7 @@
 //! | [`source`] | a source task: decode, apply the error policy, split by partition |
 //! | [`barrier`] | flush outputs and dead letters, write the checkpoint, commit offsets |
 //! | [`checkpoint`] | the checkpoint file: offsets and operator state, written atomically |
+//! | `state` | state in Kafka: changelogs committed with the offsets in one transaction |
 //! | [`operator`] | the [`Operator`] trait every node implements, and its [`Context`] |
 //! | [`operators`] | one file per operator, and the registry that builds the graph |
 //! | [`config`] | `RunConfig`, the live `Stats`, the `Summary` of a run |
@@ -23,6 +24,7 @@ pub mod operators;
 pub mod runner;
 mod slot;
 mod source;
+mod state;
 pub mod task;
 
 pub use config::{RunConfig, Stats, Summary};

@@ -128,7 +128,31 @@ pub trait Operator: Send {
         ))
     }
 
+    /// Its state changed since the last call, as entries by key for a changelog:
+    /// `(key, Some(state))` for a key whose state is new or changed, `(key, None)` for one
+    /// whose state ended. By default the whole state ([`Operator::save`]) under the empty
+    /// key, at every call.
+    fn changes(&mut self) -> Result<Vec<StateEntry>, RuntimeError> {
+        Ok(self
+            .save()?
+            .map(|state| vec![(Vec::new(), Some(state))])
+            .unwrap_or_default())
+    }
+
+    /// Replaces its state with the latest entry of every key that [`Operator::changes`]
+    /// wrote for the same definition.
+    fn restore(&mut self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), RuntimeError> {
+        match entries.into_iter().find(|(k, _)| k.is_empty()) {
+            Some((_, state)) => self.load(&state),
+            None => Ok(()),
+        }
+    }
+
     /// Writes its measurements into `detail` under its node's `name` (a model's summary, a
     /// sink's counts, a window's late rows); called at most once a second.
     fn report(&self, _name: &str, _detail: &mut Detail) {}
 }
+
+/// One entry of an operator's state in a changelog: its key, and its state or `None` when
+/// it ended.
+pub type StateEntry = (Vec<u8>, Option<Vec<u8>>);

@@ -134,7 +134,12 @@ impl<C: Connect> Runner<C> {
                 config.clone(),
                 stats.clone(),
                 connect.clone(),
-                Part { index, only, store },
+                Part {
+                    index,
+                    only,
+                    store,
+                    tasks,
+                },
             )
             .await?;
             for w in task.warnings() {

@@ -90,6 +90,8 @@ pub(crate) struct SourceTask<C: Connect> {
     pub node: usize,
     pub name: String,
     pub topic: String,
+    /// Its consumer group.
+    pub group: String,
     /// Next offset to read per partition, over the whole run (restored ones included).
     pub position: BTreeMap<i32, i64>,
     /// Column of the decoded rows holding the event time, if the source declares one.
@@ -99,7 +101,8 @@ pub(crate) struct SourceTask<C: Connect> {
     pub conn: C::Source,
     decoder: Decoder,
     on_error: OnError,
-    table: bool,
+    /// A table (read whole, not a stream).
+    pub table: bool,
     pub dead_letter_topic: String,
     /// Opened when the source first has a dead letter (or at start with `on_error:
     /// dead_letter`, so a topic that cannot be written fails early).
@@ -140,6 +143,7 @@ impl<C: Connect> SourceTask<C> {
             node,
             name: name.to_string(),
             topic: plan.topic.clone(),
+            group: plan.group.clone(),
             // Where every partition starts, even one that stays empty.
             position: conn.start_offsets().clone(),
             time_col: plan

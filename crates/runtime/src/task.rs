@@ -68,6 +68,8 @@ pub struct Task<C: Connect = Kafka> {
     /// Some operator holds rows until the end of input (see the module's doc).
     pub(crate) holds_rows: bool,
     pub(crate) checkpoints: Option<checkpoint::Store>,
+    /// Its changelogs, when state is kept in Kafka.
+    pub(crate) state: Option<crate::state::StateLog<C>>,
     /// Measured here, published to `stats` at most once a second.
     pub(crate) detail: metrics::Detail,
     last_publish: Option<Instant>,
@@ -87,8 +89,10 @@ pub(crate) struct Part {
     pub index: usize,
     /// The partitions of every stream source it reads; `None`: all of them.
     pub only: Option<Vec<i32>>,
-    /// Its checkpoints, when the run keeps them.
+    /// Its checkpoints, when the run keeps them in files.
     pub store: Option<checkpoint::Store>,
+    /// How many tasks the pipeline has (partitions of its changelogs).
+    pub tasks: usize,
 }
 
 impl<C: Connect> std::fmt::Debug for Task<C> {
@@ -132,16 +136,32 @@ impl<C: Connect> Task<C> {
             ("pipeline".to_string(), plan.name.clone()),
             ("pipeline-version".to_string(), config.version.clone()),
         ];
-        let (nodes, sources) = operators::graph(
+        // Opened first: it fences an earlier holder of this task, whose open transaction
+        // is then settled before the committed offsets and the changelogs are read.
+        let state = match config.kafka_state {
+            true => {
+                Some(crate::state::StateLog::open(plan, &connect, part.index, part.tasks).await?)
+            }
+            false => None,
+        };
+        let resume = match (&state, &checkpoints) {
+            (Some(_), _) => operators::Resume::Group,
+            (None, Some(_)) => operators::Resume::Checkpoint(restored.as_ref()),
+            (None, None) => operators::Resume::Fresh,
+        };
+        let (mut nodes, sources) = operators::graph(
             plan,
             &connect,
             &config,
             &headers,
-            checkpoints.is_some(),
-            restored.as_ref(),
+            &resume,
             part.only.as_deref(),
         )
         .await?;
+        let mut summary = Summary::default();
+        if let Some(state) = &state {
+            state.restore(&mut nodes, &mut summary.warnings)?;
+        }
         let mut task = Self {
             pipeline: plan.name.clone(),
             holds_rows: nodes.iter().any(|n| n.op.holds_rows()),
@@ -152,9 +172,10 @@ impl<C: Connect> Task<C> {
             config,
             stats,
             checkpoints,
+            state,
             detail: metrics::Detail::default(),
             last_publish: None,
-            summary: Summary::default(),
+            summary,
             index: part.index,
             watermark: i64::MIN,
             lag: -1,
@@ -235,7 +256,7 @@ impl<C: Connect> Task<C> {
                 pending_commits[s].extend(next);
                 self.flush_outputs().await?;
                 self.observe_latency(s, received, raw.len());
-                if !self.holds_rows && self.checkpoints.is_none() {
+                if !self.holds_rows && !self.keeps_state() {
                     self.sources[s].conn.commit(&pending_commits[s])?;
                     pending_commits[s].clear();
                 }
@@ -244,10 +265,8 @@ impl<C: Connect> Task<C> {
                 last_input = Instant::now();
             }
             self.publish(false);
-            if self.checkpoints.is_some()
-                && last_checkpoint.elapsed() >= self.config.checkpoint_interval
-            {
-                self.checkpoint()?;
+            if self.keeps_state() && last_checkpoint.elapsed() >= self.config.checkpoint_interval {
+                self.checkpoint().await?;
                 last_checkpoint = Instant::now();
             }
             self.advance(started);
@@ -308,8 +327,8 @@ impl<C: Connect> Task<C> {
             }
             self.flush_outputs().await?;
         }
-        if self.checkpoints.is_some() {
-            self.checkpoint()?;
+        if self.keeps_state() {
+            self.checkpoint().await?;
         } else if input_finished || !self.holds_rows {
             for (s, offsets) in pending.iter().enumerate() {
                 self.sources[s].conn.commit(offsets)?;
@@ -317,6 +336,12 @@ impl<C: Connect> Task<C> {
         }
         self.publish(true);
         Ok(self.summary)
+    }
+
+    /// Whether the task keeps its state (in files or in Kafka), committing offsets only
+    /// with it.
+    fn keeps_state(&self) -> bool {
+        self.checkpoints.is_some() || self.state.is_some()
     }
 
     /// Records the latencies of a micro-batch of `n` records read at `received`, once Kafka

@@ -162,17 +162,27 @@ fn input_port(node: &PlannedNode, j: usize, port: u8) -> u8 {
     }
 }
 
+/// Where the sources of a task resume.
+pub(crate) enum Resume<'a> {
+    /// Where they say (no state is kept).
+    Fresh,
+    /// At a checkpoint's offsets, or where they say when there is none; every partition
+    /// assigned by the run.
+    Checkpoint(Option<&'a crate::checkpoint::Checkpoint>),
+    /// Stream sources at their groups' committed offsets (committed with the state in
+    /// Kafka), else where they say; tables where they say.
+    Group,
+}
+
 /// Builds the graph of `plan`: every node's operator and edges, and a source task per
-/// source, connected through `connect`. `restored` is the checkpoint resumed from;
-/// `checkpointed` runs own every partition; `only`: the partitions of stream sources that
-/// this task reads (all when `None`).
+/// source, connected through `connect`, its sources starting as `resume` says; `only`:
+/// the partitions of stream sources that this task reads (all when `None`).
 pub(crate) async fn graph<C: Connect>(
     plan: &PipelinePlan,
     connect: &C,
     config: &RunConfig,
     headers: &[(String, String)],
-    checkpointed: bool,
-    restored: Option<&crate::checkpoint::Checkpoint>,
+    resume: &Resume<'_>,
     only: Option<&[i32]>,
 ) -> Result<(Vec<Node>, Vec<SourceTask<C>>), RuntimeError> {
     // Output ports by table name: a model has two.
@@ -219,18 +229,28 @@ pub(crate) async fn graph<C: Connect>(
         }
         let root = match &n.kind {
             NodeKind::Source(s) => {
-                let resume = restored.and_then(|c| {
-                    c.sources
-                        .get(&n.name)
-                        .filter(|p| p.topic == s.topic)
-                        .map(|p| p.next_offsets.clone())
-                });
-                let start = match (resume, checkpointed, &s.start) {
-                    (Some(next), _, _) => Start::Offsets(next),
-                    // A checkpointed run without a checkpoint owns every partition from its
-                    // start.
-                    (None, true, StartFrom::Committed) => Start::Offsets(BTreeMap::new()),
-                    (None, _, from) => start_of(from),
+                let start = match resume {
+                    Resume::Fresh => start_of(&s.start),
+                    Resume::Group if s.table_key.is_none() => {
+                        Start::Resume(Box::new(start_of(&s.start)))
+                    }
+                    Resume::Group => start_of(&s.start),
+                    Resume::Checkpoint(restored) => {
+                        match restored.and_then(|c| {
+                            c.sources
+                                .get(&n.name)
+                                .filter(|p| p.topic == s.topic)
+                                .map(|p| p.next_offsets.clone())
+                        }) {
+                            Some(next) => Start::Offsets(next),
+                            // A checkpointed run without a checkpoint owns every partition
+                            // from its start.
+                            None if s.start == StartFrom::Committed => {
+                                Start::Offsets(BTreeMap::new())
+                            }
+                            None => start_of(&s.start),
+                        }
+                    }
                 };
                 let conn = connect.source(&SourceConfig {
                     topic: s.topic.clone(),

@@ -29,6 +29,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{RuntimeError, internal};
 use crate::metrics::{Detail, ModelSummary};
+use crate::operator::StateEntry;
 use crate::operator::{Context, Operator};
 
 /// One model kind, as the keyed-model operator drives it.
@@ -105,6 +106,9 @@ pub struct KeyState<S> {
     snapshot: SnapshotClock,
     /// Largest event time seen.
     pub last_ms: i64,
+    /// Changed since the state was last written to a changelog.
+    #[serde(skip)]
+    dirty: bool,
 }
 
 /// The keyed-model operator.
@@ -120,6 +124,8 @@ pub struct KeyedModel<L: Learner> {
     snapshots: SchemaRef,
     /// Rows skipped for a null or non-finite feature.
     skipped: u64,
+    /// `skipped` as last written to a changelog.
+    skipped_written: u64,
     x: Vec<f64>,
     /// Keys with their own metrics (`metrics: { per_key }`), if any.
     per_key: Option<usize>,
@@ -166,6 +172,7 @@ impl<L: Learner> KeyedModel<L> {
             predictions: model.predictions.clone(),
             snapshots: model.snapshots.clone(),
             skipped: 0,
+            skipped_written: 0,
             per_key: model.metrics_per_key.map(|n| n as usize),
         })
     }
@@ -200,6 +207,7 @@ impl<L: Learner> KeyedModel<L> {
                         version: 0,
                         snapshot: SnapshotClock::default(),
                         last_ms: ms,
+                        dirty: true,
                     },
                 );
             }
@@ -218,6 +226,7 @@ impl<L: Learner> KeyedModel<L> {
                 ks.snapshot.learnt(1);
             }
             ks.last_ms = ks.last_ms.max(ms);
+            ks.dirty = true;
             if ks.snapshot.due(&self.schedule, ms)
                 && self.learner.ready(&ks.learnt)
                 && !due.iter().any(|k| k == key)
@@ -281,6 +290,7 @@ impl<L: Learner> KeyedModel<L> {
                 continue;
             };
             ks.snapshot.taken(ks.last_ms);
+            ks.dirty = true;
         }
         for key in keys {
             let Some(ks) = self.keys.get(key) else {
@@ -340,6 +350,46 @@ impl<L: Learner> Operator for KeyedModel<L> {
 
     fn load(&mut self, state: &[u8]) -> Result<(), RuntimeError> {
         (self.keys, self.skipped) = crate::checkpoint::decode(state)?;
+        Ok(())
+    }
+
+    /// Only the keys learnt (or snapshotted) since the last call, each under `k` + its key,
+    /// and the skipped count under `s`.
+    fn changes(&mut self) -> Result<Vec<StateEntry>, RuntimeError> {
+        let mut out = Vec::new();
+        for (key, ks) in &mut self.keys {
+            if ks.dirty {
+                let mut k = Vec::with_capacity(key.len() + 1);
+                k.push(b'k');
+                k.extend_from_slice(key.as_bytes());
+                out.push((k, Some(crate::checkpoint::encode(&*ks)?)));
+                ks.dirty = false;
+            }
+        }
+        if self.skipped != self.skipped_written {
+            out.push((
+                b"s".to_vec(),
+                Some(crate::checkpoint::encode(&self.skipped)?),
+            ));
+            self.skipped_written = self.skipped;
+        }
+        Ok(out)
+    }
+
+    fn restore(&mut self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), RuntimeError> {
+        self.keys.clear();
+        self.skipped = 0;
+        for (k, v) in entries {
+            match k.split_first() {
+                Some((b'k', key)) => {
+                    let key = String::from_utf8(key.to_vec()).map_err(internal)?;
+                    self.keys.insert(key, crate::checkpoint::decode(&v)?);
+                }
+                Some((b's', [])) => self.skipped = crate::checkpoint::decode(&v)?,
+                _ => return Err(internal("an unknown entry in a model's changelog")),
+            }
+        }
+        self.skipped_written = self.skipped;
         Ok(())
     }
 

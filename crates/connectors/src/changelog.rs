@@ -1,0 +1,284 @@
+//! Changelogs: compacted topics holding operators' state, written in Kafka transactions
+//! together with the source offsets that the state corresponds to, as Kafka Streams keeps
+//! its state stores. A transaction holds one commit of one task: the state entries that
+//! changed since its last commit (a tombstone for state that ended) and the next offset of
+//! every partition it reads, committed for the sources' consumer groups. A reader with
+//! `isolation.level=read_committed` sees a commit whole or not at all, so restored state
+//! always matches the committed offsets.
+//!
+//! Each task has its own transactional producer (`transactional.id` = the pipeline's group
+//! and the task number): a second instance of the same task fences the first
+//! (`init_transactions`), whose next commit fails and stops it.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use crate::{ConnectorError, kafka};
+
+/// One entry of an operator's state: `value` `None` deletes the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateRecord {
+    /// The changelog topic.
+    pub topic: String,
+    /// Its partition (the task's).
+    pub partition: i32,
+    /// The key within the operator's state.
+    pub key: Vec<u8>,
+    /// The state of that key, or `None` when it ended.
+    pub value: Option<Vec<u8>>,
+    /// The operator's definition: a restore ignores entries of another.
+    pub fingerprint: u64,
+}
+
+/// Source offsets committed with the state: (consumer group, topic, next offset per
+/// partition).
+pub type GroupOffsets = (String, String, BTreeMap<i32, i64>);
+
+/// The latest state per key of a changelog partition, with the fingerprint that wrote it.
+pub type Restored = BTreeMap<Vec<u8>, (Vec<u8>, u64)>;
+
+/// Where a task's state is kept.
+pub trait Changelog: Send + Sync + 'static {
+    /// Writes `records` and commits `offsets`, atomically: after a crash either both are
+    /// visible or neither.
+    fn commit(
+        &self,
+        records: &[StateRecord],
+        offsets: &[GroupOffsets],
+    ) -> impl std::future::Future<Output = Result<(), ConnectorError>> + Send;
+    /// The latest committed entry per key of `partition` of `topic` (tombstones applied),
+    /// read to the end.
+    fn restore(&self, topic: &str, partition: i32) -> Result<Restored, ConnectorError>;
+}
+
+/// Header naming the fingerprint of the operator that wrote an entry.
+const FINGERPRINT: &str = "fingerprint";
+
+/// Longest a transaction call may take.
+const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Longest a restore may read before it fails (retried by the caller's restart).
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A task's changelog on Kafka.
+pub struct KafkaChangelog {
+    bootstrap: String,
+    producer: FutureProducer,
+    /// A consumer per consumer group, never subscribed: its group metadata identifies the
+    /// group in `send_offsets_to_transaction`.
+    groups: BTreeMap<String, BaseConsumer>,
+    properties: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for KafkaChangelog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaChangelog")
+            .field("groups", &self.groups.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+fn client(bootstrap: &str, properties: &BTreeMap<String, String>) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    for (k, v) in properties {
+        c.set(k, v);
+    }
+    c.set("bootstrap.servers", bootstrap);
+    c
+}
+
+impl KafkaChangelog {
+    /// The changelog of the task whose producer is `transactional_id`, committing offsets
+    /// for `groups`; fences any earlier producer of the same id.
+    pub fn new(
+        bootstrap: &str,
+        transactional_id: &str,
+        groups: &[String],
+        properties: &BTreeMap<String, String>,
+    ) -> Result<Self, ConnectorError> {
+        let producer: FutureProducer = client(bootstrap, properties)
+            .set("transactional.id", transactional_id)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "30000")
+            .create()
+            .map_err(kafka("creating the changelog producer"))?;
+        producer
+            .init_transactions(TXN_TIMEOUT)
+            .map_err(kafka(format!(
+                "initialising transactions of `{transactional_id}`"
+            )))?;
+        let mut by_group = BTreeMap::new();
+        for g in groups {
+            let consumer: BaseConsumer = client(bootstrap, properties)
+                .set("group.id", g)
+                .set("enable.auto.commit", "false")
+                .create()
+                .map_err(kafka("creating the group's metadata client"))?;
+            by_group.insert(g.clone(), consumer);
+        }
+        Ok(Self {
+            bootstrap: bootstrap.to_string(),
+            producer,
+            groups: by_group,
+            properties: properties.clone(),
+        })
+    }
+
+    /// Sends everything of one commit in the open transaction.
+    async fn send(
+        &self,
+        records: &[StateRecord],
+        offsets: &[GroupOffsets],
+    ) -> Result<(), ConnectorError> {
+        let mut deliveries = Vec::with_capacity(records.len());
+        for r in records {
+            let fingerprint = r.fingerprint.to_string();
+            let headers = OwnedHeaders::new().insert(Header {
+                key: FINGERPRINT,
+                value: Some(fingerprint.as_bytes()),
+            });
+            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&r.topic)
+                .partition(r.partition)
+                .key(r.key.as_slice())
+                .headers(headers);
+            if let Some(v) = &r.value {
+                record = record.payload(v.as_slice());
+            }
+            loop {
+                match self.producer.send_result(record) {
+                    Ok(delivery) => {
+                        deliveries.push(delivery);
+                        break;
+                    }
+                    Err((
+                        KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                        back,
+                    )) => {
+                        record = back;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err((e, _)) => return Err(kafka("writing state")(e)),
+                }
+            }
+        }
+        for (group, topic, next) in offsets {
+            if next.is_empty() {
+                continue;
+            }
+            let mut tpl = TopicPartitionList::new();
+            for (p, o) in next {
+                tpl.add_partition_offset(topic, *p, Offset::Offset(*o))
+                    .map_err(kafka("building the offsets"))?;
+            }
+            let metadata = self
+                .groups
+                .get(group)
+                .and_then(|c| c.group_metadata())
+                .ok_or_else(|| {
+                    ConnectorError::Config(format!("no group metadata for group `{group}`"))
+                })?;
+            self.producer
+                .send_offsets_to_transaction(&tpl, &metadata, TXN_TIMEOUT)
+                .map_err(kafka(format!(
+                    "adding offsets of `{topic}` to the transaction"
+                )))?;
+        }
+        self.producer
+            .commit_transaction(TXN_TIMEOUT)
+            .map_err(kafka("committing the transaction"))?;
+        for d in deliveries {
+            match d.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(kafka("writing state")(e)),
+                Err(_) => return Err(kafka("writing state")(KafkaError::Canceled)),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Changelog for KafkaChangelog {
+    async fn commit(
+        &self,
+        records: &[StateRecord],
+        offsets: &[GroupOffsets],
+    ) -> Result<(), ConnectorError> {
+        self.producer
+            .begin_transaction()
+            .map_err(kafka("beginning a state transaction"))?;
+        match self.send(records, offsets).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // Whatever happened, the transaction is not assumed to have landed: the
+                // run stops and restarts from the last commit it knows of.
+                let _ = self.producer.abort_transaction(TXN_TIMEOUT);
+                Err(e)
+            }
+        }
+    }
+
+    fn restore(&self, topic: &str, partition: i32) -> Result<Restored, ConnectorError> {
+        let consumer: BaseConsumer = client(&self.bootstrap, &self.properties)
+            .set("group.id", format!("{topic}.restore"))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "true")
+            .create()
+            .map_err(kafka("creating the restore consumer"))?;
+        let mut out = Restored::new();
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition, Duration::from_secs(10))
+            .map_err(kafka(format!("reading the end of `{topic}`")))?;
+        if high <= low {
+            return Ok(out);
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Beginning)
+            .map_err(kafka("building the assignment"))?;
+        consumer.assign(&tpl).map_err(kafka("assigning"))?;
+        let deadline = Instant::now() + RESTORE_TIMEOUT;
+        loop {
+            if Instant::now() > deadline {
+                return Err(kafka(format!(
+                    "restoring `{topic}` partition {partition}: its end was not reached in {RESTORE_TIMEOUT:?}"
+                ))(KafkaError::Canceled));
+            }
+            let Some(m) = consumer.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            let m = match m {
+                Ok(m) => m,
+                Err(KafkaError::PartitionEOF(_)) => return Ok(out),
+                Err(e) => return Err(kafka(format!("restoring `{topic}`"))(e)),
+            };
+            let Some(key) = m.key() else { continue };
+            let fingerprint = m
+                .headers()
+                .and_then(|h| {
+                    h.iter()
+                        .find(|x| x.key == FINGERPRINT)
+                        .and_then(|x| x.value)
+                        .and_then(|v| std::str::from_utf8(v).ok())
+                        .and_then(|v| v.parse().ok())
+                })
+                .unwrap_or(0);
+            match m.payload() {
+                Some(v) => {
+                    out.insert(key.to_vec(), (v.to_vec(), fingerprint));
+                }
+                None => {
+                    out.remove(key);
+                }
+            }
+        }
+    }
+}

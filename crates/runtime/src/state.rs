@@ -1,0 +1,164 @@
+//! State in Kafka: each stateful operator of a task writes, at every commit, the entries of
+//! its state that changed ([`crate::Operator::changes`]) to partition `task` of its
+//! changelog topic `<group>.<operator>.changelog` (compacted; `<group>` is the consumer
+//! group of the pipeline's first stream source, the pipeline's name by default), and the
+//! task's source offsets are committed for their groups in the same Kafka transaction
+//! ([`connectors::changelog`]). A task restores by reading its partition of every changelog
+//! to the end before it reads its sources, which resume at the group's committed offsets:
+//! state always matches the input position, so after any crash no event is learnt twice or
+//! skipped, even though outputs are at least once.
+//!
+//! Tables are not written to changelogs: every task reads its tables from their start
+//! again (their topic is their changelog, as Kafka Streams does with source tables).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use connectors::Connect;
+use connectors::changelog::{Changelog as _, GroupOffsets, StateRecord};
+use planner::{NodeKind, PipelinePlan, TransformKind};
+
+use crate::config::Stats;
+use crate::error::RuntimeError;
+use crate::source::SourceTask;
+
+/// The positions of a task's stream sources, as a state commit records them.
+pub(crate) fn positions<C: Connect>(sources: &[SourceTask<C>]) -> Vec<GroupOffsets> {
+    sources
+        .iter()
+        .filter(|s| !s.table)
+        .map(|s| (s.group.clone(), s.topic.clone(), s.position.clone()))
+        .collect()
+}
+use crate::task::Node;
+
+/// A task's changelogs.
+pub(crate) struct StateLog<C: Connect> {
+    log: C::Changelog,
+    /// The task's partition of every changelog.
+    partition: i32,
+    /// Changelog topic per stateful node (by index in the graph).
+    topics: BTreeMap<usize, String>,
+}
+
+/// Whether node `kind` keeps state that goes to a changelog.
+fn logged(kind: &NodeKind) -> bool {
+    match kind {
+        NodeKind::Transform(t) => !matches!(t.kind, TransformKind::Stateless),
+        NodeKind::Model(_) => true,
+        NodeKind::Source(_) | NodeKind::Sink(_) => false,
+    }
+}
+
+/// The consumer group that names a pipeline's changelogs and transactional ids.
+fn pipeline_group(plan: &PipelinePlan) -> String {
+    plan.nodes
+        .iter()
+        .find_map(|n| match &n.kind {
+            NodeKind::Source(s) if s.table_key.is_none() => Some(s.group.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| plan.name.clone())
+}
+
+impl<C: Connect> StateLog<C> {
+    /// Opens task `index` of `tasks`' changelogs, creating their topics when missing, and
+    /// fences any earlier holder of the task (its transactions abort).
+    pub async fn open(
+        plan: &PipelinePlan,
+        connect: &C,
+        index: usize,
+        tasks: usize,
+    ) -> Result<Self, RuntimeError> {
+        let group = pipeline_group(plan);
+        let mut groups: Vec<String> = Vec::new();
+        let mut properties = BTreeMap::new();
+        for n in &plan.nodes {
+            if let NodeKind::Source(s) = &n.kind
+                && s.table_key.is_none()
+            {
+                if !groups.contains(&s.group) {
+                    groups.push(s.group.clone());
+                }
+                if properties.is_empty() {
+                    properties.clone_from(&s.properties);
+                }
+            }
+        }
+        let mut topics = BTreeMap::new();
+        for (i, n) in plan.nodes.iter().enumerate() {
+            if logged(&n.kind) {
+                let topic = format!("{group}.{}.changelog", n.name);
+                connect.changelog_topic(&topic, tasks, &properties).await?;
+                topics.insert(i, topic);
+            }
+        }
+        let log = connect.changelog(&format!("{group}.task-{index}"), &groups, &properties)?;
+        Ok(Self {
+            log,
+            partition: index as i32,
+            topics,
+        })
+    }
+
+    /// Loads every stateful node's state from its changelog: the entries its definition
+    /// wrote (others are ignored, with a warning).
+    pub fn restore(
+        &self,
+        nodes: &mut [Node],
+        warnings: &mut Vec<String>,
+    ) -> Result<(), RuntimeError> {
+        for (i, topic) in &self.topics {
+            let node = &mut nodes[*i];
+            let restored = self.log.restore(topic, self.partition)?;
+            let total = restored.len();
+            let entries: Vec<(Vec<u8>, Vec<u8>)> = restored
+                .into_iter()
+                .filter(|(_, (_, f))| *f == node.fingerprint)
+                .map(|(k, (v, _))| (k, v))
+                .collect();
+            if entries.len() < total {
+                // Entries of an earlier definition stay in the compacted topic until their
+                // keys are written again; they are never read into this one.
+                warnings.push(format!(
+                    "`{}` ignores {} entries of its changelog `{topic}` written by an earlier definition of it",
+                    node.name,
+                    total - entries.len()
+                ));
+            }
+            if !entries.is_empty() {
+                node.op.restore(entries)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes what changed in every stateful node and commits `offsets` (the stream
+    /// sources' positions), in one transaction (call at a barrier).
+    pub async fn commit(
+        &self,
+        nodes: &mut [Node],
+        offsets: Vec<GroupOffsets>,
+        stats: &Stats,
+    ) -> Result<(), RuntimeError> {
+        let mut records = Vec::new();
+        let mut bytes = 0;
+        for (i, topic) in &self.topics {
+            let node = &mut nodes[*i];
+            for (key, value) in node.op.changes()? {
+                bytes += key.len() + value.as_ref().map_or(0, Vec::len);
+                records.push(StateRecord {
+                    topic: topic.clone(),
+                    partition: self.partition,
+                    key,
+                    value,
+                    fingerprint: node.fingerprint,
+                });
+            }
+        }
+        self.log.commit(&records, &offsets).await?;
+        stats.state_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
