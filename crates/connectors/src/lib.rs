@@ -445,8 +445,8 @@ fn topic_partitions<C: Consumer>(consumer: &C, topic: &str) -> Result<Vec<i32>, 
 
 /// The group's committed next offset per partition (partitions without one are left out),
 /// retried while the group coordinator is not ready.
-fn committed_offsets(
-    consumer: &StreamConsumer,
+fn committed_offsets<C: Consumer>(
+    consumer: &C,
     topic: &str,
     partitions: &[i32],
 ) -> Result<BTreeMap<i32, i64>, ConnectorError> {
@@ -903,6 +903,23 @@ async fn create_topic_with(
         }
     }
     Ok(())
+}
+
+/// The sum over `topic`'s partitions of `group`'s committed next offsets (for tests and
+/// tools that watch a run's progress); offsets of transactions still open are not waited
+/// for.
+pub fn committed_total(bootstrap: &str, group: &str, topic: &str) -> Result<i64, ConnectorError> {
+    let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_uncommitted")
+        .create()
+        .map_err(kafka("creating the client"))?;
+    let partitions = topic_partitions(&consumer, topic)?;
+    Ok(committed_offsets(&consumer, topic, &partitions)?
+        .values()
+        .sum())
 }
 
 /// A message read back from a topic, with everything Kafka stores about it.
