@@ -67,13 +67,31 @@ const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest a restore may read before it fails (retried by the caller's restart).
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Who commits a group's offsets.
+enum GroupClient {
+    /// A client of our own, not a member: for groups that only store offsets.
+    Own(BaseConsumer),
+    /// The instance's member of the group: its member id and generation fence commits of
+    /// an instance that lost the partitions.
+    Member(std::sync::Arc<BaseConsumer<crate::membership::MemberContext>>),
+}
+
+impl GroupClient {
+    fn metadata(&self) -> Option<rdkafka::consumer::ConsumerGroupMetadata> {
+        match self {
+            GroupClient::Own(c) => c.group_metadata(),
+            GroupClient::Member(c) => c.group_metadata(),
+        }
+    }
+}
+
 /// A task's changelog on Kafka.
 pub struct KafkaChangelog {
     bootstrap: String,
     producer: FutureProducer,
-    /// A consumer per consumer group, never subscribed: its group metadata identifies the
-    /// group in `send_offsets_to_transaction`.
-    groups: BTreeMap<String, BaseConsumer>,
+    /// Per consumer group, the client whose group metadata goes with its offsets in
+    /// `send_offsets_to_transaction`.
+    groups: BTreeMap<String, GroupClient>,
     properties: BTreeMap<String, String>,
 }
 
@@ -96,12 +114,14 @@ fn client(bootstrap: &str, properties: &BTreeMap<String, String>) -> ClientConfi
 
 impl KafkaChangelog {
     /// The changelog of the task whose producer is `transactional_id`, committing offsets
-    /// for `groups`; fences any earlier producer of the same id.
+    /// for `groups` (through `member` for its own group); fences any earlier producer of
+    /// the same id.
     pub fn new(
         bootstrap: &str,
         transactional_id: &str,
         groups: &[String],
         properties: &BTreeMap<String, String>,
+        member: Option<&crate::membership::KafkaMembership>,
     ) -> Result<Self, ConnectorError> {
         let producer: FutureProducer = client(bootstrap, properties)
             .set("transactional.id", transactional_id)
@@ -118,12 +138,16 @@ impl KafkaChangelog {
             )))?;
         let mut by_group = BTreeMap::new();
         for g in groups {
+            if let Some(m) = member.filter(|m| m.group() == g) {
+                by_group.insert(g.clone(), GroupClient::Member(m.consumer.clone()));
+                continue;
+            }
             let consumer: BaseConsumer = client(bootstrap, properties)
                 .set("group.id", g)
                 .set("enable.auto.commit", "false")
                 .create()
                 .map_err(kafka("creating the group's metadata client"))?;
-            by_group.insert(g.clone(), consumer);
+            by_group.insert(g.clone(), GroupClient::Own(consumer));
         }
         Ok(Self {
             bootstrap: bootstrap.to_string(),
@@ -182,7 +206,7 @@ impl KafkaChangelog {
             let metadata = self
                 .groups
                 .get(group)
-                .and_then(|c| c.group_metadata())
+                .and_then(GroupClient::metadata)
                 .ok_or_else(|| {
                     ConnectorError::Config(format!("no group metadata for group `{group}`"))
                 })?;

@@ -21,6 +21,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 pub mod changelog;
+pub mod membership;
 pub mod memory;
 pub mod registry;
 
@@ -68,14 +69,32 @@ pub trait Connect: Clone + Send + Sync + 'static {
     type Sink: Sink;
     /// Its changelogs (the state of tasks).
     type Changelog: changelog::Changelog;
+    /// Its members of consumer groups.
+    type Membership: membership::Membership;
     /// The changelog of one task: its state transactions as `id` (fencing any earlier
-    /// holder of `id`), committing source offsets for `groups`.
+    /// holder of `id`), committing source offsets for `groups` (through `member` for its
+    /// group).
     fn changelog(
         &self,
         id: &str,
         groups: &[String],
         properties: &BTreeMap<String, String>,
+        member: Option<&Self::Membership>,
     ) -> Result<Self::Changelog, ConnectorError>;
+    /// Joins `group` for the partitions of `topic`: the group's assignments and
+    /// revocations arrive on the receiver.
+    fn join(
+        &self,
+        group: &str,
+        topic: &str,
+        properties: &BTreeMap<String, String>,
+    ) -> Result<
+        (
+            Self::Membership,
+            tokio::sync::mpsc::UnboundedReceiver<membership::Event>,
+        ),
+        ConnectorError,
+    >;
     /// Creates the compacted topic `topic` of `partitions` partitions unless it exists; one
     /// that exists with another number of partitions is refused.
     fn changelog_topic(
@@ -112,13 +131,29 @@ impl Connect for Kafka {
     type Source = KafkaSource;
     type Sink = KafkaSink;
     type Changelog = changelog::KafkaChangelog;
+    type Membership = membership::KafkaMembership;
     fn changelog(
         &self,
         id: &str,
         groups: &[String],
         properties: &BTreeMap<String, String>,
+        member: Option<&Self::Membership>,
     ) -> Result<Self::Changelog, ConnectorError> {
-        changelog::KafkaChangelog::new(&self.bootstrap, id, groups, properties)
+        changelog::KafkaChangelog::new(&self.bootstrap, id, groups, properties, member)
+    }
+    fn join(
+        &self,
+        group: &str,
+        topic: &str,
+        properties: &BTreeMap<String, String>,
+    ) -> Result<
+        (
+            Self::Membership,
+            tokio::sync::mpsc::UnboundedReceiver<membership::Event>,
+        ),
+        ConnectorError,
+    > {
+        membership::KafkaMembership::join(&self.bootstrap, group, topic, properties)
     }
     async fn changelog_topic(
         &self,

@@ -378,16 +378,41 @@ impl Connect for Memory {
     type Source = MemorySource;
     type Sink = MemorySink;
     type Changelog = MemoryChangelog;
+    type Membership = crate::membership::SoleMember;
 
     fn changelog(
         &self,
         _id: &str,
         _groups: &[String],
         _properties: &BTreeMap<String, String>,
+        _member: Option<&Self::Membership>,
     ) -> Result<MemoryChangelog, ConnectorError> {
         Ok(MemoryChangelog {
             broker: self.clone(),
         })
+    }
+
+    /// The sole member: every partition of `topic`, at once.
+    fn join(
+        &self,
+        _group: &str,
+        topic: &str,
+        _properties: &BTreeMap<String, String>,
+    ) -> Result<
+        (
+            Self::Membership,
+            tokio::sync::mpsc::UnboundedReceiver<crate::membership::Event>,
+        ),
+        ConnectorError,
+    > {
+        let ends = self
+            .ends(topic)
+            .ok_or_else(|| ConnectorError::Config(format!("topic `{topic}` does not exist")))?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let _ = tx.send(crate::membership::Event::Assigned(
+            (0..ends.len() as i32).collect(),
+        ));
+        Ok((crate::membership::SoleMember(tx), rx))
     }
 
     async fn changelog_topic(

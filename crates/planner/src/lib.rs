@@ -36,7 +36,7 @@ pub const WINDOW_START: &str = "window_start";
 pub const WINDOW_END: &str = "window_end";
 
 /// A planned pipeline: every node in an order where inputs come first.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PipelinePlan {
     /// The pipeline's name.
     pub name: String,
@@ -47,7 +47,7 @@ pub struct PipelinePlan {
 }
 
 /// One planned node.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PlannedNode {
     /// The component's name.
     pub name: String,

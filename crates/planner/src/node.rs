@@ -143,7 +143,7 @@ pub enum TransformKind {
 }
 
 /// A SQL transform.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct TransformPlan {
     /// What runs it.
     pub kind: TransformKind,
@@ -306,7 +306,7 @@ pub struct SinkPlan {
 }
 
 /// The kinds of node, each with what the runtime needs.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum NodeKind {
     /// A Kafka source.
     Source(SourcePlan),

@@ -7,12 +7,22 @@
 //! pipelines run as one task over every partition.
 //!
 //! Tasks share nothing but the pipeline's counters ([`Stats`]); each checkpoints on its own
-//! (`task-<i>.cbor`). A run stops when every task has stopped: at the stop signal, at the
-//! end of a bounded input (each task when its own partitions are idle), or at the first
-//! task's error, which stops the others.
+//! (`task-<i>.cbor`, or its changelogs). A run stops when every task has stopped: at the
+//! stop signal, at the end of a bounded input (each task when its own partitions are
+//! idle), or at the first task's error, which stops the others.
+//!
+//! With state in Kafka, instances of a pipeline share it through its consumer group
+//! ([`connectors::membership`]): an instance runs the tasks of the partitions the group
+//! assigns it, each restoring its state from the changelogs before it reads, and stops a
+//! task (which commits) before its partition is revoked. Without it, an instance runs every
+//! task itself.
 
 use std::sync::Arc;
 
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use connectors::membership::Event;
 use connectors::{Connect, Kafka};
 use planner::{NodeKind, Parallelism, PipelinePlan, TransformKind};
 
@@ -23,14 +33,36 @@ use crate::task::{Part, Task};
 
 /// A pipeline ready to run.
 pub struct Runner<C: Connect = Kafka> {
-    tasks: Vec<Task<C>>,
+    mode: Mode<C>,
+    /// Tasks of the whole pipeline (over every instance).
+    tasks: usize,
     warnings: Vec<String>,
+}
+
+/// Which tasks an instance runs.
+enum Mode<C: Connect> {
+    /// All of them, made at the start (the instance assigns every partition itself).
+    Fixed(Vec<Task<C>>),
+    /// Those of the partitions the consumer group gives it, made as they are assigned.
+    Group(Group<C>),
+}
+
+/// What an instance needs to make tasks as the group assigns partitions.
+struct Group<C: Connect> {
+    plan: Arc<PipelinePlan>,
+    config: RunConfig,
+    stats: Arc<Stats>,
+    connect: C,
+    member: Arc<C::Membership>,
+    events: tokio::sync::mpsc::UnboundedReceiver<Event>,
+    /// The partitions of each task (`[None]`: one task, run by the owner of partition 0).
+    layout: Vec<Option<Vec<i32>>>,
 }
 
 impl<C: Connect> std::fmt::Debug for Runner<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runner")
-            .field("tasks", &self.tasks.len())
+            .field("tasks", &self.tasks)
             .finish()
     }
 }
@@ -97,7 +129,8 @@ fn layout<C: Connect>(
 
 impl<C: Connect> Runner<C> {
     /// Connects every source and sink of `plan` through `connect` (Kafka, or the in-memory
-    /// broker) and makes its tasks.
+    /// broker) and makes its tasks (with state in Kafka: joins its consumer group, and
+    /// makes tasks as partitions are assigned).
     pub async fn connect(
         plan: &PipelinePlan,
         config: RunConfig,
@@ -113,6 +146,29 @@ impl<C: Connect> Runner<C> {
             .watermark_ms
             .store(i64::MIN, std::sync::atomic::Ordering::Relaxed);
         let tasks = layout.len();
+        let driver = plan.nodes.iter().find_map(|n| match &n.kind {
+            NodeKind::Source(s) if s.table_key.is_none() => Some(s),
+            _ => None,
+        });
+        if config.kafka_state
+            && let Some(driver) = driver
+        {
+            let (member, events) =
+                connect.join(&driver.group, &driver.topic, &driver.properties)?;
+            return Ok(Self {
+                mode: Mode::Group(Group {
+                    plan: Arc::new(plan.clone()),
+                    config,
+                    stats,
+                    connect,
+                    member: Arc::new(member),
+                    events,
+                    layout,
+                }),
+                tasks,
+                warnings: Vec::new(),
+            });
+        }
         if let Some(dir) = &config.checkpoint_dir {
             let found = Store::tasks_in(dir);
             if found != 0 && (found == 1) != (tasks == 1) || found > tasks {
@@ -140,17 +196,15 @@ impl<C: Connect> Runner<C> {
                     store,
                     tasks,
                 },
+                None,
             )
             .await?;
-            for w in task.warnings() {
-                if !warnings.contains(w) {
-                    warnings.push(w.clone());
-                }
-            }
+            merge_warnings(&mut warnings, task.warnings().iter().cloned());
             built.push(task);
         }
         Ok(Self {
-            tasks: built,
+            mode: Mode::Fixed(built),
+            tasks,
             warnings,
         })
     }
@@ -161,59 +215,227 @@ impl<C: Connect> Runner<C> {
         &self.warnings
     }
 
-    /// Number of tasks.
+    /// Number of tasks of the pipeline (over every instance).
     pub fn tasks(&self) -> usize {
-        self.tasks.len()
+        self.tasks
     }
 
-    /// Runs every task until a stop condition of the config, until `stop` resolves, or
-    /// until a task fails (which stops the others; the first error is returned).
+    /// Runs until a stop condition of the config, until `stop` resolves, or until a task
+    /// fails (which stops the others; the first error is returned).
     pub async fn run(
         self,
         stop: impl std::future::Future<Output = ()>,
     ) -> Result<Summary, RuntimeError> {
-        let (tell, told) = tokio::sync::watch::channel(false);
-        let mut running = tokio::task::JoinSet::new();
-        for task in self.tasks {
-            let mut told = told.clone();
-            running.spawn(task.run(async move {
-                let _ = told.wait_for(|stop| *stop).await;
-            }));
+        match self.mode {
+            Mode::Fixed(tasks) => run_fixed(tasks, self.warnings, stop).await,
+            Mode::Group(group) => group.run(self.warnings, stop).await,
         }
-        tokio::pin!(stop);
-        let mut summary = Summary {
-            warnings: self.warnings,
-        };
-        let mut failed: Option<RuntimeError> = None;
-        let mut stopping = false;
-        loop {
-            tokio::select! {
-                () = &mut stop, if !stopping => {
-                    stopping = true;
-                    let _ = tell.send(true);
-                }
-                done = running.join_next() => {
-                    let result = match done {
-                        None => break,
-                        Some(Ok(result)) => result,
-                        Some(Err(e)) => Err(internal(format!("a task ended abnormally: {e}"))),
-                    };
-                    match result {
-                        Ok(s) => {
-                            for w in s.warnings {
-                                if !summary.warnings.contains(&w) {
-                                    summary.warnings.push(w);
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            failed.get_or_insert(e);
-                            let _ = tell.send(true);
-                        }
+    }
+}
+
+fn merge_warnings(into: &mut Vec<String>, more: impl IntoIterator<Item = String>) {
+    for w in more {
+        if !into.contains(&w) {
+            into.push(w);
+        }
+    }
+}
+
+/// Runs every task of the pipeline in this instance.
+async fn run_fixed<C: Connect>(
+    tasks: Vec<Task<C>>,
+    warnings: Vec<String>,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<Summary, RuntimeError> {
+    let (tell, told) = tokio::sync::watch::channel(false);
+    let mut running = tokio::task::JoinSet::new();
+    for task in tasks {
+        let mut told = told.clone();
+        running.spawn(task.run(async move {
+            let _ = told.wait_for(|stop| *stop).await;
+        }));
+    }
+    tokio::pin!(stop);
+    let mut summary = Summary { warnings };
+    let mut failed: Option<RuntimeError> = None;
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            () = &mut stop, if !stopping => {
+                stopping = true;
+                let _ = tell.send(true);
+            }
+            done = running.join_next() => {
+                let result = match done {
+                    None => break,
+                    Some(Ok(result)) => result,
+                    Some(Err(e)) => Err(internal(format!("a task ended abnormally: {e}"))),
+                };
+                match result {
+                    Ok(s) => merge_warnings(&mut summary.warnings, s.warnings),
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                        let _ = tell.send(true);
                     }
                 }
             }
         }
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(summary),
+    }
+}
+
+impl<C: Connect> Group<C> {
+    /// The task of assigned partition `p`, if it has one: with one task per partition,
+    /// task `p`; with one task in all, task 0 goes with partition 0.
+    fn part(&self, p: i32) -> Option<Part> {
+        let tasks = self.layout.len();
+        let index = usize::try_from(p).ok().filter(|i| *i < tasks)?;
+        let only = self.layout[index].clone();
+        Some(Part {
+            index,
+            only,
+            store: None,
+            tasks,
+        })
+    }
+
+    /// Runs the tasks of the partitions the group assigns, until `stop`, a failure, or (a
+    /// bounded run) no task has run for `until_idle` since the group first answered.
+    async fn run(
+        mut self,
+        warnings: Vec<String>,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<Summary, RuntimeError> {
+        tokio::pin!(stop);
+        let mut summary = Summary { warnings };
+        let mut running = tokio::task::JoinSet::new();
+        // Per running task: the partition it was made for, and its stop signal.
+        let mut ids: HashMap<tokio::task::Id, i32> = HashMap::new();
+        let mut stops: HashMap<i32, tokio::sync::watch::Sender<bool>> = HashMap::new();
+        let mut revoking: Vec<(BTreeSet<i32>, std::sync::mpsc::SyncSender<()>)> = Vec::new();
+        let mut failed: Option<RuntimeError> = None;
+        let mut stopping = false;
+        let mut joined = false;
+        let mut idle_since = Instant::now();
+        // How often the loop looks at the time (for `until_idle`).
+        let tick = self
+            .config
+            .until_idle
+            .map_or(Duration::from_millis(200), |d| {
+                d.min(Duration::from_millis(200))
+            });
+        loop {
+            // A revocation is answered once its partitions' tasks have stopped (and
+            // committed).
+            revoking.retain(|(parts, done)| {
+                let pending = parts.iter().any(|p| stops.contains_key(p));
+                if !pending {
+                    let _ = done.send(());
+                }
+                pending
+            });
+            if running.is_empty() {
+                if stopping {
+                    break;
+                }
+                if joined
+                    && self
+                        .config
+                        .until_idle
+                        .is_some_and(|idle| idle_since.elapsed() >= idle)
+                {
+                    break;
+                }
+            }
+            tokio::select! {
+                () = &mut stop, if !stopping => {
+                    stopping = true;
+                    for s in stops.values() {
+                        let _ = s.send(true);
+                    }
+                }
+                event = self.events.recv(), if !stopping => match event {
+                    None => {
+                        failed.get_or_insert(internal("the group member stopped"));
+                        stopping = true;
+                        for s in stops.values() {
+                            let _ = s.send(true);
+                        }
+                    }
+                    Some(Event::Assigned(parts)) => {
+                        joined = true;
+                        for p in parts {
+                            if stops.contains_key(&p) {
+                                continue;
+                            }
+                            let Some(part) = self.part(p) else { continue };
+                            let (tell, mut told) = tokio::sync::watch::channel(false);
+                            let (plan, config, stats, connect, member) = (
+                                self.plan.clone(),
+                                self.config.clone(),
+                                self.stats.clone(),
+                                self.connect.clone(),
+                                self.member.clone(),
+                            );
+                            let handle = running.spawn(async move {
+                                let task =
+                                    Task::connect(&plan, config, stats, connect, part, Some(&member))
+                                        .await?;
+                                task.run(async move {
+                                    let _ = told.wait_for(|stop| *stop).await;
+                                })
+                                .await
+                            });
+                            ids.insert(handle.id(), p);
+                            stops.insert(p, tell);
+                        }
+                    }
+                    Some(Event::Revoked(parts, done)) => {
+                        for p in &parts {
+                            if let Some(s) = stops.get(p) {
+                                let _ = s.send(true);
+                            }
+                        }
+                        revoking.push((parts.into_iter().collect(), done));
+                    }
+                },
+                done = running.join_next_with_id(), if !running.is_empty() => {
+                    let (id, result) = match done {
+                        Some(Ok((id, result))) => (id, result),
+                        Some(Err(e)) => (
+                            e.id(),
+                            Err(internal(format!("a task ended abnormally: {e}"))),
+                        ),
+                        None => continue,
+                    };
+                    if let Some(p) = ids.remove(&id) {
+                        stops.remove(&p);
+                    }
+                    match result {
+                        Ok(s) => merge_warnings(&mut summary.warnings, s.warnings),
+                        Err(e) => {
+                            failed.get_or_insert(e);
+                            stopping = true;
+                            for s in stops.values() {
+                                let _ = s.send(true);
+                            }
+                        }
+                    }
+                    if running.is_empty() {
+                        idle_since = Instant::now();
+                    }
+                }
+                () = tokio::time::sleep(tick) => {}
+            }
+        }
+        for (_, done) in revoking {
+            let _ = done.send(());
+        }
+        // Leaves the group: the partitions go to the other instances.
+        drop(self.member);
         match failed {
             Some(e) => Err(e),
             None => Ok(summary),

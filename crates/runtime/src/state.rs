@@ -69,6 +69,7 @@ impl<C: Connect> StateLog<C> {
         connect: &C,
         index: usize,
         tasks: usize,
+        member: Option<&C::Membership>,
     ) -> Result<Self, RuntimeError> {
         let group = pipeline_group(plan);
         let mut groups: Vec<String> = Vec::new();
@@ -93,7 +94,12 @@ impl<C: Connect> StateLog<C> {
                 topics.insert(i, topic);
             }
         }
-        let log = connect.changelog(&format!("{group}.task-{index}"), &groups, &properties)?;
+        let log = connect.changelog(
+            &format!("{group}.task-{index}"),
+            &groups,
+            &properties,
+            member,
+        )?;
         Ok(Self {
             log,
             partition: index as i32,

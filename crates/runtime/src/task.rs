@@ -112,6 +112,7 @@ impl<C: Connect> Task<C> {
         stats: Arc<Stats>,
         connect: C,
         part: Part,
+        member: Option<&C::Membership>,
     ) -> Result<Self, RuntimeError> {
         let checkpoints = part.store.clone();
         let restored = match &checkpoints {
@@ -139,9 +140,10 @@ impl<C: Connect> Task<C> {
         // Opened first: it fences an earlier holder of this task, whose open transaction
         // is then settled before the committed offsets and the changelogs are read.
         let state = match config.kafka_state {
-            true => {
-                Some(crate::state::StateLog::open(plan, &connect, part.index, part.tasks).await?)
-            }
+            true => Some(
+                crate::state::StateLog::open(plan, &connect, part.index, part.tasks, member)
+                    .await?,
+            ),
             false => None,
         };
         let resume = match (&state, &checkpoints) {
