@@ -85,6 +85,23 @@ impl GroupClient {
     }
 }
 
+/// Longest a commit is retried while the group rebalances.
+const REBALANCE_WAIT: Duration = Duration::from_secs(60);
+
+/// Whether `e` says the group's generation is changing (a rebalance in progress).
+fn rebalancing(e: &ConnectorError) -> bool {
+    let ConnectorError::Kafka { source, .. } = e else {
+        return false;
+    };
+    matches!(
+        source.rdkafka_error_code(),
+        Some(
+            rdkafka::types::RDKafkaErrorCode::IllegalGeneration
+                | rdkafka::types::RDKafkaErrorCode::RebalanceInProgress
+        )
+    )
+}
+
 /// A task's changelog on Kafka.
 pub struct KafkaChangelog {
     bootstrap: String,
@@ -236,16 +253,26 @@ impl Changelog for KafkaChangelog {
         records: &[StateRecord],
         offsets: &[GroupOffsets],
     ) -> Result<(), ConnectorError> {
-        self.producer
-            .begin_transaction()
-            .map_err(kafka("beginning a state transaction"))?;
-        match self.send(records, offsets).await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                // Whatever happened, the transaction is not assumed to have landed: the
-                // run stops and restarts from the last commit it knows of.
-                let _ = self.producer.abort_transaction(TXN_TIMEOUT);
-                Err(e)
+        let started = Instant::now();
+        loop {
+            self.producer
+                .begin_transaction()
+                .map_err(kafka("beginning a state transaction"))?;
+            match self.send(records, offsets).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    // Whatever happened, the transaction is not assumed to have landed.
+                    let _ = self.producer.abort_transaction(TXN_TIMEOUT);
+                    // The group is rebalancing: the member's generation is changing. The
+                    // task still owns its partition (a revocation waits for it to stop;
+                    // a new owner would have fenced its producer), so the same commit is
+                    // tried again under the new generation.
+                    if rebalancing(&e) && started.elapsed() < REBALANCE_WAIT {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                    return Err(e);
+                }
             }
         }
     }

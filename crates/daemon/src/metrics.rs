@@ -77,6 +77,41 @@ pub const CHECKPOINTS: Def = def(
     "Checkpoints written.",
     P,
 );
+/// Tasks running in this instance.
+pub const TASKS: Def = def(
+    "pipeline_tasks",
+    GAUGE,
+    "Tasks this instance runs (one per owned input partition when the plan allows).",
+    P,
+);
+/// Rebalances seen.
+pub const REBALANCES: Def = def(
+    "pipeline_rebalances_total",
+    COUNTER,
+    "Partition assignments and revocations by the consumer group.",
+    P,
+);
+/// Bytes of state written to changelogs.
+pub const STATE_BYTES: Def = def(
+    "pipeline_state_bytes_total",
+    COUNTER,
+    "Bytes of state written to changelog topics.",
+    P,
+);
+/// Bytes of state restored.
+pub const RESTORED_BYTES: Def = def(
+    "pipeline_restored_bytes_total",
+    COUNTER,
+    "Bytes of state read back from changelog topics.",
+    P,
+);
+/// Time spent restoring.
+pub const RESTORE_SECONDS: Def = def(
+    "pipeline_restore_seconds_total",
+    COUNTER,
+    "Time spent restoring state from changelog topics.",
+    P,
+);
 /// Messages read per source.
 pub const EVENTS_IN: Def = def(
     "pipeline_events_in_total",
@@ -282,6 +317,11 @@ pub const CATALOG: &[&Def] = &[
     &VERSION,
     &RESTARTS,
     &CHECKPOINTS,
+    &TASKS,
+    &REBALANCES,
+    &STATE_BYTES,
+    &RESTORED_BYTES,
+    &RESTORE_SECONDS,
     &EVENTS_IN,
     &BYTES_IN,
     &BATCHES,
@@ -406,6 +446,27 @@ pub fn render(supervisor: &Supervisor) -> Result<String, prometheus::Error> {
             &CHECKPOINTS,
             &[p],
             s.checkpoints.load(Ordering::Relaxed) as f64,
+        );
+        f.value(&TASKS, &[p], s.running_tasks.load(Ordering::Relaxed) as f64);
+        f.value(
+            &REBALANCES,
+            &[p],
+            s.rebalances.load(Ordering::Relaxed) as f64,
+        );
+        f.value(
+            &STATE_BYTES,
+            &[p],
+            s.state_bytes.load(Ordering::Relaxed) as f64,
+        );
+        f.value(
+            &RESTORED_BYTES,
+            &[p],
+            s.restored_bytes.load(Ordering::Relaxed) as f64,
+        );
+        f.value(
+            &RESTORE_SECONDS,
+            &[p],
+            s.restore_micros.load(Ordering::Relaxed) as f64 / 1e6,
         );
         f.value(
             &ERRORS,

@@ -563,6 +563,9 @@ async fn run(cli: Cli) -> ExitCode {
             config.max_batch = max_batch;
             config.checkpoint_dir = checkpoint_dir;
             config.kafka_state = kafka_state;
+            config.notify = runtime::Notify::to(|line| {
+                eprintln!("{} {line}", chrono::Utc::now().format("%H:%M:%S%.3f"));
+            });
             config.checkpoint_interval = checkpoint_interval;
             config.registry = schema_registry;
             match run::run(&plan, config, quiet).await {

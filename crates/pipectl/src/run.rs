@@ -25,11 +25,13 @@ pub async fn run(
     quiet: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let stats = Arc::new(Stats::default());
+    let config_kafka_state = config.kafka_state;
     let runner = Runner::new(plan, config, stats.clone()).await?;
     for w in runner.warnings() {
         eprintln!("warning: {w}");
     }
     let shown = runner.warnings().len();
+    let (tasks, kafka_state) = (runner.tasks(), config_kafka_state);
     match (&plan.parallelism, runner.tasks()) {
         (planner::Parallelism::Single(why), _) => {
             eprintln!("running as one task over every partition: {why}");
@@ -106,5 +108,24 @@ pub async fn run(
         stats.dead_lettered.load(Ordering::Relaxed),
         stats.late.load(Ordering::Relaxed),
     );
+    let ran: Vec<String> = stats
+        .tasks
+        .lock()
+        .map(|t| t.keys().map(usize::to_string).collect())
+        .unwrap_or_default();
+    if tasks > 1 || kafka_state {
+        eprintln!(
+            "tasks run here: {}; {} rebalances; state: {} bytes written, {} bytes restored in {:.2}s",
+            if ran.is_empty() {
+                "none".to_string()
+            } else {
+                ran.join(", ")
+            },
+            stats.rebalances.load(Ordering::Relaxed),
+            stats.state_bytes.load(Ordering::Relaxed),
+            stats.restored_bytes.load(Ordering::Relaxed),
+            stats.restore_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        );
+    }
     Ok(())
 }

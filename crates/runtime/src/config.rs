@@ -36,6 +36,40 @@ pub struct RunConfig {
     /// The schema registry of `avro_confluent` sources and sinks; none: sources read every
     /// message with their declared schema, sinks write schema id 0.
     pub registry: Option<Arc<connectors::registry::Registry>>,
+    /// Told what the consumer group does (partitions assigned and revoked) and when tasks
+    /// start and stop, as one line each.
+    pub notify: Notify,
+}
+
+/// A receiver of lines.
+type Tell = dyn Fn(&str) + Send + Sync;
+
+/// Where a run tells what happens to its tasks (a log).
+#[derive(Clone, Default)]
+pub struct Notify(Option<Arc<Tell>>);
+
+impl Notify {
+    /// Lines go to `f`.
+    pub fn to(f: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        Self(Some(Arc::new(f)))
+    }
+
+    /// Tells `line`.
+    pub fn tell(&self, line: &str) {
+        if let Some(f) = &self.0 {
+            f(line);
+        }
+    }
+}
+
+impl std::fmt::Debug for Notify {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Notify(on)"
+        } else {
+            "Notify(off)"
+        })
+    }
 }
 
 impl RunConfig {
@@ -53,6 +87,7 @@ impl RunConfig {
             kafka_state: false,
             discard: Arc::new(AtomicBool::new(false)),
             registry: None,
+            notify: Notify::default(),
         }
     }
 }
@@ -78,6 +113,14 @@ pub struct Stats {
     pub checkpoints: AtomicU64,
     /// Bytes of state written to changelogs.
     pub state_bytes: AtomicU64,
+    /// Tasks this instance runs now.
+    pub running_tasks: AtomicI64,
+    /// Assignments and revocations of partitions by the consumer group.
+    pub rebalances: AtomicU64,
+    /// Bytes of state read back from changelogs.
+    pub restored_bytes: AtomicU64,
+    /// Time spent restoring state from changelogs, microseconds.
+    pub restore_micros: AtomicU64,
     /// Transient Kafka errors reported by the consumers (retried by librdkafka).
     pub kafka_errors: AtomicU64,
     /// The last of them (written rarely: only when an error happens).
@@ -139,6 +182,10 @@ impl Default for Stats {
             lag: AtomicI64::new(-1),
             checkpoints: AtomicU64::new(0),
             state_bytes: AtomicU64::new(0),
+            running_tasks: AtomicI64::new(0),
+            rebalances: AtomicU64::new(0),
+            restored_bytes: AtomicU64::new(0),
+            restore_micros: AtomicU64::new(0),
             kafka_errors: AtomicU64::new(0),
             last_kafka_error: std::sync::Mutex::new(None),
             detail: std::sync::Mutex::new(metrics::Detail::default()),

@@ -27,7 +27,7 @@ mod source;
 mod state;
 pub mod task;
 
-pub use config::{RunConfig, Stats, Summary};
+pub use config::{Notify, RunConfig, Stats, Summary};
 pub use error::{Blame, RuntimeError};
 pub use metrics::ModelSummary;
 pub use operator::{Context, Operator};

@@ -18,6 +18,7 @@
 //! task itself.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -44,7 +45,7 @@ enum Mode<C: Connect> {
     /// All of them, made at the start (the instance assigns every partition itself).
     Fixed(Vec<Task<C>>),
     /// Those of the partitions the consumer group gives it, made as they are assigned.
-    Group(Group<C>),
+    Group(Box<Group<C>>),
 }
 
 /// What an instance needs to make tasks as the group assigns partitions.
@@ -156,7 +157,7 @@ impl<C: Connect> Runner<C> {
             let (member, events) =
                 connect.join(&driver.group, &driver.topic, &driver.properties)?;
             return Ok(Self {
-                mode: Mode::Group(Group {
+                mode: Mode::Group(Box::new(Group {
                     plan: Arc::new(plan.clone()),
                     config,
                     stats,
@@ -164,7 +165,7 @@ impl<C: Connect> Runner<C> {
                     member: Arc::new(member),
                     events,
                     layout,
-                }),
+                })),
                 tasks,
                 warnings: Vec::new(),
             });
@@ -227,7 +228,17 @@ impl<C: Connect> Runner<C> {
         stop: impl std::future::Future<Output = ()>,
     ) -> Result<Summary, RuntimeError> {
         match self.mode {
-            Mode::Fixed(tasks) => run_fixed(tasks, self.warnings, stop).await,
+            Mode::Fixed(tasks) => {
+                let stats = tasks.first().map(|t| t.stats.clone());
+                if let Some(s) = &stats {
+                    s.running_tasks.store(tasks.len() as i64, Ordering::Relaxed);
+                }
+                let result = run_fixed(tasks, self.warnings, stop).await;
+                if let Some(s) = &stats {
+                    s.running_tasks.store(0, Ordering::Relaxed);
+                }
+                result
+            }
             Mode::Group(group) => group.run(self.warnings, stop).await,
         }
     }
@@ -330,6 +341,9 @@ impl<C: Connect> Group<C> {
         loop {
             // A revocation is answered once its partitions' tasks have stopped (and
             // committed).
+            self.stats
+                .running_tasks
+                .store(stops.len() as i64, Ordering::Relaxed);
             revoking.retain(|(parts, done)| {
                 let pending = parts.iter().any(|p| stops.contains_key(p));
                 if !pending {
@@ -367,6 +381,8 @@ impl<C: Connect> Group<C> {
                     }
                     Some(Event::Assigned(parts)) => {
                         joined = true;
+                        self.stats.rebalances.fetch_add(1, Ordering::Relaxed);
+                        self.config.notify.tell(&format!("assigned partitions {parts:?}"));
                         for p in parts {
                             if stops.contains_key(&p) {
                                 continue;
@@ -381,9 +397,15 @@ impl<C: Connect> Group<C> {
                                 self.member.clone(),
                             );
                             let handle = running.spawn(async move {
+                                let notify = config.notify.clone();
+                                let started = Instant::now();
                                 let task =
                                     Task::connect(&plan, config, stats, connect, part, Some(&member))
                                         .await?;
+                                notify.tell(&format!(
+                                    "task {p} restored in {:.2}s, reading",
+                                    started.elapsed().as_secs_f64()
+                                ));
                                 task.run(async move {
                                     let _ = told.wait_for(|stop| *stop).await;
                                 })
@@ -394,6 +416,8 @@ impl<C: Connect> Group<C> {
                         }
                     }
                     Some(Event::Revoked(parts, done)) => {
+                        self.stats.rebalances.fetch_add(1, Ordering::Relaxed);
+                        self.config.notify.tell(&format!("revoked partitions {parts:?}"));
                         for p in &parts {
                             if let Some(s) = stops.get(p) {
                                 let _ = s.send(true);
@@ -413,6 +437,13 @@ impl<C: Connect> Group<C> {
                     };
                     if let Some(p) = ids.remove(&id) {
                         stops.remove(&p);
+                        self.config.notify.tell(&format!(
+                            "task {p} stopped{}",
+                            match &result {
+                                Ok(_) => String::new(),
+                                Err(e) => format!(": {e}"),
+                            }
+                        ));
                     }
                     match result {
                         Ok(s) => merge_warnings(&mut summary.warnings, s.warnings),
@@ -434,6 +465,7 @@ impl<C: Connect> Group<C> {
         for (_, done) in revoking {
             let _ = done.send(());
         }
+        self.stats.running_tasks.store(0, Ordering::Relaxed);
         // Leaves the group: the partitions go to the other instances.
         drop(self.member);
         match failed {

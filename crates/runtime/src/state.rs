@@ -113,10 +113,16 @@ impl<C: Connect> StateLog<C> {
         &self,
         nodes: &mut [Node],
         warnings: &mut Vec<String>,
+        stats: &Stats,
     ) -> Result<(), RuntimeError> {
+        let started = std::time::Instant::now();
         for (i, topic) in &self.topics {
             let node = &mut nodes[*i];
             let restored = self.log.restore(topic, self.partition)?;
+            let bytes: usize = restored.iter().map(|(k, (v, _))| k.len() + v.len()).sum();
+            stats
+                .restored_bytes
+                .fetch_add(bytes as u64, Ordering::Relaxed);
             let total = restored.len();
             let entries: Vec<(Vec<u8>, Vec<u8>)> = restored
                 .into_iter()
@@ -136,6 +142,10 @@ impl<C: Connect> StateLog<C> {
                 node.op.restore(entries)?;
             }
         }
+        stats.restore_micros.fetch_add(
+            u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         Ok(())
     }
 

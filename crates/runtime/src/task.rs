@@ -162,7 +162,7 @@ impl<C: Connect> Task<C> {
         .await?;
         let mut summary = Summary::default();
         if let Some(state) = &state {
-            state.restore(&mut nodes, &mut summary.warnings)?;
+            state.restore(&mut nodes, &mut summary.warnings, &stats)?;
         }
         let mut task = Self {
             pipeline: plan.name.clone(),
