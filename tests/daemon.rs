@@ -16,6 +16,8 @@ mod support;
 use support::{bootstrap, epoch_ms, nanos, root, run_python, test_python, unique};
 #[path = "support/daemon.rs"]
 mod daemon_support;
+#[path = "support/oracles.rs"]
+mod oracles;
 use daemon_support::{
     Daemon, TOKEN, copy_yaml, feed, free_port, gen_readings, http, json_of, ok, pipectl,
     pipectl_bin, pipelined_bin, status, wait_status,
@@ -1417,4 +1419,125 @@ spec:
     assert!(report["first"].get("temperature").is_some(), "{report}");
     daemon.stop();
     std::fs::remove_dir_all(&state).ok();
+}
+
+/// Daemons keep state in Kafka (`--kafka-state`): nothing of a pipeline's state is in the
+/// state dir. Two daemons share a pipeline (its 8 partitions) through its consumer group;
+/// both stop and their state dirs are deleted; more readings arrive; a new run with
+/// nothing on disk resumes from Kafka and finishes the input. Every window DuckDB finds is
+/// written, and each line's final model equals scikit-learn's least squares over every
+/// reading of both phases (each learnt exactly once).
+#[test]
+fn daemons_keep_state_in_kafka_and_a_run_resumes_after_their_state_dirs_are_deleted() {
+    let Some(bootstrap) = bootstrap() else { return };
+    let input = unique("daemons.in");
+    let output = unique("daemons.out");
+    let snapshots = unique("daemons.snapshots");
+    let group = unique("group");
+    let name = format!("shared-{}", nanos() % 1_000_000_000);
+    let yaml = std::fs::read_to_string(root().join("tests/pipelines/scale-out.yaml"))
+        .expect("pipeline")
+        .replace("scale-out-test", &name)
+        .replace("${TEST_INPUT_TOPIC}", &input)
+        .replace("${TEST_OUTPUT_TOPIC}", &output)
+        .replace("${TEST_SNAPSHOT_TOPIC}", &snapshots)
+        .replace("${TEST_GROUP}", &group);
+    let dir = std::env::temp_dir().join(unique("daemons"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join(format!("{name}.yaml"));
+    std::fs::write(&file, &yaml).expect("write");
+    let file = file.to_str().expect("utf-8").to_string();
+    // Event time runs on from one phase to the next (each gen starts where the last ended).
+    let phase = |count: &str, seed: &str, start: &str| {
+        gen_readings(
+            &bootstrap,
+            &input,
+            &[
+                "--count",
+                count,
+                "--seed",
+                seed,
+                "--start",
+                start,
+                "--partitions",
+                "8",
+            ],
+        );
+    };
+    phase("1000", "20", "2026-01-01T00:00:00Z");
+    let states = [dir.join("state-1"), dir.join("state-2")];
+    let mut daemons: Vec<Daemon> = states
+        .iter()
+        .map(|s| Daemon::start_with(s, free_port(), &bootstrap, &["--kafka-state"]))
+        .collect();
+    for d in &daemons {
+        ok(pipectl(&d.url, &["deploy", &file]));
+    }
+    // Once the group has given both daemons partitions, the rest of the input arrives.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !daemons
+        .iter()
+        .all(|d| d.logs().contains(&format!("pipeline {name}: task ")))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the group did not give both daemons partitions:\n{}\n{}",
+            daemons[0].logs(),
+            daemons[1].logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    phase("59000", "21", "2026-01-01T00:01:40Z");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while connectors::committed_total(&bootstrap, &group, &input).unwrap_or(0) < 60_000 {
+        assert!(
+            Instant::now() < deadline,
+            "the daemons did not read the input:\n{}\n{}",
+            daemons[0].logs(),
+            daemons[1].logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for d in &mut daemons {
+        d.stop();
+    }
+    for s in &states {
+        std::fs::remove_dir_all(s).expect("state dir deleted");
+    }
+    phase("40000", "22", "2026-01-01T01:40:00Z");
+    let run = Command::new(pipectl_bin())
+        .args(["run", &file, "--bootstrap", &bootstrap, "--kafka-state"])
+        .args(["--until-idle", "5s", "--quiet"])
+        .current_dir(root())
+        .output()
+        .expect("pipectl runs");
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert!(run.status.success(), "{stderr}");
+    let restored: u64 = stderr
+        .split(" bytes restored")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        restored > 0,
+        "the run restored the daemons' state: {stderr}"
+    );
+
+    let (messages, expected, _) = oracles::window_oracle(&bootstrap, &input);
+    assert_eq!(messages.len(), 100_000);
+    let written: Vec<Value> = oracles::read(&bootstrap, &output)
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).expect("json"))
+        .collect();
+    let distinct = oracles::distinct_windows(&written);
+    println!(
+        "{} window rows written, {} distinct; DuckDB: {}",
+        written.len(),
+        distinct.len(),
+        expected.len()
+    );
+    oracles::assert_same_windows(&distinct, &expected);
+    oracles::assert_models_are_least_squares(&bootstrap, &snapshots, &messages);
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -11,12 +11,17 @@ use std::collections::BTreeSet;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use base64::Engine;
 use connectors::{StoredMessage, read_all};
 use serde_json::Value;
 
 mod support;
-use support::{bootstrap, epoch_ms, root, test_python, unique};
+use support::{bootstrap, epoch_ms, root, unique};
+#[path = "support/oracles.rs"]
+mod oracles;
+use oracles::{
+    assert_models_are_least_squares, assert_same_windows, distinct_windows, read, same_json,
+    window_oracle,
+};
 
 fn pipectl(args: &[&str], env: &[(&str, &str)]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_pipectl"))
@@ -33,38 +38,12 @@ fn pipectl(args: &[&str], env: &[(&str, &str)]) -> Output {
     out
 }
 
-fn read(bootstrap: &str, topic: &str) -> Vec<StoredMessage> {
-    read_all(bootstrap, topic, Duration::from_secs(60)).expect("topic reads")
-}
-
 fn header<'a>(m: &'a StoredMessage, key: &str) -> &'a str {
     m.headers
         .iter()
         .find(|(k, _)| k == key)
         .map(|(_, v)| v.as_str())
         .unwrap_or("")
-}
-
-fn close(a: f64, b: f64, rel: f64) -> bool {
-    a == b || (a - b).abs() <= rel * a.abs().max(b.abs())
-}
-
-/// Equal JSON objects, except that floating-point numbers may differ in the last bits (sums
-/// of doubles follow how micro-batches were cut, which varies from run to run).
-fn same_json(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|w| same_json(v, w)))
-        }
-        (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => close(
-            x.as_f64().unwrap_or(f64::NAN),
-            y.as_f64().unwrap_or(f64::NAN),
-            1e-12,
-        ),
-        _ => a == b,
-    }
 }
 
 /// The late count from the run's closing line (`done in ...: ..., N late`).
@@ -78,118 +57,6 @@ fn late_from_summary(stderr: &str) -> u64 {
         .and_then(|s| s.strip_suffix(" late"))
         .and_then(|n| n.parse().ok())
         .expect("late count")
-}
-
-/// Runs the DuckDB oracle over what the broker holds in `input` (per-minute windows with 5 s
-/// of allowed disorder): the messages, the expected window rows (in window-end then key
-/// order) and the (partition, offset) of every malformed message.
-fn window_oracle(
-    bootstrap: &str,
-    input: &str,
-) -> (Vec<StoredMessage>, Vec<Value>, BTreeSet<(i32, i64)>) {
-    // What the broker holds, for the oracle.
-    let messages = read(bootstrap, input);
-    let dir = std::env::temp_dir().join(unique("oracle"));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let raw_path = dir.join("input.jsonl");
-    let mut raw = String::new();
-    for m in &messages {
-        raw.push_str(
-            &serde_json::json!({
-                "partition": m.partition,
-                "offset": m.offset,
-                "payload_b64": base64::engine::general_purpose::STANDARD.encode(&m.payload),
-            })
-            .to_string(),
-        );
-        raw.push('\n');
-    }
-    std::fs::write(&raw_path, raw).expect("write input");
-    let windows_path = dir.join("windows.jsonl");
-    let invalid_path = dir.join("invalid.json");
-    let out = Command::new(test_python())
-        .arg(root().join("tests/oracle/window_oracle.py"))
-        .args(["--input", raw_path.to_str().expect("utf-8")])
-        .args(["--size-ms", "60000", "--allowed-ms", "5000"])
-        .args(["--windows", windows_path.to_str().expect("utf-8")])
-        .args(["--invalid", invalid_path.to_str().expect("utf-8")])
-        .output()
-        .expect("oracle runs");
-    assert!(
-        out.status.success(),
-        "oracle: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let expected: Vec<Value> = std::fs::read_to_string(&windows_path)
-        .expect("windows")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json"))
-        .collect();
-    let invalid: BTreeSet<(i32, i64)> = serde_json::from_str::<Vec<(i32, i64)>>(
-        &std::fs::read_to_string(&invalid_path).expect("invalid"),
-    )
-    .expect("json")
-    .into_iter()
-    .collect();
-    std::fs::remove_dir_all(&dir).ok();
-    (messages, expected, invalid)
-}
-
-/// Window rows of the sink equal the oracle's: counts, minima and maxima exactly, sums and
-/// averages of doubles to 1e-12 (their order of addition differs between engines). Rows are
-/// compared in window-end then key order (tasks and output partitions write in parallel).
-fn assert_same_windows(got: &[Value], expected: &[Value]) {
-    assert!(
-        expected.len() > 1000,
-        "oracle found {} windows",
-        expected.len()
-    );
-    assert_eq!(got.len(), expected.len(), "number of window rows");
-    let order = |v: &Value| {
-        (
-            epoch_ms(&v["window_end"]),
-            v["line_id"].as_str().unwrap_or_default().to_string(),
-        )
-    };
-    let mut got = got.to_vec();
-    got.sort_by_key(order);
-    let mut expected = expected.to_vec();
-    expected.sort_by_key(order);
-    for (g, e) in got.iter().zip(&expected) {
-        let what = format!("\n got {g}\nwant {e}");
-        assert_eq!(g["line_id"], e["line_id"], "{what}");
-        assert_eq!(
-            epoch_ms(&g["window_start"]),
-            epoch_ms(&e["window_start"]),
-            "{what}"
-        );
-        assert_eq!(
-            epoch_ms(&g["window_end"]),
-            epoch_ms(&e["window_end"]),
-            "{what}"
-        );
-        for exact in ["readings", "rated"] {
-            assert_eq!(g[exact].as_i64(), e[exact].as_i64(), "{exact}{what}");
-        }
-        for exact in ["min_pressure", "max_vibration"] {
-            assert_eq!(g[exact].as_f64(), e[exact].as_f64(), "{exact}{what}");
-        }
-        // Sums of doubles depend on the order of addition, which two engines need not share.
-        for float in ["sum_temperature", "avg_temperature"] {
-            let (a, b) = (
-                g[float].as_f64().expect("number"),
-                e[float].as_f64().expect("number"),
-            );
-            assert!(close(a, b, 1e-12), "{float}: {a} vs {b}{what}");
-        }
-        match (
-            g["avg_failure_rate"].as_f64(),
-            e["avg_failure_rate"].as_f64(),
-        ) {
-            (Some(a), Some(b)) => assert!(close(a, b, 1e-12), "avg_failure_rate{what}"),
-            (a, b) => assert_eq!(a, b, "avg_failure_rate{what}"),
-        }
-    }
 }
 
 #[test]
@@ -961,48 +828,6 @@ spec:
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// Runs `tests/oracle/ols_oracle.py` over `messages`: per line, scikit-learn's least squares
-/// of the failure rate on the five sensors over every valid reading.
-fn ols_oracle(messages: &[StoredMessage]) -> Value {
-    let dir = std::env::temp_dir().join(unique("ols"));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let raw_path = dir.join("input.jsonl");
-    let mut raw = String::new();
-    for m in messages {
-        raw.push_str(
-            &serde_json::json!({
-                "partition": m.partition,
-                "offset": m.offset,
-                "payload_b64": base64::engine::general_purpose::STANDARD.encode(&m.payload),
-            })
-            .to_string(),
-        );
-        raw.push('\n');
-    }
-    std::fs::write(&raw_path, raw).expect("write input");
-    let out_path = dir.join("ols.json");
-    let out = Command::new(test_python())
-        .arg(root().join("tests/oracle/ols_oracle.py"))
-        .args(["--input", raw_path.to_str().expect("utf-8")])
-        .args(["--key", "line_id", "--target", "failure_rate"])
-        .args([
-            "--features",
-            "temperature,humidity,pressure,speed,vibration",
-        ])
-        .args(["--out", out_path.to_str().expect("utf-8")])
-        .output()
-        .expect("oracle runs");
-    assert!(
-        out.status.success(),
-        "oracle: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let result =
-        serde_json::from_str(&std::fs::read_to_string(&out_path).expect("ols")).expect("json");
-    std::fs::remove_dir_all(&dir).ok();
-    result
-}
-
 /// State in Kafka survives SIGKILL: 200,000 readings on 8 partitions through per-line
 /// windows and a per-line regression (8 tasks), the engine killed twice mid-run and
 /// restarted each time with nothing on disk. Every window row DuckDB finds is written
@@ -1282,63 +1107,4 @@ fn connectors_topic(bootstrap: &str, topic: &str, partitions: i32) {
         .expect("runtime")
         .block_on(connectors::create_topic(bootstrap, topic, partitions))
         .expect("topic");
-}
-
-/// The last snapshot of each line in `snapshots` equals scikit-learn's least squares over
-/// every valid reading of `messages` of that line, to 1e-8 relative.
-fn assert_models_are_least_squares(bootstrap: &str, snapshots: &str, messages: &[StoredMessage]) {
-    let truth = ols_oracle(messages);
-    let mut last_snapshot: std::collections::BTreeMap<String, Value> = Default::default();
-    for m in read(bootstrap, snapshots) {
-        let v: Value = serde_json::from_slice(&m.payload).expect("json");
-        last_snapshot.insert(v["line_id"].as_str().expect("line").to_string(), v);
-    }
-    let lines = truth.as_object().expect("object");
-    assert_eq!(last_snapshot.len(), lines.len(), "one model per line");
-    for (line, want) in lines {
-        let got = &last_snapshot[line];
-        assert_eq!(
-            got["samples"], want["samples"],
-            "{line}: readings learnt (each once)"
-        );
-        let rel = |a: f64, b: f64| (a - b).abs() / b.abs().max(1e-300);
-        let (a, b) = (
-            got["intercept"].as_f64().expect("intercept"),
-            want["intercept"].as_f64().expect("intercept"),
-        );
-        assert!(rel(a, b) < 1e-8, "{line}: intercept {a} vs {b}");
-        for (name, b) in want["coefficients"].as_object().expect("coefficients") {
-            let a = got["coefficients"][name].as_f64().expect("coefficient");
-            let b = b.as_f64().expect("number");
-            assert!(rel(a, b) < 1e-8, "{line}: {name} {a} vs {b}");
-        }
-    }
-    println!(
-        "{} lines: final models equal scikit-learn's least squares to 1e-8",
-        lines.len()
-    );
-}
-
-/// The window rows of `written` once each, by (line, window): a row written again after a
-/// replay must equal the first (floating-point sums to 1e-12: a replay may cut micro-batches
-/// elsewhere).
-fn distinct_windows(written: &[Value]) -> Vec<Value> {
-    let mut first: std::collections::BTreeMap<(String, i64, i64), Value> = Default::default();
-    for row in written {
-        let key = (
-            row["line_id"].as_str().unwrap_or_default().to_string(),
-            epoch_ms(&row["window_start"]),
-            epoch_ms(&row["window_end"]),
-        );
-        match first.get(&key) {
-            Some(earlier) => assert!(
-                same_json(earlier, row),
-                "a window written twice differs:\n {earlier}\n {row}"
-            ),
-            None => {
-                first.insert(key, row.clone());
-            }
-        }
-    }
-    first.into_values().collect()
 }

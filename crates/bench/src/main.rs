@@ -86,6 +86,95 @@ spec:
     - { name: predictions, from: failure.predictions, kafka: { topic: "${BENCH_TOPIC:-keyed}.predictions" }, format: json }
 "#;
 
+/// The incremental-state benchmark's pipeline: a regression per key, state in changelogs.
+const MANY_KEYS: &str = r#"
+apiVersion: pipelines/v1
+kind: Pipeline
+metadata: { name: bench-keys }
+spec:
+  sources:
+    - name: readings
+      kafka: { topic: many_keys, start_from: earliest, group: many_keys }
+      format: json
+      schema: production/sensor_reading
+      key: line_id
+      event_time: { field: ts }
+      on_error: skip
+  models:
+    - name: per_key
+      input: readings
+      key: line_id
+      regression: { target: failure_rate, features: [temperature, humidity, pressure, speed, vibration] }
+      snapshot_every: { events: 1000000000 }
+  sinks:
+    - { name: predictions, from: per_key.predictions, kafka: { topic: many_keys.predictions }, format: json }
+"#;
+
+/// Keys of the incremental-state benchmark.
+const KEYS: usize = 100_000;
+
+/// State bytes written by the commits of one run of the many-keys pipeline over the next
+/// `events` messages of its topic, with state kept in the in-memory broker's changelogs.
+async fn state_bytes_of_a_run(
+    broker: &connectors::memory::Memory,
+    events: usize,
+) -> Result<u64, BenchError> {
+    let plan = plan_of(MANY_KEYS, &[]).await?;
+    let stats = Arc::new(runtime::Stats::default());
+    let mut config = runtime::RunConfig::new("memory");
+    config.kafka_state = true;
+    // One commit, when the run stops.
+    config.checkpoint_interval = Duration::from_secs(3600);
+    config.max_events = Some(events as u64);
+    let runner = runtime::Runner::connect(&plan, config, stats.clone(), broker.clone()).await?;
+    runner.run(std::future::pending()).await?;
+    Ok(stats.state_bytes.load(Ordering::Relaxed))
+}
+
+/// Changelog bytes of a commit after every one of 100,000 keys learnt, and of the next
+/// commit after 1% of them learnt again: models write only the keys that changed.
+async fn incremental_state() -> Result<(), BenchError> {
+    let broker = connectors::memory::Memory::new();
+    broker.create_topic("many_keys", 1);
+    broker.create_topic("many_keys.predictions", 1);
+    let reading = |key: usize, i: usize| {
+        serde_json::json!({
+            "line_id": format!("K{key:06}"), "machine_id": "M1", "ts": 1_767_225_600_000i64 + i as i64,
+            "temperature": 60.0 + (i % 17) as f64, "humidity": 40.0 + (i % 7) as f64,
+            "pressure": 300.0 + (i % 11) as f64, "speed": 100.0 + (i % 13) as f64,
+            "vibration": 3.0 + (i % 5) as f64 / 10.0, "failure_rate": 1.0 + (i % 19) as f64 / 10.0,
+        })
+        .to_string()
+    };
+    for k in 0..KEYS {
+        broker.produce("many_keys", 0, None, Some(reading(k, k).as_bytes()), 0)?;
+    }
+    let full = state_bytes_of_a_run(&broker, KEYS).await?;
+    let changed = KEYS / 100;
+    for j in 0..changed {
+        // Spread over the key space.
+        let k = j * 100 + 7;
+        broker.produce(
+            "many_keys",
+            0,
+            None,
+            Some(reading(k, KEYS + j).as_bytes()),
+            0,
+        )?;
+    }
+    let incremental = state_bytes_of_a_run(&broker, changed).await?;
+    println!(
+        "{:<44} {full:>12} bytes   (all {KEYS} keys of a per-key regression)",
+        "state written by a commit, every key new"
+    );
+    println!(
+        "{:<44} {incremental:>12} bytes   ({changed} keys changed: {:.2}% of the full state)",
+        "state written by the next commit",
+        100.0 * incremental as f64 / full.max(1) as f64
+    );
+    Ok(())
+}
+
 /// Partitions of the scale benchmark's topic.
 const KEYED_PARTITIONS: usize = 8;
 
@@ -329,6 +418,7 @@ async fn main() -> Result<(), BenchError> {
         events,
     )
     .await?;
+    incremental_state().await?;
 
     let Some(bootstrap) = arg("--bootstrap") else {
         println!("(add --bootstrap HOST:PORT to measure through a Kafka broker)");

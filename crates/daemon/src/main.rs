@@ -39,6 +39,11 @@ struct Args {
     /// Time between checkpoints of each pipeline.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     checkpoint_interval: Duration,
+    /// Keep pipelines' state in Kafka (changelog topics committed with the offsets in one
+    /// transaction) instead of checkpoint files in the state dir; several daemons then share
+    /// a pipeline through its consumer group (docs/scaling.md).
+    #[arg(long, env = "PIPELINED_KAFKA_STATE")]
+    kafka_state: bool,
     /// Threads of each pipeline's worker pool, which runs its tasks (one per input
     /// partition when the plan allows); default: one per core.
     #[arg(long, env = "PIPELINED_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -223,6 +228,7 @@ async fn serve(args: Args, env: PipelineEnv) -> ExitCode {
         state_dir: args.state_dir.clone(),
         schemas: args.schemas.clone(),
         checkpoint_interval: args.checkpoint_interval,
+        kafka_state: args.kafka_state,
         workers: args.workers.map_or_else(
             || std::thread::available_parallelism().map_or(1, |n| n.get()),
             usize::from,

@@ -37,6 +37,8 @@ pub struct Settings {
     pub stop_timeout: Duration,
     /// Worker threads of each pipeline.
     pub workers: usize,
+    /// State in Kafka rather than in checkpoint files.
+    pub kafka_state: bool,
 }
 
 /// Stack of a pipeline's thread: planning and running recurse over SQL expressions.
@@ -484,7 +486,13 @@ async fn attempt(run: Run) -> Result<(), Failure> {
     };
     let mut config = RunConfig::new(settings.bootstrap.clone());
     config.version = version.to_string();
-    config.checkpoint_dir = Some(settings.checkpoint_dir(&name));
+    if settings.kafka_state {
+        config.kafka_state = true;
+        let who = name.clone();
+        config.notify = runtime::Notify::to(move |line| log(&format!("pipeline {who}: {line}")));
+    } else {
+        config.checkpoint_dir = Some(settings.checkpoint_dir(&name));
+    }
     config.checkpoint_interval = settings.checkpoint_interval;
     config.discard = discard;
     config.registry = settings.schema_registry.clone();
