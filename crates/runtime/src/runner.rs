@@ -352,7 +352,13 @@ impl<C: Connect> Group<C> {
                 pending
             });
             if running.is_empty() {
-                if stopping {
+                // Stopped, or the run's event budget is spent (each task stopped at it).
+                if stopping
+                    || self
+                        .config
+                        .max_events
+                        .is_some_and(|max| self.stats.events_in.load(Ordering::Relaxed) >= max)
+                {
                     break;
                 }
                 if joined
