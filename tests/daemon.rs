@@ -1487,6 +1487,18 @@ fn daemons_keep_state_in_kafka_and_a_run_resumes_after_their_state_dirs_are_dele
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Each daemon's status shows the tasks (partitions) it owns.
+    for d in &daemons {
+        let s = json_of(pipectl(&d.url, &["status", &name, "-o", "json"]));
+        let tasks = s["tasks"].as_array().expect("tasks");
+        assert!(!tasks.is_empty(), "{s}");
+        assert!(
+            tasks.iter().all(|t| t.as_u64().is_some_and(|t| t < 8)),
+            "{s}"
+        );
+        let table = ok(pipectl(&d.url, &["status", &name]));
+        assert!(table.contains("tasks:"), "{table}");
+    }
     phase("59000", "21", "2026-01-01T00:01:40Z");
     let deadline = Instant::now() + Duration::from_secs(180);
     while connectors::committed_total(&bootstrap, &group, &input).unwrap_or(0) < 60_000 {

@@ -241,10 +241,24 @@ fn summary(record: &Record, live: Option<(u32, Arc<Live>)>) -> Value {
         "kafka_errors": counter(&|s| s.kafka_errors.load(Ordering::Relaxed)),
         "lag": live.as_ref().map(|(_, l)| l.stats.lag.load(Ordering::Relaxed)).filter(|l| *l >= 0),
         "watermark": live.as_ref().map_or(Value::Null, |(_, l)| watermark_text(l.stats.watermark_ms.load(Ordering::Relaxed))),
+        "tasks": owned(live.as_ref().map(|(_, l)| l), false),
+        "restoring": owned(live.as_ref().map(|(_, l)| l), true),
         "models": live.as_ref().map_or(Value::Null, |(_, l)| {
             l.stats.detail.lock().map(|d| json!(d.models)).unwrap_or(Value::Null)
         }),
     })
+}
+
+/// The tasks this daemon runs of a pipeline (`restoring`: those still restoring state).
+fn owned(live: Option<&Arc<Live>>, restoring: bool) -> Vec<usize> {
+    live.and_then(|l| l.stats.owned.lock().ok().map(|o| o.clone()))
+        .map(|o| {
+            o.into_iter()
+                .filter(|(_, r)| !restoring || *r)
+                .map(|(i, _)| i)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn record_or_404(app: &App, name: &str) -> Result<Record, ApiError> {

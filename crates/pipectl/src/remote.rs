@@ -322,6 +322,15 @@ pub fn status_table(v: &Value) -> String {
             x => out.push_str(&format!("{:<15}{}\n", format!("{key}:"), text(x))),
         }
     }
+    if let Some(tasks) = v["tasks"].as_array().filter(|t| !t.is_empty()) {
+        let list = |a: &[Value]| a.iter().map(text).collect::<Vec<_>>().join(", ");
+        let restoring = v["restoring"].as_array().cloned().unwrap_or_default();
+        out.push_str(&format!("{:<15}{}", "tasks:", list(tasks)));
+        if !restoring.is_empty() {
+            out.push_str(&format!(" (restoring {})", list(&restoring)));
+        }
+        out.push('\n');
+    }
     if let Some(models) = v["models"].as_object() {
         for (name, m) in models {
             let mut line = format!(

@@ -115,6 +115,9 @@ pub struct Stats {
     pub state_bytes: AtomicU64,
     /// Tasks this instance runs now.
     pub running_tasks: AtomicI64,
+    /// The tasks this instance runs now (by task number, which is the input partition of
+    /// a pipeline run per partition), each with whether it is still restoring its state.
+    pub owned: std::sync::Mutex<BTreeMap<usize, bool>>,
     /// Assignments and revocations of partitions by the consumer group.
     pub rebalances: AtomicU64,
     /// Bytes of state read back from changelogs.
@@ -146,6 +149,23 @@ pub struct TaskView {
 }
 
 impl Stats {
+    /// Records that task `index` runs (`restoring`: still restoring its state) or, with
+    /// `None`, no longer does.
+    pub(crate) fn own(&self, index: usize, restoring: Option<bool>) {
+        if let Ok(mut owned) = self.owned.lock() {
+            match restoring {
+                Some(r) => {
+                    owned.insert(index, r);
+                }
+                None => {
+                    owned.remove(&index);
+                }
+            }
+            self.running_tasks
+                .store(owned.len() as i64, Ordering::Relaxed);
+        }
+    }
+
     /// Records task `index`'s view and recomputes the pipeline's: the smallest watermark,
     /// the summed lag and the merged measurements of all tasks.
     pub(crate) fn publish(&self, index: usize, view: TaskView) {
@@ -183,6 +203,7 @@ impl Default for Stats {
             checkpoints: AtomicU64::new(0),
             state_bytes: AtomicU64::new(0),
             running_tasks: AtomicI64::new(0),
+            owned: std::sync::Mutex::new(BTreeMap::new()),
             rebalances: AtomicU64::new(0),
             restored_bytes: AtomicU64::new(0),
             restore_micros: AtomicU64::new(0),

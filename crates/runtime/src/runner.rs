@@ -231,11 +231,16 @@ impl<C: Connect> Runner<C> {
             Mode::Fixed(tasks) => {
                 let stats = tasks.first().map(|t| t.stats.clone());
                 if let Some(s) = &stats {
-                    s.running_tasks.store(tasks.len() as i64, Ordering::Relaxed);
+                    for i in 0..tasks.len() {
+                        s.own(i, Some(false));
+                    }
                 }
+                let n = tasks.len();
                 let result = run_fixed(tasks, self.warnings, stop).await;
                 if let Some(s) = &stats {
-                    s.running_tasks.store(0, Ordering::Relaxed);
+                    for i in 0..n {
+                        s.own(i, None);
+                    }
                 }
                 result
             }
@@ -341,9 +346,6 @@ impl<C: Connect> Group<C> {
         loop {
             // A revocation is answered once its partitions' tasks have stopped (and
             // committed).
-            self.stats
-                .running_tasks
-                .store(stops.len() as i64, Ordering::Relaxed);
             revoking.retain(|(parts, done)| {
                 let pending = parts.iter().any(|p| stops.contains_key(p));
                 if !pending {
@@ -402,20 +404,34 @@ impl<C: Connect> Group<C> {
                                 self.connect.clone(),
                                 self.member.clone(),
                             );
+                            let index = part.index;
+                            self.stats.own(index, Some(true));
                             let handle = running.spawn(async move {
                                 let notify = config.notify.clone();
                                 let started = Instant::now();
+                                let owner = stats.clone();
                                 let task =
                                     Task::connect(&plan, config, stats, connect, part, Some(&member))
-                                        .await?;
+                                        .await;
+                                let task = match task {
+                                    Ok(t) => t,
+                                    Err(e) => {
+                                        owner.own(index, None);
+                                        return Err(e);
+                                    }
+                                };
+                                owner.own(index, Some(false));
                                 notify.tell(&format!(
                                     "task {p} restored in {:.2}s, reading",
                                     started.elapsed().as_secs_f64()
                                 ));
-                                task.run(async move {
-                                    let _ = told.wait_for(|stop| *stop).await;
-                                })
-                                .await
+                                let result = task
+                                    .run(async move {
+                                        let _ = told.wait_for(|stop| *stop).await;
+                                    })
+                                    .await;
+                                owner.own(index, None);
+                                result
                             });
                             ids.insert(handle.id(), p);
                             stops.insert(p, tell);
@@ -443,6 +459,8 @@ impl<C: Connect> Group<C> {
                     };
                     if let Some(p) = ids.remove(&id) {
                         stops.remove(&p);
+                        // Also when the task panicked (the task number is the partition).
+                        self.stats.own(p as usize, None);
                         self.config.notify.tell(&format!(
                             "task {p} stopped{}",
                             match &result {
@@ -471,7 +489,7 @@ impl<C: Connect> Group<C> {
         for (_, done) in revoking {
             let _ = done.send(());
         }
-        self.stats.running_tasks.store(0, Ordering::Relaxed);
+
         // Leaves the group: the partitions go to the other instances.
         drop(self.member);
         match failed {
