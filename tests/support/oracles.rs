@@ -153,7 +153,7 @@ pub fn assert_same_windows(got: &[Value], expected: &[Value]) {
 
 /// Runs `tests/oracle/ols_oracle.py` over `messages`: per line, scikit-learn's least squares
 /// of the failure rate on the five sensors over every valid reading.
-pub fn ols_oracle(messages: &[StoredMessage]) -> Value {
+pub fn ols_oracle(messages: &[StoredMessage], key: Option<&str>) -> Value {
     let dir = std::env::temp_dir().join(unique("ols"));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let raw_path = dir.join("input.jsonl");
@@ -174,7 +174,8 @@ pub fn ols_oracle(messages: &[StoredMessage]) -> Value {
     let out = Command::new(test_python())
         .arg(root().join("tests/oracle/ols_oracle.py"))
         .args(["--input", raw_path.to_str().expect("utf-8")])
-        .args(["--key", "line_id", "--target", "failure_rate"])
+        .args(key.map(|k| vec!["--key", k]).unwrap_or_default())
+        .args(["--target", "failure_rate"])
         .args([
             "--features",
             "temperature,humidity,pressure,speed,vibration",
@@ -200,7 +201,7 @@ pub fn assert_models_are_least_squares(
     snapshots: &str,
     messages: &[StoredMessage],
 ) {
-    let truth = ols_oracle(messages);
+    let truth = ols_oracle(messages, Some("line_id"));
     let mut last_snapshot: std::collections::BTreeMap<String, Value> = Default::default();
     for m in read(bootstrap, snapshots) {
         let v: Value = serde_json::from_slice(&m.payload).expect("json");
@@ -209,27 +210,46 @@ pub fn assert_models_are_least_squares(
     let lines = truth.as_object().expect("object");
     assert_eq!(last_snapshot.len(), lines.len(), "one model per line");
     for (line, want) in lines {
-        let got = &last_snapshot[line];
-        assert_eq!(
-            got["samples"], want["samples"],
-            "{line}: readings learnt (each once)"
-        );
-        let rel = |a: f64, b: f64| (a - b).abs() / b.abs().max(1e-300);
-        let (a, b) = (
-            got["intercept"].as_f64().expect("intercept"),
-            want["intercept"].as_f64().expect("intercept"),
-        );
-        assert!(rel(a, b) < 1e-8, "{line}: intercept {a} vs {b}");
-        for (name, b) in want["coefficients"].as_object().expect("coefficients") {
-            let a = got["coefficients"][name].as_f64().expect("coefficient");
-            let b = b.as_f64().expect("number");
-            assert!(rel(a, b) < 1e-8, "{line}: {name} {a} vs {b}");
-        }
+        assert_same_model(line, &last_snapshot[line], want);
     }
     println!(
         "{} lines: final models equal scikit-learn's least squares to 1e-8",
         lines.len()
     );
+    // The global model, learnt by every task and merged: the snapshot with the most
+    // samples (each task writes the merge it ends with) is the fit over every reading.
+    let global = format!("{snapshots}.global");
+    let best = read(bootstrap, &global)
+        .iter()
+        .map(|m| serde_json::from_slice::<Value>(&m.payload).expect("json"))
+        .max_by_key(|v| v["samples"].as_u64().unwrap_or(0))
+        .expect("a snapshot of the global model");
+    let truth = ols_oracle(messages, None);
+    assert_same_model("the global model", &best, &truth[""]);
+    println!(
+        "the global model, merged over every task, equals scikit-learn's least squares over {} readings",
+        truth[""]["samples"]
+    );
+}
+
+/// A model's snapshot equals scikit-learn's fit: the same samples (each reading learnt
+/// once), and coefficients and intercept to 1e-8 relative.
+fn assert_same_model(what: &str, got: &Value, want: &Value) {
+    assert_eq!(
+        got["samples"], want["samples"],
+        "{what}: readings learnt (each once)"
+    );
+    let rel = |a: f64, b: f64| (a - b).abs() / b.abs().max(1e-300);
+    let (a, b) = (
+        got["intercept"].as_f64().expect("intercept"),
+        want["intercept"].as_f64().expect("intercept"),
+    );
+    assert!(rel(a, b) < 1e-8, "{what}: intercept {a} vs {b}");
+    for (name, b) in want["coefficients"].as_object().expect("coefficients") {
+        let a = got["coefficients"][name].as_f64().expect("coefficient");
+        let b = b.as_f64().expect("number");
+        assert!(rel(a, b) < 1e-8, "{what}: {name} {a} vs {b}");
+    }
 }
 
 /// The window rows of `written` once each, by (line, window): a row written again after a

@@ -41,6 +41,13 @@ pub struct StateRecord {
 /// partition).
 pub type GroupOffsets = (String, String, BTreeMap<i32, i64>);
 
+/// An entry another task committed: (its partition, key, value).
+pub type PeerEntry = (i32, Vec<u8>, Vec<u8>);
+
+/// A reader of other tasks' entries of one changelog: the consumer, how many partitions it
+/// reads, and those read to their end since their last entry.
+type Tail = (BaseConsumer, usize, std::collections::BTreeSet<i32>);
+
 /// The latest state per key of a changelog partition, with the fingerprint that wrote it.
 pub type Restored = BTreeMap<Vec<u8>, (Vec<u8>, u64)>;
 
@@ -56,6 +63,13 @@ pub trait Changelog: Send + Sync + 'static {
     /// The latest committed entry per key of `partition` of `topic` (tombstones applied),
     /// read to the end.
     fn restore(&self, topic: &str, partition: i32) -> Result<Restored, ConnectorError>;
+    /// The entries other tasks committed to `topic` (every partition but `own`) since the
+    /// last call, as (partition, key, value); with `to_end`, read up to the end of every
+    /// partition.
+    fn peers(&self, topic: &str, own: i32, to_end: bool) -> Result<Vec<PeerEntry>, ConnectorError>;
+    /// Whether `group` has committed offsets at the end of every partition of `topic`:
+    /// every task of the pipeline has committed its state for the whole input.
+    fn caught_up(&self, group: &str, topic: &str) -> Result<bool, ConnectorError>;
 }
 
 /// Header naming the fingerprint of the operator that wrote an entry.
@@ -110,6 +124,9 @@ pub struct KafkaChangelog {
     /// `send_offsets_to_transaction`.
     groups: BTreeMap<String, GroupClient>,
     properties: BTreeMap<String, String>,
+    /// Per changelog topic read for other tasks' entries: its reader, and the partitions
+    /// read to their end since their last entry.
+    tails: std::sync::Mutex<BTreeMap<String, Tail>>,
 }
 
 impl std::fmt::Debug for KafkaChangelog {
@@ -171,6 +188,7 @@ impl KafkaChangelog {
             producer,
             groups: by_group,
             properties: properties.clone(),
+            tails: std::sync::Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -275,6 +293,89 @@ impl Changelog for KafkaChangelog {
                 }
             }
         }
+    }
+
+    fn peers(&self, topic: &str, own: i32, to_end: bool) -> Result<Vec<PeerEntry>, ConnectorError> {
+        let mut tails = self
+            .tails
+            .lock()
+            .map_err(|_| ConnectorError::Config("a changelog reader panicked".into()))?;
+        if !tails.contains_key(topic) {
+            let consumer: BaseConsumer = client(&self.bootstrap, &self.properties)
+                .set("group.id", format!("{topic}.peers"))
+                .set("enable.auto.commit", "false")
+                .set("isolation.level", "read_committed")
+                .set("enable.partition.eof", "true")
+                .create()
+                .map_err(kafka("creating the peers' reader"))?;
+            let metadata = consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(10))
+                .map_err(kafka(format!("reading metadata of `{topic}`")))?;
+            let mut tpl = TopicPartitionList::new();
+            let mut n = 0;
+            for t in metadata.topics().iter().filter(|t| t.name() == topic) {
+                for p in t.partitions().iter().filter(|p| p.id() != own) {
+                    tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                        .map_err(kafka("building the assignment"))?;
+                    n += 1;
+                }
+            }
+            consumer.assign(&tpl).map_err(kafka("assigning"))?;
+            tails.insert(
+                topic.to_string(),
+                (consumer, n, std::collections::BTreeSet::new()),
+            );
+        }
+        let Some((consumer, n, at_end)) = tails.get_mut(topic) else {
+            return Ok(Vec::new());
+        };
+        let deadline = Instant::now() + RESTORE_TIMEOUT;
+        let mut out = Vec::new();
+        loop {
+            let wait = if to_end {
+                Duration::from_millis(100)
+            } else {
+                Duration::ZERO
+            };
+            match consumer.poll(wait) {
+                Some(Ok(m)) => {
+                    at_end.remove(&m.partition());
+                    if let (Some(k), Some(v)) = (m.key(), m.payload()) {
+                        out.push((m.partition(), k.to_vec(), v.to_vec()));
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    at_end.insert(p);
+                }
+                Some(Err(e)) => return Err(kafka(format!("reading `{topic}`"))(e)),
+                None if !to_end || at_end.len() >= *n => return Ok(out),
+                None if Instant::now() > deadline => {
+                    return Err(kafka(format!("reading `{topic}` to its end"))(
+                        KafkaError::Canceled,
+                    ));
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn caught_up(&self, group: &str, topic: &str) -> Result<bool, ConnectorError> {
+        let consumer: BaseConsumer = client(&self.bootstrap, &self.properties)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(kafka("creating a client"))?;
+        let partitions = crate::topic_partitions(&consumer, topic)?;
+        let committed = crate::committed_offsets(&consumer, topic, &partitions)?;
+        for p in partitions {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .map_err(kafka(format!("reading the end of `{topic}`")))?;
+            if committed.get(&p).copied().unwrap_or(0) < high {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     fn restore(&self, topic: &str, partition: i32) -> Result<Restored, ConnectorError> {

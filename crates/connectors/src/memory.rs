@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::changelog::{Changelog, GroupOffsets, Restored, StateRecord};
+use crate::changelog::{Changelog, GroupOffsets, PeerEntry, Restored, StateRecord};
 use crate::{
     Connect, ConnectorError, OutRecord, RawBatch, RecordHeaders, Sink, Source, SourceConfig, Start,
     StoredMessage,
@@ -302,6 +302,8 @@ impl Sink for MemorySink {
 #[derive(Debug)]
 pub struct MemoryChangelog {
     broker: Memory,
+    /// Per (topic, partition) of other tasks: the next offset to read.
+    read: Mutex<BTreeMap<(String, i32), usize>>,
 }
 
 impl Changelog for MemoryChangelog {
@@ -341,6 +343,43 @@ impl Changelog for MemoryChangelog {
             }
         }
         Ok(())
+    }
+
+    fn peers(
+        &self,
+        topic: &str,
+        own: i32,
+        _to_end: bool,
+    ) -> Result<Vec<PeerEntry>, ConnectorError> {
+        let state = self.broker.lock();
+        let mut read = self.read.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        let Some(parts) = state.topics.get(topic) else {
+            return Ok(out);
+        };
+        for (p, msgs) in parts.iter().enumerate() {
+            let p = p as i32;
+            if p == own {
+                continue;
+            }
+            let next = read.entry((topic.to_string(), p)).or_insert(0);
+            for m in &msgs[*next..] {
+                if let (Some(k), Some(v)) = (&m.key, &m.value) {
+                    out.push((p, k.clone(), v.clone()));
+                }
+            }
+            *next = msgs.len();
+        }
+        Ok(out)
+    }
+
+    fn caught_up(&self, group: &str, topic: &str) -> Result<bool, ConnectorError> {
+        let ends = self.broker.ends(topic).unwrap_or_default();
+        let committed = self.broker.committed(group, topic);
+        Ok(ends
+            .iter()
+            .enumerate()
+            .all(|(p, end)| committed.get(&(p as i32)).copied().unwrap_or(0) >= *end))
     }
 
     fn restore(&self, topic: &str, partition: i32) -> Result<Restored, ConnectorError> {
@@ -389,6 +428,7 @@ impl Connect for Memory {
     ) -> Result<MemoryChangelog, ConnectorError> {
         Ok(MemoryChangelog {
             broker: self.clone(),
+            read: Mutex::new(BTreeMap::new()),
         })
     }
 

@@ -72,6 +72,11 @@ impl RegressionState {
         }
     }
 
+    /// Event time of the last decay, ms (none before the first).
+    pub fn clock(&self) -> Option<i64> {
+        self.clock
+    }
+
     /// Number of features.
     pub fn features(&self) -> usize {
         self.d

@@ -32,12 +32,13 @@ pub async fn run(
     }
     let shown = runner.warnings().len();
     let (tasks, kafka_state) = (runner.tasks(), config_kafka_state);
-    match (&plan.parallelism, runner.tasks()) {
-        (planner::Parallelism::Single(why), _) => {
-            eprintln!("running as one task over every partition: {why}");
-        }
-        (_, 1) => eprintln!("running as one task (the input has one partition)"),
-        (_, n) => eprintln!("running as {n} tasks, one per input partition"),
+    match (
+        runtime::single_task_reason(plan, config_kafka_state),
+        runner.tasks(),
+    ) {
+        (Some(why), _) => eprintln!("running as one task over every partition: {why}"),
+        (None, 1) => eprintln!("running as one task (the input has one partition)"),
+        (None, n) => eprintln!("running as {n} tasks, one per input partition"),
     }
     let started = Instant::now();
     let status = {

@@ -11,7 +11,23 @@ use crate::{Feature, Format, ModelKind, NodeKind, PipelinePlan, TransformKind, W
 pub(crate) fn explain(plan: &PipelinePlan) -> String {
     let mut out = format!("pipeline {}\n", plan.name);
     match &plan.parallelism {
-        crate::Parallelism::PerPartition => out.push_str("tasks: one per input partition\n"),
+        crate::Parallelism::PerPartition => {
+            let global: Vec<&str> = plan
+                .nodes
+                .iter()
+                .filter(|n| matches!(&n.kind, NodeKind::Model(m) if m.key.is_none()))
+                .map(|n| n.name.as_str())
+                .collect();
+            if global.is_empty() {
+                out.push_str("tasks: one per input partition\n");
+            } else {
+                let _ = writeln!(
+                    out,
+                    "tasks: one per input partition with state in Kafka, where the tasks of global model {} merge what they learn; otherwise one",
+                    global.join(", ")
+                );
+            }
+        }
         crate::Parallelism::Single(why) => {
             let _ = writeln!(out, "tasks: one for every partition: {why}");
         }

@@ -101,10 +101,23 @@ fn divide(nodes: &[PlannedNode]) -> Result<(), String> {
                     _ => BTreeSet::new(),
                 };
                 let Some(key) = &m.key else {
-                    return Err(format!(
-                        "model `{}` has no key: one global model learns from every partition",
-                        node.name
-                    ));
+                    // A global regression is learnt by every task and merged exactly; a
+                    // clustering's clusters do not line up across tasks.
+                    if let crate::ModelKind::Clustering(_) = m.kind {
+                        return Err(format!(
+                            "model `{}` is one global clustering: its clusters would not line up across tasks",
+                            node.name
+                        ));
+                    }
+                    parts.insert(
+                        format!("{}.predictions", node.name),
+                        Part::Stream(BTreeSet::new()),
+                    );
+                    parts.insert(
+                        format!("{}.snapshots", node.name),
+                        Part::Stream(BTreeSet::new()),
+                    );
+                    continue;
                 };
                 if !input.contains(key) {
                     return Err(format!(

@@ -121,9 +121,19 @@ async fn models_run_per_partition_only_when_keyed_by_the_partition_key() {
     );
     let why = single(parallelism(&by_machine).await);
     assert!(why.contains("model `m` is keyed by `machine_id`"), "{why}");
+    // A global regression merges across tasks.
     let global = format!("{}{}", keyed("line_id"), MODEL.replace("      KEY\n", ""));
-    let why = single(parallelism(&global).await);
-    assert!(why.contains("model `m` has no key"), "{why}");
+    assert_eq!(parallelism(&global).await, Parallelism::PerPartition);
+    let clustering = format!(
+        "{}  models:
+    - name: c
+      input: readings
+      clustering: {{ k: 2, features: [temperature] }}
+",
+        keyed("line_id")
+    );
+    let why = single(parallelism(&clustering).await);
+    assert!(why.contains("model `c` is one global clustering"), "{why}");
 }
 
 #[tokio::test]

@@ -31,5 +31,5 @@ pub use config::{Notify, RunConfig, Stats, Summary};
 pub use error::{Blame, RuntimeError};
 pub use metrics::ModelSummary;
 pub use operator::{Context, Operator};
-pub use runner::Runner;
+pub use runner::{Runner, single_task_reason};
 pub use task::stop_signal;

@@ -148,6 +148,23 @@ pub trait Operator: Send {
         }
     }
 
+    /// Told that its task is one of several of the pipeline: returns whether it merges
+    /// with theirs (a global model whose state merges exactly), and then does.
+    fn merges(&mut self) -> bool {
+        false
+    }
+
+    /// Takes an entry another task (`task`) committed to this operator's changelog.
+    fn peer(&mut self, _task: i32, _key: &[u8], _value: &[u8]) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
+    /// At the end of a bounded input, once every task has committed its last state: emits
+    /// what waits for all of them (a merging model's last snapshot).
+    async fn final_snapshot(&mut self, _ctx: &mut Context) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
     /// Writes its measurements into `detail` under its node's `name` (a model's summary, a
     /// sink's counts, a window's late rows); called at most once a second.
     fn report(&self, _name: &str, _detail: &mut Detail) {}

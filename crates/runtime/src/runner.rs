@@ -93,12 +93,31 @@ fn keyed_state(plan: &PipelinePlan) -> bool {
     })
 }
 
+/// Why `plan` runs as one task here although its plan allows one per partition: a global
+/// model merges across tasks only through state in Kafka.
+pub fn single_task_reason(plan: &PipelinePlan, kafka_state: bool) -> Option<String> {
+    if let Parallelism::Single(why) = &plan.parallelism {
+        return Some(why.clone());
+    }
+    if kafka_state {
+        return None;
+    }
+    plan.nodes.iter().find_map(|n| match &n.kind {
+        NodeKind::Model(m) if m.key.is_none() => Some(format!(
+            "model `{}` is global: its tasks merge what they learn through state in Kafka (--kafka-state)",
+            n.name
+        )),
+        _ => None,
+    })
+}
+
 /// The partitions of each task: `[None]` for one task over every partition.
 fn layout<C: Connect>(
     plan: &PipelinePlan,
     connect: &C,
+    kafka_state: bool,
 ) -> Result<Vec<Option<Vec<i32>>>, RuntimeError> {
-    if let Parallelism::Single(_) = plan.parallelism {
+    if single_task_reason(plan, kafka_state).is_some() {
         return Ok(vec![None]);
     }
     let mut counts = Vec::new();
@@ -138,7 +157,7 @@ impl<C: Connect> Runner<C> {
         stats: Arc<Stats>,
         connect: C,
     ) -> Result<Self, RuntimeError> {
-        let layout = layout(plan, &connect)?;
+        let layout = layout(plan, &connect, config.kafka_state)?;
         // A restarted run's stats may hold the tasks of the run before.
         if let Ok(mut views) = stats.tasks.lock() {
             views.clear();

@@ -39,6 +39,12 @@ pub(crate) struct StateLog<C: Connect> {
     partition: i32,
     /// Changelog topic per stateful node (by index in the graph).
     topics: BTreeMap<usize, String>,
+    /// Tasks of the pipeline.
+    tasks: usize,
+    /// The nodes that merge with the other tasks' (global models), by index.
+    merging: Vec<usize>,
+    /// The pipeline's stream sources: (group, topic).
+    inputs: Vec<(String, String)>,
 }
 
 /// Whether node `kind` keeps state that goes to a changelog.
@@ -100,11 +106,77 @@ impl<C: Connect> StateLog<C> {
             &properties,
             member,
         )?;
+        let inputs = plan
+            .nodes
+            .iter()
+            .filter_map(|n| match &n.kind {
+                NodeKind::Source(s) if s.table_key.is_none() => {
+                    Some((s.group.clone(), s.topic.clone()))
+                }
+                _ => None,
+            })
+            .collect();
         Ok(Self {
             log,
             partition: index as i32,
             topics,
+            tasks,
+            merging: Vec::new(),
+            inputs,
         })
+    }
+
+    /// With several tasks, tells every stateful node so; those that merge with the other
+    /// tasks' state (global models) are then sent what the others commit.
+    pub fn join_peers(&mut self, nodes: &mut [Node]) {
+        if self.tasks < 2 {
+            return;
+        }
+        for i in self.topics.keys() {
+            if nodes[*i].op.merges() {
+                self.merging.push(*i);
+            }
+        }
+    }
+
+    /// Hands the merging nodes what the other tasks committed since the last call (`to_end`:
+    /// everything committed so far).
+    pub fn poll_peers(&self, nodes: &mut [Node], to_end: bool) -> Result<(), RuntimeError> {
+        for i in &self.merging {
+            let topic = &self.topics[i];
+            for (task, key, value) in self.log.peers(topic, self.partition, to_end)? {
+                nodes[*i].op.peer(task, &key, &value)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether some node merges with the other tasks'.
+    pub fn merges(&self) -> bool {
+        !self.merging.is_empty()
+    }
+
+    /// Waits (at most `within`) until every task has committed its state for the whole
+    /// input, then hands the merging nodes the others' last state. Returns whether they all
+    /// had.
+    pub async fn settle(
+        &self,
+        nodes: &mut [Node],
+        within: std::time::Duration,
+    ) -> Result<bool, RuntimeError> {
+        let deadline = std::time::Instant::now() + within;
+        let mut all = false;
+        while !all && std::time::Instant::now() < deadline {
+            all = true;
+            for (group, topic) in &self.inputs {
+                all &= self.log.caught_up(group, topic)?;
+            }
+            if !all {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+        self.poll_peers(nodes, true)?;
+        Ok(all)
     }
 
     /// Loads every stateful node's state from its changelog: the entries its definition

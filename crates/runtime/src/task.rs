@@ -161,8 +161,11 @@ impl<C: Connect> Task<C> {
         )
         .await?;
         let mut summary = Summary::default();
-        if let Some(state) = &state {
+        let mut state = state;
+        if let Some(state) = &mut state {
             state.restore(&mut nodes, &mut summary.warnings, &stats)?;
+            state.join_peers(&mut nodes);
+            state.poll_peers(&mut nodes, false)?;
         }
         let mut task = Self {
             pipeline: plan.name.clone(),
@@ -266,6 +269,9 @@ impl<C: Connect> Task<C> {
             if got_any {
                 last_input = Instant::now();
             }
+            if let Some(state) = &self.state {
+                state.poll_peers(&mut self.nodes, false)?;
+            }
             self.publish(false);
             if self.keeps_state() && last_checkpoint.elapsed() >= self.config.checkpoint_interval {
                 self.checkpoint().await?;
@@ -335,6 +341,29 @@ impl<C: Connect> Task<C> {
             for (s, offsets) in pending.iter().enumerate() {
                 self.sources[s].conn.commit(offsets)?;
             }
+        }
+        if input_finished && let Some(state) = self.state.take() {
+            // A global model learnt by several tasks: its last snapshot is their merge once
+            // every task has committed its state for the whole input.
+            if state.merges() {
+                if !state
+                    .settle(&mut self.nodes, std::time::Duration::from_secs(120))
+                    .await?
+                {
+                    self.summary.warnings.push(
+                        "the other tasks had not all committed their last state within 120 s: the last snapshot of a global model merges what they had".to_string(),
+                    );
+                }
+                let mut queue = VecDeque::new();
+                for i in 0..self.nodes.len() {
+                    let mut ctx = Context::default();
+                    self.nodes[i].op.final_snapshot(&mut ctx).await?;
+                    self.route(i, ctx, &mut queue)?;
+                    self.drain(&mut queue).await?;
+                }
+                self.flush_outputs().await?;
+            }
+            self.state = Some(state);
         }
         self.publish(true);
         Ok(self.summary)

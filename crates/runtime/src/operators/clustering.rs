@@ -86,6 +86,7 @@ impl Learner for Clustering {
     fn step(
         &mut self,
         ks: &mut State,
+        _base: Option<&State>,
         x: &[f64],
         _row: usize,
         ms: i64,

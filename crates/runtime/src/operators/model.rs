@@ -47,18 +47,34 @@ pub trait Learner: std::fmt::Debug + Send + 'static {
     fn columns(&self, batch: &RecordBatch) -> Result<Self::Columns, RuntimeError>;
     /// Empty prediction builders for `n` rows.
     fn out(&self, n: usize) -> Self::Out;
-    /// Predicts row `row` (inputs `x`, event time `ms`) with `state`, appends the
-    /// prediction to `out`, then learns the row. Returns whether it learnt (a row without
-    /// a target is predicted only).
+    /// Predicts row `row` (inputs `x`, event time `ms`) with `state` (merged with `base`,
+    /// the other tasks' states of a global model, when given), appends the prediction to
+    /// `out`, then learns the row into `state`. Returns whether it learnt (a row without a
+    /// target is predicted only).
+    #[allow(clippy::too_many_arguments)]
     fn step(
         &mut self,
         state: &mut Self::State,
+        base: Option<&Self::State>,
         x: &[f64],
         row: usize,
         ms: i64,
         cols: &Self::Columns,
         out: &mut Self::Out,
     ) -> bool;
+    /// Whether states learnt from disjoint rows merge exactly, so that a global model can be
+    /// learnt by several tasks.
+    fn mergeable(&self) -> bool {
+        false
+    }
+    /// The merge of `parts` (what other tasks learnt), when the learner merges.
+    fn combine(&self, _parts: &[&Self::State]) -> Option<Self::State> {
+        None
+    }
+    /// `own` with `base` merged in (what a snapshot shows), when the learner merges.
+    fn with_base(&self, _own: &Self::State, _base: &Self::State) -> Option<Self::State> {
+        None
+    }
     /// The prediction columns, after the key, time and passthrough columns.
     fn finish(&self, out: Self::Out) -> Vec<ArrayRef>;
     /// Whether a snapshot of `state` means anything yet (a clustering is seeded).
@@ -129,6 +145,13 @@ pub struct KeyedModel<L: Learner> {
     x: Vec<f64>,
     /// Keys with their own metrics (`metrics: { per_key }`), if any.
     per_key: Option<usize>,
+    /// A global model learnt by several tasks: this task learns its own rows, predicts
+    /// and snapshots with the merge of every task's latest committed state.
+    merging: bool,
+    /// The other tasks' latest states, by task.
+    peers: BTreeMap<i32, KeyState<L::State>>,
+    /// Their merge.
+    base: Option<L::State>,
 }
 
 impl<L: Learner> std::fmt::Debug for KeyedModel<L> {
@@ -173,6 +196,9 @@ impl<L: Learner> KeyedModel<L> {
             snapshots: model.snapshots.clone(),
             skipped: 0,
             skipped_written: 0,
+            merging: false,
+            peers: BTreeMap::new(),
+            base: None,
             per_key: model.metrics_per_key.map(|n| n as usize),
         })
     }
@@ -218,9 +244,14 @@ impl<L: Learner> KeyedModel<L> {
             // The version of the model that made the prediction.
             versions.push(ks.version);
             out_ms.push(ms);
+            let base = if self.merging {
+                self.base.as_ref()
+            } else {
+                None
+            };
             if self
                 .learner
-                .step(&mut ks.learnt, &self.x, row, ms, &own, &mut out)
+                .step(&mut ks.learnt, base, &self.x, row, ms, &own, &mut out)
             {
                 ks.version += 1;
                 ks.snapshot.learnt(1);
@@ -292,6 +323,20 @@ impl<L: Learner> KeyedModel<L> {
             ks.snapshot.taken(ks.last_ms);
             ks.dirty = true;
         }
+        // A global model learnt by several tasks shows the merge of all of them.
+        let merged = match (&self.base, self.keys.get("")) {
+            (Some(base), Some(own)) if self.merging => self
+                .learner
+                .with_base(&own.learnt, base)
+                .map(|learnt| KeyState {
+                    learnt,
+                    version: own.version,
+                    snapshot: SnapshotClock::default(),
+                    last_ms: own.last_ms,
+                    dirty: false,
+                }),
+            _ => None,
+        };
         for key in keys {
             let Some(ks) = self.keys.get(key) else {
                 continue;
@@ -299,7 +344,10 @@ impl<L: Learner> KeyedModel<L> {
             key_values.append_value(key);
             ms.push(ks.last_ms);
             version.push(ks.version);
-            states.push(ks);
+            states.push(match (&merged, key.is_empty()) {
+                (Some(m), true) => m,
+                _ => ks,
+            });
         }
         let mut columns: Vec<ArrayRef> = Vec::new();
         if self.key.is_some() {
@@ -338,7 +386,36 @@ impl<L: Learner> Operator for KeyedModel<L> {
     }
 
     async fn finish(&mut self, ctx: &mut Context) -> Result<(), RuntimeError> {
-        if let Some(b) = self.snapshot_all()? {
+        // A merging model's last snapshot waits for the other tasks' last states
+        // (`final_snapshot`, after the final commit).
+        if !self.merging
+            && let Some(b) = self.snapshot_all()?
+        {
+            ctx.emit(1, -1, b);
+        }
+        Ok(())
+    }
+
+    fn merges(&mut self) -> bool {
+        self.merging = self.key.is_none() && self.learner.mergeable();
+        self.merging
+    }
+
+    fn peer(&mut self, task: i32, key: &[u8], value: &[u8]) -> Result<(), RuntimeError> {
+        // The global model is the entry of the empty key.
+        if !self.merging || key != b"k" {
+            return Ok(());
+        }
+        self.peers.insert(task, crate::checkpoint::decode(value)?);
+        let parts: Vec<&L::State> = self.peers.values().map(|k| &k.learnt).collect();
+        self.base = self.learner.combine(&parts);
+        Ok(())
+    }
+
+    async fn final_snapshot(&mut self, ctx: &mut Context) -> Result<(), RuntimeError> {
+        if self.merging
+            && let Some(b) = self.snapshot_all()?
+        {
             ctx.emit(1, -1, b);
         }
         Ok(())

@@ -97,6 +97,7 @@ impl Learner for Regression {
     fn step(
         &mut self,
         ks: &mut State,
+        base: Option<&State>,
         x: &[f64],
         row: usize,
         ms: i64,
@@ -106,7 +107,19 @@ impl Learner for Regression {
         if let Some(h) = ks.half_life_ms {
             ks.state.decay_to(ms, h);
         }
-        let prediction = ks.state.solve(self.ridge).ok().map(|s| {
+        let solved = match base {
+            // The exact merge of every task's statistics, aged to this row's time.
+            Some(b) => {
+                let mut merged = b.state.clone();
+                if let Some(h) = ks.half_life_ms {
+                    merged.decay_to(ms, h);
+                }
+                merged.merge(&ks.state);
+                merged.solve(self.ridge)
+            }
+            None => ks.state.solve(self.ridge),
+        };
+        let prediction = solved.ok().map(|s| {
             s.intercept
                 + s.coefficients
                     .iter()
@@ -139,6 +152,46 @@ impl Learner for Regression {
             }
             None => false,
         }
+    }
+
+    fn mergeable(&self) -> bool {
+        true
+    }
+
+    /// Co-moments merge exactly (Chan et al.); with forgetting, each part is first aged to
+    /// the latest event time of all.
+    fn combine(&self, parts: &[&State]) -> Option<State> {
+        let d = parts.first()?.state.features();
+        let latest = parts.iter().filter_map(|p| p.state.clock()).max();
+        let mut out = self.fresh(d);
+        for p in parts {
+            let mut s = p.state.clone();
+            if let (Some(h), Some(t)) = (p.half_life_ms, latest) {
+                s.decay_to(t, h);
+            }
+            out.state.merge(&s);
+        }
+        Some(out)
+    }
+
+    fn with_base(&self, own: &State, base: &State) -> Option<State> {
+        let mut state = base.state.clone();
+        let mut mine = own.state.clone();
+        if let Some(h) = own.half_life_ms {
+            let latest = state.clock().max(mine.clock());
+            if let Some(t) = latest {
+                state.decay_to(t, h);
+                mine.decay_to(t, h);
+            }
+        }
+        state.merge(&mine);
+        Some(State {
+            state,
+            metrics: own.metrics.clone(),
+            drift: None,
+            alarms: own.alarms,
+            half_life_ms: own.half_life_ms,
+        })
     }
 
     fn finish(&self, mut out: Out) -> Vec<ArrayRef> {
@@ -279,7 +332,7 @@ impl Learner for Regression {
     }
 }
 
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct Metrics {
     n: u64,
     abs: f64,
