@@ -132,6 +132,16 @@ PIPELINES = dashboard(
             (f"sum by (pipeline) (pipeline_events_out_total{{{SEL}}})", "{{pipeline}} out"),
             (f"sum by (pipeline) (pipeline_dead_lettered_total{{{SEL}}})", "{{pipeline}} dead-lettered"),
         ], "short"),
+        panel("Tasks per instance", [(f"pipeline_tasks{{{SEL}}}", "{{pipeline}} {{instance}}")], "short",
+              description="Tasks each instance runs (one per owned input partition when the plan allows)."),
+        panel("Rebalances and restores (1 h)", [
+            (f"sum by (pipeline) (increase(pipeline_rebalances_total{{{SEL}}}[1h]))", "{{pipeline}} rebalances"),
+            (f"sum by (pipeline) (increase(pipeline_restore_seconds_total{{{SEL}}}[1h]))", "{{pipeline}} restore s"),
+        ], "short", description="Partition assignments and revocations, and time spent restoring state from changelogs."),
+        panel("State written / s", [
+            (f"sum by (pipeline) (rate(pipeline_state_bytes_total{{{SEL}}}[{RATE}]))", "{{pipeline}} written"),
+            (f"sum by (pipeline) (rate(pipeline_restored_bytes_total{{{SEL}}}[{RATE}]))", "{{pipeline}} restored"),
+        ], "Bps", description="Bytes of state committed to changelog topics, and read back from them."),
     ],
 )
 
