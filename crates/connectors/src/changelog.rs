@@ -41,8 +41,9 @@ pub struct StateRecord {
 /// partition).
 pub type GroupOffsets = (String, String, BTreeMap<i32, i64>);
 
-/// An entry another task committed: (its partition, key, value).
-pub type PeerEntry = (i32, Vec<u8>, Vec<u8>);
+/// An entry another task committed: (its partition, key, value, the fingerprint of the
+/// operator that wrote it).
+pub type PeerEntry = (i32, Vec<u8>, Vec<u8>, u64);
 
 /// A reader of other tasks' entries of one changelog: the consumer, how many partitions it
 /// reads, and those read to their end since their last entry.
@@ -97,6 +98,19 @@ impl GroupClient {
             GroupClient::Member(c) => c.group_metadata(),
         }
     }
+}
+
+/// The fingerprint header of a changelog record (0 without one).
+fn fingerprint_of(m: &rdkafka::message::BorrowedMessage<'_>) -> u64 {
+    m.headers()
+        .and_then(|h| {
+            h.iter()
+                .find(|x| x.key == FINGERPRINT)
+                .and_then(|x| x.value)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// Longest a commit is retried while the group rebalances.
@@ -341,7 +355,7 @@ impl Changelog for KafkaChangelog {
                 Some(Ok(m)) => {
                     at_end.remove(&m.partition());
                     if let (Some(k), Some(v)) = (m.key(), m.payload()) {
-                        out.push((m.partition(), k.to_vec(), v.to_vec()));
+                        out.push((m.partition(), k.to_vec(), v.to_vec(), fingerprint_of(&m)));
                     }
                 }
                 Some(Err(KafkaError::PartitionEOF(p))) => {
@@ -413,16 +427,7 @@ impl Changelog for KafkaChangelog {
                 Err(e) => return Err(kafka(format!("restoring `{topic}`"))(e)),
             };
             let Some(key) = m.key() else { continue };
-            let fingerprint = m
-                .headers()
-                .and_then(|h| {
-                    h.iter()
-                        .find(|x| x.key == FINGERPRINT)
-                        .and_then(|x| x.value)
-                        .and_then(|v| std::str::from_utf8(v).ok())
-                        .and_then(|v| v.parse().ok())
-                })
-                .unwrap_or(0);
+            let fingerprint = fingerprint_of(&m);
             match m.payload() {
                 Some(v) => {
                     out.insert(key.to_vec(), (v.to_vec(), fingerprint));

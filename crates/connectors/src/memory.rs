@@ -365,7 +365,13 @@ impl Changelog for MemoryChangelog {
             let next = read.entry((topic.to_string(), p)).or_insert(0);
             for m in &msgs[*next..] {
                 if let (Some(k), Some(v)) = (&m.key, &m.value) {
-                    out.push((p, k.clone(), v.clone()));
+                    let fingerprint = m
+                        .headers
+                        .iter()
+                        .find(|(k, _)| k == "fingerprint")
+                        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok())
+                        .unwrap_or(0);
+                    out.push((p, k.clone(), v.clone(), fingerprint));
                 }
             }
             *next = msgs.len();

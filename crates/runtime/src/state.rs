@@ -144,8 +144,13 @@ impl<C: Connect> StateLog<C> {
     pub fn poll_peers(&self, nodes: &mut [Node], to_end: bool) -> Result<(), RuntimeError> {
         for i in &self.merging {
             let topic = &self.topics[i];
-            for (task, key, value) in self.log.peers(topic, self.partition, to_end)? {
-                nodes[*i].op.peer(task, &key, &value)?;
+            let node = &mut nodes[*i];
+            for (task, key, value, fingerprint) in self.log.peers(topic, self.partition, to_end)? {
+                // Only a task of the same definition learns what this one does (during a
+                // rolling change, the others' are left out until they run it too).
+                if fingerprint == node.fingerprint {
+                    node.op.peer(task, &key, &value)?;
+                }
             }
         }
         Ok(())
