@@ -18,10 +18,7 @@ mod support;
 use support::{bootstrap, epoch_ms, root, unique};
 #[path = "support/oracles.rs"]
 mod oracles;
-use oracles::{
-    assert_models_are_least_squares, assert_same_windows, distinct_windows, read, same_json,
-    window_oracle,
-};
+use oracles::{assert_same_windows, assert_scale_out_results, read, same_json, window_oracle};
 
 fn pipectl(args: &[&str], env: &[(&str, &str)]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_pipectl"))
@@ -937,23 +934,13 @@ fn state_in_kafka_survives_sigkill_and_every_event_is_learnt_once() {
         "{stderr}"
     );
 
-    let (messages, expected, _) = window_oracle(&bootstrap, &input);
-    let written: Vec<Value> = read(&bootstrap, &output)
-        .iter()
-        .map(|m| serde_json::from_slice(&m.payload).expect("output is JSON"))
-        .collect();
-    let distinct = distinct_windows(&written);
-    println!(
-        "{kills} kills: {} window rows written, {} distinct, {} duplicated; DuckDB: {}",
-        written.len(),
-        distinct.len(),
-        written.len() - distinct.len(),
-        expected.len()
+    assert_scale_out_results(
+        &bootstrap,
+        &input,
+        &output,
+        &snapshots,
+        &format!("{kills} kills"),
     );
-    assert_same_windows(&distinct, &expected);
-
-    // The final snapshot of each line (the end of the bounded input) is scikit-learn's fit.
-    assert_models_are_least_squares(&bootstrap, &snapshots, &messages);
 }
 
 /// Several instances share a pipeline through its consumer group. 200,000 readings fed at
@@ -1081,22 +1068,8 @@ fn instances_share_a_pipeline_through_kills_joins_and_leaves() {
         "the group gave partitions to {sharing} of the 4 instances that ran to the end"
     );
 
-    let (messages, expected, _) = window_oracle(&bootstrap, &input);
+    let messages = assert_scale_out_results(&bootstrap, &input, &output, &snapshots, "instances");
     assert_eq!(messages.len(), 200_000);
-    let written: Vec<Value> = read(&bootstrap, &output)
-        .iter()
-        .map(|m| serde_json::from_slice(&m.payload).expect("output is JSON"))
-        .collect();
-    let distinct = distinct_windows(&written);
-    println!(
-        "{} window rows written, {} distinct, {} duplicated; DuckDB: {}",
-        written.len(),
-        distinct.len(),
-        written.len() - distinct.len(),
-        expected.len()
-    );
-    assert_same_windows(&distinct, &expected);
-    assert_models_are_least_squares(&bootstrap, &snapshots, &messages);
     std::fs::remove_dir_all(&logs).ok();
 }
 

@@ -13,6 +13,26 @@ use serde_json::Value;
 
 use crate::support::{epoch_ms, root, test_python, unique};
 
+/// Writes `messages` into `dir/input.jsonl` as the oracles read them: one object per
+/// message, `{"partition", "offset", "payload_b64"}`.
+fn write_raw(dir: &std::path::Path, messages: &[StoredMessage]) -> std::path::PathBuf {
+    let path = dir.join("input.jsonl");
+    let mut raw = String::new();
+    for m in messages {
+        raw.push_str(
+            &serde_json::json!({
+                "partition": m.partition,
+                "offset": m.offset,
+                "payload_b64": base64::engine::general_purpose::STANDARD.encode(&m.payload),
+            })
+            .to_string(),
+        );
+        raw.push('\n');
+    }
+    std::fs::write(&path, raw).expect("write input");
+    path
+}
+
 pub fn read(bootstrap: &str, topic: &str) -> Vec<StoredMessage> {
     read_all(bootstrap, topic, Duration::from_secs(60)).expect("topic reads")
 }
@@ -50,20 +70,7 @@ pub fn window_oracle(
     let messages = read(bootstrap, input);
     let dir = std::env::temp_dir().join(unique("oracle"));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let raw_path = dir.join("input.jsonl");
-    let mut raw = String::new();
-    for m in &messages {
-        raw.push_str(
-            &serde_json::json!({
-                "partition": m.partition,
-                "offset": m.offset,
-                "payload_b64": base64::engine::general_purpose::STANDARD.encode(&m.payload),
-            })
-            .to_string(),
-        );
-        raw.push('\n');
-    }
-    std::fs::write(&raw_path, raw).expect("write input");
+    let raw_path = write_raw(&dir, &messages);
     let windows_path = dir.join("windows.jsonl");
     let invalid_path = dir.join("invalid.json");
     let out = Command::new(test_python())
@@ -156,20 +163,7 @@ pub fn assert_same_windows(got: &[Value], expected: &[Value]) {
 pub fn ols_oracle(messages: &[StoredMessage], key: Option<&str>) -> Value {
     let dir = std::env::temp_dir().join(unique("ols"));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let raw_path = dir.join("input.jsonl");
-    let mut raw = String::new();
-    for m in messages {
-        raw.push_str(
-            &serde_json::json!({
-                "partition": m.partition,
-                "offset": m.offset,
-                "payload_b64": base64::engine::general_purpose::STANDARD.encode(&m.payload),
-            })
-            .to_string(),
-        );
-        raw.push('\n');
-    }
-    std::fs::write(&raw_path, raw).expect("write input");
+    let raw_path = write_raw(&dir, messages);
     let out_path = dir.join("ols.json");
     let out = Command::new(test_python())
         .arg(root().join("tests/oracle/ols_oracle.py"))
@@ -274,4 +268,33 @@ pub fn distinct_windows(written: &[Value]) -> Vec<Value> {
         }
     }
     first.into_values().collect()
+}
+
+/// The outputs of `tests/pipelines/scale-out.yaml` over `input` equal the oracles': every
+/// window DuckDB finds is in `output` (once or more: outputs are at least once; a repeat
+/// equals the first), and the models' last snapshots in `snapshots` (per line) and
+/// `snapshots.global` equal scikit-learn's least squares. Prints the counts after `what`.
+pub fn assert_scale_out_results(
+    bootstrap: &str,
+    input: &str,
+    output: &str,
+    snapshots: &str,
+    what: &str,
+) -> Vec<StoredMessage> {
+    let (messages, expected, _) = window_oracle(bootstrap, input);
+    let written: Vec<Value> = read(bootstrap, output)
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).expect("output is JSON"))
+        .collect();
+    let distinct = distinct_windows(&written);
+    println!(
+        "{what}: {} window rows written, {} distinct, {} duplicated; DuckDB: {}",
+        written.len(),
+        distinct.len(),
+        written.len() - distinct.len(),
+        expected.len()
+    );
+    assert_same_windows(&distinct, &expected);
+    assert_models_are_least_squares(bootstrap, snapshots, &messages);
+    messages
 }

@@ -88,13 +88,7 @@ pub trait Connect: Clone + Send + Sync + 'static {
         group: &str,
         topic: &str,
         properties: &BTreeMap<String, String>,
-    ) -> Result<
-        (
-            Self::Membership,
-            tokio::sync::mpsc::UnboundedReceiver<membership::Event>,
-        ),
-        ConnectorError,
-    >;
+    ) -> Result<membership::Joined<Self::Membership>, ConnectorError>;
     /// Creates the compacted topic `topic` of `partitions` partitions unless it exists; one
     /// that exists with another number of partitions is refused.
     fn changelog_topic(
@@ -146,13 +140,7 @@ impl Connect for Kafka {
         group: &str,
         topic: &str,
         properties: &BTreeMap<String, String>,
-    ) -> Result<
-        (
-            Self::Membership,
-            tokio::sync::mpsc::UnboundedReceiver<membership::Event>,
-        ),
-        ConnectorError,
-    > {
+    ) -> Result<membership::Joined<Self::Membership>, ConnectorError> {
         membership::KafkaMembership::join(&self.bootstrap, group, topic, properties)
     }
     async fn changelog_topic(

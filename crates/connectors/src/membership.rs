@@ -32,6 +32,9 @@ pub enum Event {
     Revoked(Vec<i32>, std::sync::mpsc::SyncSender<()>),
 }
 
+/// A member and the receiver of what the group tells it.
+pub type Joined<M> = (M, tokio::sync::mpsc::UnboundedReceiver<Event>);
+
 /// Longest a revocation waits for the instance to stop the revoked tasks; past it the
 /// partitions are released anyway (the next owner fences the late tasks).
 pub const REVOKE_WAIT: Duration = Duration::from_secs(30);
@@ -102,7 +105,7 @@ impl KafkaMembership {
         group: &str,
         topic: &str,
         properties: &BTreeMap<String, String>,
-    ) -> Result<(Self, tokio::sync::mpsc::UnboundedReceiver<Event>), ConnectorError> {
+    ) -> Result<Joined<Self>, ConnectorError> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let mut client = ClientConfig::new();
         for (k, v) in properties {

@@ -26,6 +26,17 @@ struct Message {
     headers: Vec<(String, Vec<u8>)>,
 }
 
+impl Message {
+    /// The fingerprint header of a changelog record (0 without one).
+    fn fingerprint(&self) -> u64 {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == "fingerprint")
+            .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     topics: BTreeMap<String, Vec<Vec<Message>>>,
@@ -365,13 +376,7 @@ impl Changelog for MemoryChangelog {
             let next = read.entry((topic.to_string(), p)).or_insert(0);
             for m in &msgs[*next..] {
                 if let (Some(k), Some(v)) = (&m.key, &m.value) {
-                    let fingerprint = m
-                        .headers
-                        .iter()
-                        .find(|(k, _)| k == "fingerprint")
-                        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok())
-                        .unwrap_or(0);
-                    out.push((p, k.clone(), v.clone(), fingerprint));
+                    out.push((p, k.clone(), v.clone(), m.fingerprint()));
                 }
             }
             *next = msgs.len();
@@ -400,12 +405,7 @@ impl Changelog for MemoryChangelog {
         };
         for m in part {
             let Some(key) = &m.key else { continue };
-            let fingerprint = m
-                .headers
-                .iter()
-                .find(|(k, _)| k == "fingerprint")
-                .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok())
-                .unwrap_or(0);
+            let fingerprint = m.fingerprint();
             match &m.value {
                 Some(v) => {
                     out.insert(key.clone(), (v.clone(), fingerprint));
@@ -444,13 +444,7 @@ impl Connect for Memory {
         _group: &str,
         topic: &str,
         _properties: &BTreeMap<String, String>,
-    ) -> Result<
-        (
-            Self::Membership,
-            tokio::sync::mpsc::UnboundedReceiver<crate::membership::Event>,
-        ),
-        ConnectorError,
-    > {
+    ) -> Result<crate::membership::Joined<Self::Membership>, ConnectorError> {
         let ends = self
             .ends(topic)
             .ok_or_else(|| ConnectorError::Config(format!("topic `{topic}` does not exist")))?;
