@@ -539,9 +539,7 @@ async fn main() -> Result<(), BenchError> {
             .collect();
         sink.send_all(&records, &[]).await?;
     }
-    let kafka = connectors::Kafka {
-        bootstrap: bootstrap.clone(),
-    };
+    let kafka = connectors::Kafka::new(bootstrap.clone());
     scale("via Kafka", &keyed, &bootstrap, kafka, events).await?;
     Ok(())
 }

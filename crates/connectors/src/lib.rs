@@ -114,11 +114,51 @@ pub trait Connect: Clone + Send + Sync + 'static {
     ) -> Result<Self::Sink, ConnectorError>;
 }
 
-/// Kafka, through librdkafka.
-#[derive(Debug, Clone)]
+/// Kafka, through librdkafka. Its clones share one producer per client configuration, so
+/// the sinks of every task of a run write through the same producer.
+#[derive(Clone)]
 pub struct Kafka {
     /// `host:port` list.
     pub bootstrap: String,
+    producers: std::sync::Arc<std::sync::Mutex<Vec<SharedProducer>>>,
+}
+
+/// A producer and the client properties it was made with.
+type SharedProducer = (BTreeMap<String, String>, FutureProducer);
+
+impl std::fmt::Debug for Kafka {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kafka")
+            .field("bootstrap", &self.bootstrap)
+            .finish()
+    }
+}
+
+impl Kafka {
+    /// Kafka at `bootstrap` (`host:port` list).
+    pub fn new(bootstrap: impl Into<String>) -> Self {
+        Self {
+            bootstrap: bootstrap.into(),
+            producers: Default::default(),
+        }
+    }
+
+    /// The producer of `properties`, made on first use.
+    fn producer(
+        &self,
+        properties: &BTreeMap<String, String>,
+    ) -> Result<FutureProducer, ConnectorError> {
+        let mut producers = self
+            .producers
+            .lock()
+            .map_err(|_| ConnectorError::Config("a producer panicked".into()))?;
+        if let Some((_, p)) = producers.iter().find(|(props, _)| props == properties) {
+            return Ok(p.clone());
+        }
+        let p = producer(&self.bootstrap, properties)?;
+        producers.push((properties.clone(), p.clone()));
+        Ok(p)
+    }
 }
 
 impl Connect for Kafka {
@@ -193,7 +233,11 @@ impl Connect for Kafka {
         properties: &BTreeMap<String, String>,
         headers: Vec<(String, String)>,
     ) -> Result<KafkaSink, ConnectorError> {
-        KafkaSink::new(&self.bootstrap, topic, properties, headers)
+        Ok(KafkaSink {
+            producer: self.producer(properties)?,
+            topic: topic.to_string(),
+            headers,
+        })
     }
 }
 

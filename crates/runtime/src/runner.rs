@@ -76,9 +76,7 @@ impl Runner<Kafka> {
         config: RunConfig,
         stats: Arc<Stats>,
     ) -> Result<Self, RuntimeError> {
-        let kafka = Kafka {
-            bootstrap: config.bootstrap.clone(),
-        };
+        let kafka = Kafka::new(config.bootstrap.clone());
         Self::connect(plan, config, stats, kafka).await
     }
 }
