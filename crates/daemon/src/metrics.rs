@@ -447,7 +447,7 @@ pub fn render(supervisor: &Supervisor) -> Result<String, prometheus::Error> {
             &[p],
             s.checkpoints.load(Ordering::Relaxed) as f64,
         );
-        f.value(&TASKS, &[p], s.running_tasks.load(Ordering::Relaxed) as f64);
+        f.value(&TASKS, &[p], s.running_tasks() as f64);
         f.value(
             &REBALANCES,
             &[p],

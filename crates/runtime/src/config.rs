@@ -113,8 +113,6 @@ pub struct Stats {
     pub checkpoints: AtomicU64,
     /// Bytes of state written to changelogs.
     pub state_bytes: AtomicU64,
-    /// Tasks this instance runs now.
-    pub running_tasks: AtomicI64,
     /// The tasks this instance runs now (by task number, which is the input partition of
     /// a pipeline run per partition), each with whether it is still restoring its state.
     pub owned: std::sync::Mutex<BTreeMap<usize, bool>>,
@@ -149,6 +147,11 @@ pub struct TaskView {
 }
 
 impl Stats {
+    /// How many tasks this instance runs now.
+    pub fn running_tasks(&self) -> usize {
+        self.owned.lock().map_or(0, |o| o.len())
+    }
+
     /// Records that task `index` runs (`restoring`: still restoring its state) or, with
     /// `None`, no longer does.
     pub(crate) fn own(&self, index: usize, restoring: Option<bool>) {
@@ -161,8 +164,6 @@ impl Stats {
                     owned.remove(&index);
                 }
             }
-            self.running_tasks
-                .store(owned.len() as i64, Ordering::Relaxed);
         }
     }
 
@@ -202,7 +203,6 @@ impl Default for Stats {
             lag: AtomicI64::new(-1),
             checkpoints: AtomicU64::new(0),
             state_bytes: AtomicU64::new(0),
-            running_tasks: AtomicI64::new(0),
             owned: std::sync::Mutex::new(BTreeMap::new()),
             rebalances: AtomicU64::new(0),
             restored_bytes: AtomicU64::new(0),

@@ -139,7 +139,7 @@ impl<C: Connect> Task<C> {
         ];
         // Opened first: it fences an earlier holder of this task, whose open transaction
         // is then settled before the committed offsets and the changelogs are read.
-        let state = match config.kafka_state {
+        let mut state = match config.kafka_state {
             true => Some(
                 crate::state::StateLog::open(plan, &connect, part.index, part.tasks, member)
                     .await?,
@@ -161,7 +161,6 @@ impl<C: Connect> Task<C> {
         )
         .await?;
         let mut summary = Summary::default();
-        let mut state = state;
         if let Some(state) = &mut state {
             state.restore(&mut nodes, &mut summary.warnings, &stats)?;
             state.join_peers(&mut nodes);
