@@ -437,6 +437,7 @@ async fn main() -> Result<(), BenchError> {
                 key: None,
                 value: m,
                 timestamp: None,
+                partition: None,
             })
             .collect();
         sink.send_all(&records, &[]).await?;
@@ -471,6 +472,7 @@ async fn main() -> Result<(), BenchError> {
             max_batch: batch_size,
             max_wait: Duration::from_millis(100),
             only: None,
+            exchange: false,
         },
     )?;
     let mut raw = connectors::RawBatch::default();
@@ -535,6 +537,7 @@ async fn main() -> Result<(), BenchError> {
                 key: Some(k.as_bytes()),
                 value: m,
                 timestamp: None,
+                partition: None,
             })
             .collect();
         sink.send_all(&records, &[]).await?;

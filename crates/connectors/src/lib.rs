@@ -89,12 +89,14 @@ pub trait Connect: Clone + Send + Sync + 'static {
         topic: &str,
         properties: &BTreeMap<String, String>,
     ) -> Result<membership::Joined<Self::Membership>, ConnectorError>;
-    /// Creates the compacted topic `topic` of `partitions` partitions unless it exists; one
-    /// that exists with another number of partitions is refused.
-    fn changelog_topic(
+    /// Creates the internal topic `topic` of `partitions` partitions (`compacted`: a
+    /// changelog; else a repartition topic) unless it exists; one that exists with another
+    /// number of partitions is refused.
+    fn internal_topic(
         &self,
         topic: &str,
         partitions: usize,
+        compacted: bool,
         properties: &BTreeMap<String, String>,
     ) -> impl std::future::Future<Output = Result<(), ConnectorError>> + Send;
     /// The partitions of `topic`, asked with the source's client `properties`.
@@ -183,28 +185,30 @@ impl Connect for Kafka {
     ) -> Result<membership::Joined<Self::Membership>, ConnectorError> {
         membership::KafkaMembership::join(&self.bootstrap, group, topic, properties)
     }
-    async fn changelog_topic(
+    async fn internal_topic(
         &self,
         topic: &str,
         partitions: usize,
+        compacted: bool,
         properties: &BTreeMap<String, String>,
     ) -> Result<(), ConnectorError> {
         match self.partitions(topic, properties) {
             Ok(existing) if existing.len() == partitions => return Ok(()),
             Ok(existing) => {
                 return Err(ConnectorError::Config(format!(
-                    "changelog topic `{topic}` has {} partitions, the pipeline has {partitions} tasks: its partitioning changed since the state was written; delete the topic to start over",
+                    "internal topic `{topic}` has {} partitions, the pipeline has {partitions} tasks: its partitioning changed since the topic was made; delete the topic to start over",
                     existing.len()
                 )));
             }
             Err(_) => {}
         }
+        let policy = if compacted { "compact" } else { "delete" };
         create_topic_with(
             &self.bootstrap,
             topic,
             partitions as i32,
             -1,
-            &[("cleanup.policy", "compact")],
+            &[("cleanup.policy", policy)],
             properties,
         )
         .await
@@ -376,6 +380,65 @@ pub struct SourceConfig {
     /// Read only these partitions (a partition task's), assigned by the run itself even
     /// when starting from the group's committed offsets; `None`: every partition.
     pub only: Option<Vec<i32>>,
+    /// The topic is a repartition topic of the pipeline: read each message's exchange
+    /// headers into [`RawBatch::exchange`].
+    pub exchange: bool,
+}
+
+/// Headers of an exchange record: which writer (the partition it read, see the runtime's
+/// `exchange` module) wrote it and, for a progress mark, what it says.
+pub mod exchange_headers {
+    /// The writer's number.
+    pub const FROM: &str = "x-from";
+    /// A mark: the writer's largest event time so far, ms (empty: none yet). Every mark
+    /// has it.
+    pub const TIME: &str = "x-time";
+    /// A mark: the writer's input is idle.
+    pub const IDLE: &str = "x-idle";
+    /// A mark: the writer's input has ended (a bounded run).
+    pub const END: &str = "x-end";
+}
+
+/// What the exchange headers of one message say.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Exchanged {
+    /// The writer.
+    pub from: i32,
+    /// Set on a mark (a message without rows).
+    pub mark: Option<Mark>,
+}
+
+/// A writer's progress, sent to every partition of a repartition topic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Mark {
+    /// Its largest event time so far, ms.
+    pub time: Option<i64>,
+    /// Its input is idle.
+    pub idle: bool,
+    /// Its input has ended.
+    pub end: bool,
+}
+
+impl Exchanged {
+    /// Reads the exchange headers among `headers` (name, value).
+    pub fn read<'a>(headers: impl Iterator<Item = (&'a str, &'a [u8])>) -> Self {
+        let mut out = Self::default();
+        let number = |v: &[u8]| {
+            std::str::from_utf8(v)
+                .ok()
+                .and_then(|t| t.parse::<i64>().ok())
+        };
+        for (k, v) in headers {
+            match k {
+                exchange_headers::FROM => out.from = number(v).unwrap_or(0) as i32,
+                exchange_headers::TIME => out.mark.get_or_insert_default().time = number(v),
+                exchange_headers::IDLE => out.mark.get_or_insert_default().idle = true,
+                exchange_headers::END => out.mark.get_or_insert_default().end = true,
+                _ => {}
+            }
+        }
+        out
+    }
 }
 
 /// One micro-batch of raw messages, stored contiguously.
@@ -398,6 +461,8 @@ pub struct RawBatch {
     /// Whether each message had no value at all (a tombstone in a compacted topic), as
     /// opposed to an empty one.
     pub null_value: Vec<bool>,
+    /// The exchange headers of each message (a repartition topic's source only).
+    pub exchange: Vec<Exchanged>,
     /// Transient errors librdkafka reported while the batch was read (and retried).
     pub transient_errors: u64,
     /// The last of them.
@@ -441,6 +506,7 @@ impl RawBatch {
         self.key_bytes.clear();
         self.keys.clear();
         self.null_value.clear();
+        self.exchange.clear();
         self.transient_errors = 0;
         self.last_transient_error = None;
     }
@@ -466,6 +532,8 @@ pub struct KafkaSource {
     start_offsets: BTreeMap<i32, i64>,
     max_batch: usize,
     max_wait: Duration,
+    /// Reads exchange headers.
+    exchange: bool,
 }
 
 impl std::fmt::Debug for KafkaSource {
@@ -654,6 +722,7 @@ impl KafkaSource {
             start_offsets,
             max_batch: config.max_batch.max(1),
             max_wait: config.max_wait,
+            exchange: config.exchange,
         })
     }
 
@@ -719,6 +788,16 @@ impl KafkaSource {
                 .timestamps
                 .push(message.timestamp().to_millis().unwrap_or(0));
             batch.null_value.push(message.payload().is_none());
+            if self.exchange {
+                use rdkafka::message::Headers as _;
+                let headers = message.headers();
+                batch.exchange.push(Exchanged::read(
+                    headers
+                        .iter()
+                        .flat_map(|h| h.iter())
+                        .map(|h| (h.key, h.value.unwrap_or_default())),
+                ));
+            }
             let key = message.key().map(|k| {
                 let begin = batch.key_bytes.len();
                 batch.key_bytes.extend_from_slice(k);
@@ -787,6 +866,8 @@ pub struct OutRecord<'a> {
     pub value: &'a [u8],
     /// Message timestamp, ms.
     pub timestamp: Option<i64>,
+    /// The partition to write; `None`: the producer's partitioner chooses by key.
+    pub partition: Option<i32>,
 }
 
 /// An idempotent producer for one topic, with fixed headers on every record.
@@ -872,6 +953,9 @@ impl KafkaSink {
             }
             if let Some(ts) = r.timestamp {
                 record = record.timestamp(ts);
+            }
+            if let Some(p) = r.partition {
+                record = record.partition(p);
             }
             loop {
                 match self.producer.send_result(record) {

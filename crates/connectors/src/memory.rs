@@ -161,6 +161,8 @@ pub struct MemorySource {
     next: Mutex<BTreeMap<i32, i64>>,
     max_batch: usize,
     max_wait: Duration,
+    /// Reads exchange headers.
+    exchange: bool,
 }
 
 impl Source for MemorySource {
@@ -205,6 +207,11 @@ impl Source for MemorySource {
                     batch.offsets.push(*offset);
                     batch.timestamps.push(m.timestamp);
                     batch.null_value.push(m.value.is_none());
+                    if self.exchange {
+                        batch.exchange.push(crate::Exchanged::read(
+                            m.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
+                        ));
+                    }
                     let key = m.key.as_ref().map(|k| {
                         let begin = batch.key_bytes.len();
                         batch.key_bytes.extend_from_slice(k);
@@ -262,9 +269,10 @@ impl MemorySink {
             .topics
             .entry(self.topic.clone())
             .or_insert_with(|| vec![Vec::new()]);
-        let p = match r.key {
-            Some(k) => fnv1a(k) as usize % parts.len(),
-            None => 0,
+        let p = match (r.partition, r.key) {
+            (Some(p), _) => (p.max(0) as usize).min(parts.len() - 1),
+            (None, Some(k)) => fnv1a(k) as usize % parts.len(),
+            (None, None) => 0,
         };
         let mut headers: Vec<(String, Vec<u8>)> = self
             .headers
@@ -455,17 +463,18 @@ impl Connect for Memory {
         Ok((crate::membership::SoleMember(tx), rx))
     }
 
-    async fn changelog_topic(
+    async fn internal_topic(
         &self,
         topic: &str,
         partitions: usize,
+        _compacted: bool,
         _properties: &BTreeMap<String, String>,
     ) -> Result<(), ConnectorError> {
         if let Some(ends) = self.ends(topic)
             && ends.len() != partitions
         {
             return Err(ConnectorError::Config(format!(
-                "changelog topic `{topic}` has {} partitions, the pipeline has {partitions} tasks",
+                "internal topic `{topic}` has {} partitions, the pipeline has {partitions} tasks",
                 ends.len()
             )));
         }
@@ -537,6 +546,7 @@ impl Connect for Memory {
             start_offsets,
             max_batch: config.max_batch.max(1),
             max_wait: config.max_wait,
+            exchange: config.exchange,
         })
     }
 
@@ -567,6 +577,7 @@ mod tests {
             max_batch,
             max_wait: Duration::from_millis(1),
             only: None,
+            exchange: false,
         }
     }
 
@@ -642,16 +653,19 @@ mod tests {
                 key: Some(b"k1"),
                 value: b"1",
                 timestamp: None,
+                partition: None,
             },
             OutRecord {
                 key: Some(b"k1"),
                 value: b"2",
                 timestamp: None,
+                partition: None,
             },
             OutRecord {
                 key: None,
                 value: b"3",
                 timestamp: None,
+                partition: None,
             },
         ];
         sink.send_all(&records, &[]).await.expect("sent");

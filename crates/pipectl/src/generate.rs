@@ -30,6 +30,7 @@ pub fn records(events: &[generator::Event]) -> Vec<OutRecord<'_>> {
             key: Some(e.key.as_bytes()),
             value: &e.value,
             timestamp: Some(e.ts_ms),
+            partition: None,
         })
         .collect()
 }

@@ -15,7 +15,10 @@ pub(crate) fn explain(plan: &PipelinePlan) -> String {
             let global: Vec<&str> = plan
                 .nodes
                 .iter()
-                .filter(|n| matches!(&n.kind, NodeKind::Model(m) if m.key.is_none()))
+                .filter(|n| {
+                    matches!(&n.kind, NodeKind::Model(m)
+                        if m.key.is_none() && matches!(m.kind, ModelKind::Regression(_)))
+                })
                 .map(|n| n.name.as_str())
                 .collect();
             if global.is_empty() {
@@ -33,6 +36,44 @@ pub(crate) fn explain(plan: &PipelinePlan) -> String {
         }
     }
     for node in &plan.nodes {
+        let exchange = match &node.kind {
+            NodeKind::Source(s) => s.exchange.as_ref(),
+            NodeKind::Sink(s) => s.exchange.as_ref(),
+            _ => None,
+        };
+        if let Some(x) = exchange {
+            let by = match x.by.as_slice() {
+                [] => "to partition 0 (one task)".to_string(),
+                by => format!("by {}", by.join(", ")),
+            };
+            match &node.kind {
+                NodeKind::Sink(s) => {
+                    let _ = writeln!(
+                        out,
+                        "\nrepartition {} {by}\n  why: {}\n  writes {} to kafka topic {} ({}); {} reads it back",
+                        x.feeds,
+                        x.why,
+                        x.carries,
+                        s.topic,
+                        format_text(s.format),
+                        node.name.trim_end_matches(".write")
+                    );
+                }
+                _ => {
+                    let _ = writeln!(
+                        out,
+                        "\nsource {}\n  reads back kafka topic {} for {}",
+                        node.name,
+                        match &node.kind {
+                            NodeKind::Source(s) => s.topic.as_str(),
+                            _ => "",
+                        },
+                        x.feeds
+                    );
+                }
+            }
+            continue;
+        }
         out.push('\n');
         match &node.kind {
             NodeKind::Source(s) => {

@@ -109,9 +109,10 @@ pub async fn plan(doc: &mut Document, registry: &SchemaRegistry) -> Option<Pipel
     planner.run().await;
     let nodes = std::mem::take(&mut planner.nodes);
     if doc.is_valid() {
+        let (nodes, parallelism) = partitioning::divide(nodes);
         Some(PipelinePlan {
             name: pipeline.metadata.name.clone(),
-            parallelism: partitioning::parallelism(&nodes),
+            parallelism,
             nodes,
         })
     } else {
@@ -317,6 +318,7 @@ impl Planner<'_> {
                 dead_letter_topic: resolve::dead_letter_topic(&self.p.metadata.name, s),
                 table_key: s.table.as_ref().map(|t| t.key.clone()),
                 key: s.key.clone(),
+                exchange: None,
             }),
         });
     }
@@ -966,6 +968,7 @@ impl Planner<'_> {
                 delivery: resolve::delivery(s.delivery),
                 subject: resolve::subject(s),
                 schema: table.schema,
+                exchange: None,
             }),
         });
     }

@@ -97,6 +97,27 @@ pub struct SourcePlan {
     /// The column the message key carries (`key:`): the partitions of a stream are keyed
     /// by it.
     pub key: Option<String>,
+    /// Set when this source reads a repartition topic the pipeline writes itself.
+    pub exchange: Option<Exchange>,
+}
+
+/// A repartition: the rows a keyed operator reads go through an internal topic keyed by
+/// the operator's key, written by the tasks upstream and read back by the task that owns
+/// each key. Written by an exchange sink, read by an exchange source (same value on both).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exchange {
+    /// The operator it feeds.
+    pub feeds: String,
+    /// The node whose rows it carries.
+    pub carries: String,
+    /// Columns whose values key the rows; none: every row goes to partition 0.
+    pub by: Vec<String>,
+    /// Why the rows are repartitioned.
+    pub why: String,
+    /// The event-time column of the rows, when the operator fed needs a watermark: the
+    /// writers then send their progress per partition they read (see the runtime's
+    /// `exchange` module).
+    pub time_field: Option<String>,
 }
 
 /// The shape of a window.
@@ -303,6 +324,8 @@ pub struct SinkPlan {
     pub subject: String,
     /// Rows written.
     pub schema: SchemaRef,
+    /// Set when this sink writes a repartition topic read back by the pipeline.
+    pub exchange: Option<Exchange>,
 }
 
 /// The kinds of node, each with what the runtime needs.

@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use datafusion::arrow::datatypes::Schema;
 use datafusion::logical_expr::{Expr, LogicalPlan};
 
 use crate::{NodeKind, PlannedNode, TransformKind};
@@ -34,17 +35,19 @@ enum Part {
     Table,
 }
 
-/// The parallelism of the nodes of a plan (inputs before readers).
-pub(crate) fn parallelism(nodes: &[PlannedNode]) -> Parallelism {
-    match divide(nodes) {
-        Ok(()) => Parallelism::PerPartition,
-        Err(reason) => Parallelism::Single(reason),
-    }
-}
-
-fn divide(nodes: &[PlannedNode]) -> Result<(), String> {
+/// Divides the nodes of a plan (inputs before readers) into tasks: inserts a repartition
+/// (an exchange sink and source, see [`crate::Exchange`]) before every window and model
+/// whose key is not the partition key of its input, and says whether the result runs as a
+/// task per partition.
+pub(crate) fn divide(nodes: Vec<PlannedNode>) -> (Vec<PlannedNode>, Parallelism) {
+    let mut out: Vec<PlannedNode> = Vec::with_capacity(nodes.len());
     let mut parts: HashMap<String, Part> = HashMap::new();
-    for node in nodes {
+    let mut single: Option<String> = None;
+    for mut node in nodes {
+        if single.is_some() {
+            out.push(node);
+            continue;
+        }
         match &node.kind {
             NodeKind::Source(s) => {
                 let part = match (&s.table_key, &s.key) {
@@ -55,84 +58,76 @@ fn divide(nodes: &[PlannedNode]) -> Result<(), String> {
                 parts.insert(node.name.clone(), part);
             }
             NodeKind::Transform(t) => {
-                let inputs: HashMap<(String, String), Part> = t
-                    .inputs
-                    .iter()
-                    .zip(&node.inputs)
-                    .map(|(table, name)| {
-                        let part = parts.get(name).cloned().unwrap_or(Part::Table);
-                        (
-                            (
-                                table.schema.clone().unwrap_or_default(),
-                                table.table.clone(),
-                            ),
-                            part,
-                        )
-                    })
-                    .collect();
+                let inputs = input_parts(t, &node.inputs, &parts);
                 let stateful = !matches!(t.kind, TransformKind::Stateless);
-                let out = keys(&t.plan, &inputs, stateful).map_err(|why| {
-                    let streams: Vec<String> = node
-                        .inputs
-                        .iter()
-                        .filter_map(|name| match parts.get(name) {
-                            Some(Part::Stream(keys)) => {
-                                Some(keyed_text(&format!("`{name}`'s"), keys))
-                            }
+                match keys(&t.plan, &inputs, stateful) {
+                    Ok(part) => {
+                        parts.insert(node.name.clone(), part);
+                    }
+                    Err(why) => {
+                        let why = reason(&node, t, &why, &parts);
+                        let Some(j) = repartitioned_input(t) else {
+                            single = Some(why);
+                            out.push(node);
+                            continue;
+                        };
+                        let by = window_keys(t, j, &inputs, &node.inputs[j], &out);
+                        let time_field = match &t.kind {
+                            TransformKind::Window { time_field, .. } => Some(time_field.clone()),
                             _ => None,
-                        })
-                        .collect();
-                    format!(
-                        "{} `{}` {why}, but {}",
-                        match t.kind {
-                            TransformKind::Window { .. } => "window",
-                            TransformKind::IntervalJoin { .. } => "join",
-                            TransformKind::Stateless => "transform",
-                        },
-                        node.name,
-                        streams.join(" and ")
-                    )
-                })?;
-                parts.insert(node.name.clone(), out);
+                        };
+                        let name =
+                            exchange(&mut out, &node.name, &node.inputs[j], by, why, time_field);
+                        node.inputs[j] = name.clone();
+                        let fed = exchange_part(&out, &name);
+                        parts.insert(name, fed);
+                        // Keyed as it needs now; a key of several columns is not followed.
+                        let inputs = input_parts(t, &node.inputs, &parts);
+                        let part = keys(&t.plan, &inputs, stateful)
+                            .unwrap_or(Part::Stream(BTreeSet::new()));
+                        parts.insert(node.name.clone(), part);
+                    }
+                }
             }
             NodeKind::Model(m) => {
                 let input = match parts.get(&m.input) {
                     Some(Part::Stream(keys)) => keys.clone(),
                     _ => BTreeSet::new(),
                 };
-                let Some(key) = &m.key else {
-                    // A global regression is learnt by every task and merged exactly; a
-                    // clustering's clusters do not line up across tasks.
-                    if let crate::ModelKind::Clustering(_) = m.kind {
-                        return Err(format!(
-                            "model `{}` is one global clustering: its clusters would not line up across tasks",
-                            node.name
-                        ));
-                    }
-                    parts.insert(
-                        format!("{}.predictions", node.name),
-                        Part::Stream(BTreeSet::new()),
-                    );
-                    parts.insert(
-                        format!("{}.snapshots", node.name),
-                        Part::Stream(BTreeSet::new()),
-                    );
-                    continue;
-                };
-                if !input.contains(key) {
-                    return Err(format!(
+                let why = match &m.key {
+                    // A global regression is learnt by every task and merged exactly.
+                    None if matches!(m.kind, crate::ModelKind::Regression(_)) => None,
+                    None => Some(format!(
+                        "model `{}` is one global clustering: its clusters would not line up across tasks, so one task learns it",
+                        node.name
+                    )),
+                    Some(key) if input.contains(key) => None,
+                    Some(key) => Some(format!(
                         "model `{}` is keyed by `{key}`, but {}",
                         node.name,
                         keyed_text(&format!("`{}`'s", m.input), &input)
-                    ));
+                    )),
+                };
+                if let Some(why) = why {
+                    let by: Vec<String> = m.key.iter().cloned().collect();
+                    let name = exchange(&mut out, &node.name, &m.input, by, why, None);
+                    node.inputs = vec![name.clone()];
+                    if let NodeKind::Model(m) = &mut node.kind {
+                        m.input = name.clone();
+                    }
+                    let fed = exchange_part(&out, &name);
+                    parts.insert(name, fed);
                 }
+                let NodeKind::Model(m) = &node.kind else {
+                    unreachable!("matched as a model")
+                };
                 let carried = |schema: &datafusion::arrow::datatypes::SchemaRef| {
-                    Part::Stream(
-                        schema
-                            .field_with_name(key)
-                            .map(|_| BTreeSet::from([key.clone()]))
-                            .unwrap_or_default(),
-                    )
+                    Part::Stream(match &m.key {
+                        Some(key) if schema.field_with_name(key).is_ok() => {
+                            BTreeSet::from([key.clone()])
+                        }
+                        _ => BTreeSet::new(),
+                    })
                 };
                 parts.insert(
                     format!("{}.predictions", node.name),
@@ -142,8 +137,251 @@ fn divide(nodes: &[PlannedNode]) -> Result<(), String> {
             }
             NodeKind::Sink(_) => {}
         }
+        out.push(node);
     }
-    Ok(())
+    let parallelism = match single {
+        Some(why) => Parallelism::Single(why),
+        None => Parallelism::PerPartition,
+    };
+    (out, parallelism)
+}
+
+/// The partitioning of each input table of transform `t` (reading the nodes `names`).
+fn input_parts(
+    t: &crate::TransformPlan,
+    names: &[String],
+    parts: &HashMap<String, Part>,
+) -> HashMap<(String, String), Part> {
+    t.inputs
+        .iter()
+        .zip(names)
+        .map(|(table, name)| {
+            let part = parts.get(name).cloned().unwrap_or(Part::Table);
+            (
+                (
+                    table.schema.clone().unwrap_or_default(),
+                    table.table.clone(),
+                ),
+                part,
+            )
+        })
+        .collect()
+}
+
+/// Why transform `node` cannot run per partition as its inputs are keyed.
+fn reason(
+    node: &PlannedNode,
+    t: &crate::TransformPlan,
+    why: &str,
+    parts: &HashMap<String, Part>,
+) -> String {
+    let streams: Vec<String> = node
+        .inputs
+        .iter()
+        .filter_map(|name| match parts.get(name) {
+            Some(Part::Stream(keys)) => Some(keyed_text(&format!("`{name}`'s"), keys)),
+            _ => None,
+        })
+        .collect();
+    format!(
+        "{} `{}` {why}, but {}",
+        match t.kind {
+            TransformKind::Window { .. } => "window",
+            TransformKind::IntervalJoin { .. } => "join",
+            TransformKind::Stateless => "transform",
+        },
+        node.name,
+        streams.join(" and ")
+    )
+}
+
+/// The input of transform `t` that a repartition re-keys: a window's stream. Interval
+/// joins are not repartitioned (both sides would need to be, with their buffers' event
+/// time kept per writer).
+fn repartitioned_input(t: &crate::TransformPlan) -> Option<usize> {
+    match t.kind {
+        TransformKind::Window { .. } => t
+            .roles
+            .iter()
+            .position(|r| matches!(r, crate::InputRole::Stream { .. })),
+        _ => None,
+    }
+}
+
+/// The columns of window `t`'s input `j` (node `from`) that it groups by, in the input's
+/// order: each one alone would key the window.
+fn window_keys(
+    t: &crate::TransformPlan,
+    j: usize,
+    inputs: &HashMap<(String, String), Part>,
+    from: &str,
+    nodes: &[PlannedNode],
+) -> Vec<String> {
+    let table = &t.inputs[j];
+    let name = (
+        table.schema.clone().unwrap_or_default(),
+        table.table.clone(),
+    );
+    let Some(schema) = output_of(nodes, from) else {
+        return Vec::new();
+    };
+    schema
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .filter(|c| {
+            let mut probe = inputs.clone();
+            probe.insert(name.clone(), Part::Stream(BTreeSet::from([c.clone()])));
+            keys(&t.plan, &probe, true).is_ok()
+        })
+        .collect()
+}
+
+/// The rows of table `name` (a node, or a model's port) among `nodes`.
+fn output_of(nodes: &[PlannedNode], name: &str) -> Option<datafusion::arrow::datatypes::SchemaRef> {
+    nodes.iter().find_map(|n| match &n.kind {
+        NodeKind::Model(m) if name == format!("{}.predictions", n.name) => {
+            Some(m.predictions.clone())
+        }
+        NodeKind::Model(m) if name == format!("{}.snapshots", n.name) => Some(m.snapshots.clone()),
+        _ if n.name == name => n.output_schema(),
+        _ => None,
+    })
+}
+
+/// The source plan of the stream that table `name` traces back to (along first inputs).
+fn root_source<'a>(nodes: &'a [PlannedNode], name: &str) -> Option<&'a crate::SourcePlan> {
+    let base = name
+        .strip_suffix(".predictions")
+        .or_else(|| name.strip_suffix(".snapshots"))
+        .unwrap_or(name);
+    let node = nodes
+        .iter()
+        .rev()
+        .find(|n| n.name == base || n.name == name)?;
+    match &node.kind {
+        NodeKind::Source(s) if s.table_key.is_none() => Some(s),
+        NodeKind::Source(_) => None,
+        NodeKind::Transform(t) => t
+            .roles
+            .iter()
+            .zip(&node.inputs)
+            .find(|(r, _)| matches!(r, crate::InputRole::Stream { .. }))
+            .and_then(|(_, input)| root_source(nodes, input)),
+        NodeKind::Model(m) => root_source(nodes, &m.input),
+        NodeKind::Sink(_) => None,
+    }
+}
+
+/// How an exchange source's partitions are keyed: by its one column (several are not
+/// followed further).
+fn exchange_part(nodes: &[PlannedNode], name: &str) -> Part {
+    let by = nodes.iter().find_map(|n| match &n.kind {
+        NodeKind::Source(s) if n.name == name => s.exchange.as_ref().map(|x| x.by.as_slice()),
+        _ => None,
+    });
+    match by {
+        Some([one]) => Part::Stream(BTreeSet::from([one.clone()])),
+        _ => Part::Stream(BTreeSet::new()),
+    }
+}
+
+/// Appends to `nodes` the exchange that re-keys table `from` by `by` for operator
+/// `feeds`: a sink writing `<group>.<feeds>.repartition` and the source reading it back.
+/// Returns the source's name.
+fn exchange(
+    nodes: &mut Vec<PlannedNode>,
+    feeds: &str,
+    from: &str,
+    by: Vec<String>,
+    why: String,
+    time_field: Option<String>,
+) -> String {
+    // One repartition of the same rows by the same key serves every operator that needs it.
+    let shared = nodes.iter().find(|n| match &n.kind {
+        NodeKind::Source(s) => s.exchange.as_ref().is_some_and(|x| {
+            x.carries == from && x.by == by && (time_field.is_none() || x.time_field == time_field)
+        }),
+        _ => false,
+    });
+    if let Some(n) = shared {
+        return n.name.clone();
+    }
+    let schema = output_of(nodes, from).unwrap_or_else(|| std::sync::Arc::new(Schema::empty()));
+    let root = root_source(nodes, from).cloned();
+    let group = root.as_ref().map(|r| r.group.clone()).unwrap_or_default();
+    let topic = format!("{group}.{feeds}.repartition");
+    let name = format!("{feeds}.repartition");
+    let spec = crate::Exchange {
+        feeds: feeds.to_string(),
+        carries: from.to_string(),
+        by,
+        why,
+        time_field: time_field.clone(),
+    };
+    let (format, avro_json) = match formats::avro::avro_schema_for(&schema, &name) {
+        Ok(avsc) => (crate::Format::Avro, avsc),
+        Err(_) => (crate::Format::Json, String::new()),
+    };
+    let properties = root
+        .as_ref()
+        .map(|r| r.properties.clone())
+        .unwrap_or_default();
+    let fingerprint =
+        crate::fnv1a(format!("exchange {topic} {spec:?} {}", crate::canonical(&schema)).as_bytes());
+    nodes.push(PlannedNode {
+        name: format!("{name}.write"),
+        inputs: vec![from.to_string()],
+        fingerprint,
+        kind: NodeKind::Sink(crate::SinkPlan {
+            from: from.to_string(),
+            topic: topic.clone(),
+            properties: properties.clone(),
+            format,
+            key: None,
+            delivery: crate::Delivery::AtLeastOnce,
+            subject: String::new(),
+            schema: schema.clone(),
+            exchange: Some(spec.clone()),
+        }),
+    });
+    nodes.push(PlannedNode {
+        name: name.clone(),
+        inputs: Vec::new(),
+        fingerprint,
+        kind: NodeKind::Source(crate::SourcePlan {
+            topic,
+            group,
+            start: crate::StartFrom::Earliest,
+            properties,
+            format,
+            schema_name: format!("rows of {from}"),
+            schema,
+            avro_json,
+            event_time: time_field.map(|field| crate::EventTime {
+                field: Some(field),
+                max_out_of_order: root
+                    .as_ref()
+                    .and_then(|r| r.event_time.as_ref())
+                    .map(|e| e.max_out_of_order)
+                    .unwrap_or_default(),
+                // The writers say which of their partitions are idle.
+                idle_timeout: None,
+            }),
+            on_error: crate::OnError::Fail,
+            dead_letter_topic: root
+                .as_ref()
+                .map(|r| r.dead_letter_topic.clone())
+                .unwrap_or_default(),
+            table_key: None,
+            key: match spec.by.as_slice() {
+                [one] => Some(one.clone()),
+                _ => None,
+            },
+            exchange: Some(spec),
+        }),
+    });
+    name
 }
 
 /// How the partitioning of an input (`whose`: "`readings`'", "its input's") reads in a

@@ -1,18 +1,59 @@
 //! Which pipelines run as a task per partition: the source's `key:` followed through
-//! projections to every keyed operator; anything keyed otherwise runs as one task, with the
-//! reason in the plan.
+//! projections to every keyed operator; a window or a model keyed otherwise reads its rows
+//! through a repartition, with the reason in the plan; an interval join keyed otherwise runs
+//! as one task.
 
-use planner::Parallelism;
+use planner::{Exchange, NodeKind, Parallelism, PipelinePlan};
 
-async fn parallelism(spec: &str) -> Parallelism {
+async fn plan(spec: &str) -> PipelinePlan {
     let yaml =
         format!("apiVersion: pipelines/v1\nkind: Pipeline\nmetadata: {{ name: p }}\nspec:\n{spec}");
     let registry = event_schema::SchemaRegistry::new(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas"),
     );
     let (doc, plan) = planner::check("p.yaml", &yaml, &registry, &|_: &str| None).await;
-    let plan = plan.unwrap_or_else(|| panic!("invalid: {:?}", doc.diagnostics()));
-    plan.parallelism
+    plan.unwrap_or_else(|| panic!("invalid: {:?}", doc.diagnostics()))
+}
+
+async fn parallelism(spec: &str) -> Parallelism {
+    plan(spec).await.parallelism
+}
+
+/// The repartition feeding `node` (which reads it), checking that both of its ends are in
+/// the plan and that the pipeline runs per partition.
+async fn repartition(spec: &str, node: &str) -> Exchange {
+    let plan = plan(spec).await;
+    assert_eq!(plan.parallelism, Parallelism::PerPartition);
+    let reader = plan
+        .nodes
+        .iter()
+        .find(|n| n.name == node)
+        .unwrap_or_else(|| panic!("no node {node}"));
+    let input = &reader.inputs[0];
+    let source = plan
+        .nodes
+        .iter()
+        .find_map(|n| match &n.kind {
+            NodeKind::Source(s) if &n.name == input => s.exchange.clone(),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{node} reads {input}, not a repartition"));
+    let sinks = plan
+        .nodes
+        .iter()
+        .filter(|n| matches!(&n.kind, NodeKind::Sink(s) if s.exchange.as_ref() == Some(&source)))
+        .count();
+    assert_eq!(sinks, 1, "one writer of the repartition");
+    source
+}
+
+/// Whether no node of the plan is a repartition.
+async fn no_repartition(spec: &str) -> bool {
+    plan(spec).await.nodes.iter().all(|n| match &n.kind {
+        NodeKind::Source(s) => s.exchange.is_none(),
+        NodeKind::Sink(s) => s.exchange.is_none(),
+        _ => true,
+    })
 }
 
 const READINGS: &str = "  sources:
@@ -52,10 +93,13 @@ async fn a_key_followed_through_a_rename_keys_the_window() {
 }
 
 #[tokio::test]
-async fn without_a_declared_key_a_window_runs_as_one_task() {
-    let why = single(parallelism(&format!("{READINGS}{WINDOW_BY_LINE}")).await);
-    assert!(why.contains("window `per_minute`"), "{why}");
-    assert!(why.contains("declare the source's `key:`"), "{why}");
+async fn without_a_declared_key_a_window_is_repartitioned_by_its_group_column() {
+    let x = repartition(&format!("{READINGS}{WINDOW_BY_LINE}"), "per_minute").await;
+    assert_eq!(x.by, ["line"]);
+    assert_eq!(x.carries, "clean");
+    assert_eq!(x.time_field.as_deref(), Some("ts"));
+    assert!(x.why.contains("window `per_minute`"), "{}", x.why);
+    assert!(x.why.contains("declare the source's `key:`"), "{}", x.why);
 }
 
 #[tokio::test]
@@ -68,22 +112,31 @@ async fn a_computed_key_is_not_the_partition_key() {
 ",
         keyed("line_id")
     );
-    let why = single(parallelism(&spec).await);
-    assert!(why.contains("window `w` groups by upper("), "{why}");
+    // Rows of two line ids may share upper(line_id): no column alone keeps a group in one
+    // partition, so every row goes to one.
+    let x = repartition(&spec, "w").await;
+    assert!(x.by.is_empty(), "{:?}", x.by);
+    assert!(x.why.contains("window `w` groups by upper("), "{}", x.why);
 }
 
 #[tokio::test]
-async fn a_window_grouped_by_another_column_runs_as_one_task() {
+async fn a_window_grouped_by_other_columns_is_repartitioned_by_all_of_them() {
     let spec = format!(
         "{}  transforms:
     - name: w
       window: {{ tumbling: 1m }}
-      sql: SELECT machine_id, window_start, count(*) AS n FROM readings GROUP BY machine_id, window_start, window_end
+      sql: SELECT machine_id, ts, window_start, count(*) AS n FROM readings GROUP BY ts, machine_id, window_start, window_end
 ",
         keyed("line_id")
     );
-    let why = single(parallelism(&spec).await);
-    assert!(why.contains("partitions are keyed by `line_id`"), "{why}");
+    let x = repartition(&spec, "w").await;
+    // In the input's column order.
+    assert_eq!(x.by, ["machine_id", "ts"]);
+    assert!(
+        x.why.contains("partitions are keyed by `line_id`"),
+        "{}",
+        x.why
+    );
 }
 
 #[tokio::test]
@@ -97,6 +150,7 @@ async fn grouping_by_more_than_the_key_keeps_each_group_in_one_partition() {
         keyed("line_id")
     );
     assert_eq!(parallelism(&spec).await, Parallelism::PerPartition);
+    assert!(no_repartition(&spec).await);
 }
 
 const MODEL: &str = "  models:
@@ -107,23 +161,31 @@ const MODEL: &str = "  models:
 ";
 
 #[tokio::test]
-async fn models_run_per_partition_only_when_keyed_by_the_partition_key() {
+async fn models_not_keyed_by_the_partition_key_are_repartitioned() {
     let by_line = format!(
         "{}{}",
         keyed("line_id"),
         MODEL.replace("KEY", "key: line_id")
     );
     assert_eq!(parallelism(&by_line).await, Parallelism::PerPartition);
+    assert!(no_repartition(&by_line).await);
     let by_machine = format!(
         "{}{}",
         keyed("line_id"),
         MODEL.replace("KEY", "key: machine_id")
     );
-    let why = single(parallelism(&by_machine).await);
-    assert!(why.contains("model `m` is keyed by `machine_id`"), "{why}");
+    let x = repartition(&by_machine, "m").await;
+    assert_eq!(x.by, ["machine_id"]);
+    assert_eq!(x.time_field, None);
+    assert!(
+        x.why.contains("model `m` is keyed by `machine_id`"),
+        "{}",
+        x.why
+    );
     // A global regression merges across tasks.
     let global = format!("{}{}", keyed("line_id"), MODEL.replace("      KEY\n", ""));
     assert_eq!(parallelism(&global).await, Parallelism::PerPartition);
+    assert!(no_repartition(&global).await);
     let clustering = format!(
         "{}  models:
     - name: c
@@ -132,8 +194,30 @@ async fn models_run_per_partition_only_when_keyed_by_the_partition_key() {
 ",
         keyed("line_id")
     );
-    let why = single(parallelism(&clustering).await);
-    assert!(why.contains("model `c` is one global clustering"), "{why}");
+    // Its clusters would not line up across tasks: one task learns them.
+    let x = repartition(&clustering, "c").await;
+    assert!(x.by.is_empty());
+    assert!(
+        x.why.contains("model `c` is one global clustering"),
+        "{}",
+        x.why
+    );
+}
+
+#[tokio::test]
+async fn operators_needing_the_same_rows_by_the_same_key_share_one_repartition() {
+    let spec = format!(
+        "{READINGS}  transforms:
+    - name: w
+      window: {{ tumbling: 1m }}
+      sql: SELECT machine_id, window_start, count(*) AS n FROM readings GROUP BY machine_id, window_start, window_end
+{}",
+        MODEL.replace("KEY", "key: machine_id")
+    );
+    let window = repartition(&spec, "w").await;
+    let model = repartition(&spec, "m").await;
+    assert_eq!(window, model);
+    assert_eq!(window.feeds, "w");
 }
 
 #[tokio::test]

@@ -46,6 +46,7 @@ impl<C: Connect> Task<C> {
                             key: None,
                             value: v,
                             timestamp: None,
+                            partition: None,
                         },
                         h.clone(),
                     )

@@ -98,6 +98,17 @@ pub trait Operator: Send {
         None
     }
 
+    /// A writer upstream of a repartition reports its progress on `partition` (a channel
+    /// of the exchange source this operator reads: see [`crate::operators::exchange`]).
+    async fn progress(
+        &mut self,
+        _partition: i32,
+        _mark: connectors::Mark,
+        _ctx: &mut Context,
+    ) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
     /// The input has ended (a bounded run): emit everything still held, such as open
     /// windows and last model snapshots.
     async fn finish(&mut self, _ctx: &mut Context) -> Result<(), RuntimeError> {

@@ -101,27 +101,30 @@ pub fn single_task_reason(plan: &PipelinePlan, kafka_state: bool) -> Option<Stri
         return None;
     }
     plan.nodes.iter().find_map(|n| match &n.kind {
-        NodeKind::Model(m) if m.key.is_none() => Some(format!(
+        NodeKind::Model(m)
+            if m.key.is_none() && matches!(m.kind, planner::ModelKind::Regression(_)) =>
+        {
+            Some(format!(
             "model `{}` is global: its tasks merge what they learn through state in Kafka (--kafka-state)",
             n.name
-        )),
+            ))
+        }
         _ => None,
     })
 }
 
-/// The partitions of each task: `[None]` for one task over every partition.
-fn layout<C: Connect>(
+/// The partitions of each task: `[None]` for one task over every partition. Makes the
+/// pipeline's repartition topics, with as many partitions as its input has.
+async fn layout<C: Connect>(
     plan: &PipelinePlan,
     connect: &C,
     kafka_state: bool,
 ) -> Result<Vec<Option<Vec<i32>>>, RuntimeError> {
-    if single_task_reason(plan, kafka_state).is_some() {
-        return Ok(vec![None]);
-    }
     let mut counts = Vec::new();
     for n in &plan.nodes {
         if let NodeKind::Source(s) = &n.kind
             && s.table_key.is_none()
+            && s.exchange.is_none()
         {
             let partitions = connect.partitions(&s.topic, &s.properties)?;
             counts.push((n.name.clone(), s.topic.clone(), partitions.len()));
@@ -139,7 +142,16 @@ fn layout<C: Connect>(
             "sources `{big}` (topic `{big_topic}`, {most} partitions) and `{name}` (topic `{topic}`, {n} partitions) are not co-partitioned: a keyed operator reads both, and partition i of every source goes to task i. Give the topics the same number of partitions, keyed by the same column"
         )));
     }
-    if most <= 1 {
+    for n in &plan.nodes {
+        if let NodeKind::Source(s) = &n.kind
+            && s.exchange.is_some()
+        {
+            connect
+                .internal_topic(&s.topic, most, false, &s.properties)
+                .await?;
+        }
+    }
+    if single_task_reason(plan, kafka_state).is_some() || most <= 1 {
         return Ok(vec![None]);
     }
     Ok((0..most as i32).map(|i| Some(vec![i])).collect())
@@ -155,7 +167,7 @@ impl<C: Connect> Runner<C> {
         stats: Arc<Stats>,
         connect: C,
     ) -> Result<Self, RuntimeError> {
-        let layout = layout(plan, &connect, config.kafka_state)?;
+        let layout = layout(plan, &connect, config.kafka_state).await?;
         // A restarted run's stats may hold the tasks of the run before.
         if let Ok(mut views) = stats.tasks.lock() {
             views.clear();

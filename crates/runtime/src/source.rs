@@ -114,6 +114,10 @@ pub(crate) struct SourceTask<C: Connect> {
     /// `max_out_of_order` of its event time, ms.
     pub allowed_ms: i64,
     pub metrics: SourceMetrics,
+    /// A repartition topic's source: the writers' marks.
+    pub progress: Option<crate::operators::exchange::Progress>,
+    /// The marks of the current micro-batch: channel and mark, in order.
+    pub marks: Vec<(i32, connectors::Mark)>,
 }
 
 impl<C: Connect> SourceTask<C> {
@@ -169,12 +173,96 @@ impl<C: Connect> SourceTask<C> {
                 topic: plan.topic.clone(),
                 ..Default::default()
             },
+            progress: None,
+            marks: Vec::new(),
         })
+    }
+
+    /// The partitions its readers see: its own, or a repartition topic's channels.
+    pub fn channels(&self) -> Vec<i32> {
+        match &self.progress {
+            Some(p) => {
+                crate::operators::exchange::reader_channels(self.conn.partitions(), p.partitions)
+            }
+            None => self.conn.partitions().to_vec(),
+        }
+    }
+
+    /// Whether every writer of the repartition topic it reads has ended (false for other
+    /// sources).
+    pub fn writers_ended(&self) -> bool {
+        self.progress
+            .as_ref()
+            .is_some_and(|p| p.all_ended(self.conn.partitions()))
+    }
+
+    /// Decodes a micro-batch of a repartition topic: rows per channel, in order, and its
+    /// marks (kept in `marks`). The rows were written by this pipeline: one that cannot be
+    /// read fails the run.
+    fn decode_exchange(&mut self, raw: &RawBatch) -> Result<(Vec<Rows>, u64), RuntimeError> {
+        let Some(progress) = &mut self.progress else {
+            return Err(internal("not a repartition topic"));
+        };
+        let mut rows: Vec<usize> = Vec::with_capacity(raw.len());
+        for i in 0..raw.len() {
+            let x = raw.exchange.get(i).copied().unwrap_or_default();
+            let channel = progress.channel(raw.partitions[i], x.from);
+            match x.mark {
+                Some(m) => {
+                    progress.mark(channel, &m);
+                    self.marks.push((channel, m));
+                }
+                None => rows.push(i),
+            }
+        }
+        self.metrics.events += rows.len() as u64;
+        self.metrics.bytes += raw.bytes.len() as u64;
+        self.metrics.batches += 1;
+        if rows.is_empty() {
+            return Ok((Vec::new(), 0));
+        }
+        let payloads: Vec<&[u8]> = rows.iter().map(|i| raw.payload(*i)).collect();
+        let decoded = match &mut self.decoder {
+            Decoder::Json(d) => d.decode(&payloads),
+            Decoder::Avro(d) => d.decode(&payloads),
+            Decoder::Registry { .. } => {
+                return Err(internal("a repartition topic in the registry"));
+            }
+        }
+        .map_err(internal)?;
+        if let Some(e) = decoded.errors.first() {
+            let i = rows[e.index];
+            return Err(RuntimeError::BadRecord {
+                topic: self.topic.clone(),
+                partition: raw.partitions[i],
+                offset: raw.offsets[i],
+                error: format!("a repartitioned row cannot be read back: {}", e.message),
+            });
+        }
+        let mut parts: BTreeMap<i32, Split> = BTreeMap::new();
+        for (row, &message) in decoded.rows.iter().enumerate() {
+            let i = rows[message];
+            let from = raw.exchange.get(i).map_or(0, |x| x.from);
+            let channel = progress.channel(raw.partitions[i], from);
+            parts
+                .entry(channel)
+                .or_insert_with(|| Split::new(channel))
+                .row(row as u32);
+        }
+        let total = decoded.batch.num_rows();
+        let mut out = Vec::new();
+        for split in parts.into_values() {
+            out.extend(split.finish(&decoded.batch, total)?);
+        }
+        Ok((out, 0))
     }
 
     /// Decodes `raw` and applies the error policy. Returns the rows per partition, and the
     /// number of bad records (an `Err` under `on_error: fail`).
     pub fn decode(&mut self, raw: &RawBatch) -> Result<(Vec<Rows>, u64), RuntimeError> {
+        if self.progress.is_some() {
+            return self.decode_exchange(raw);
+        }
         let n = raw.len();
         let now = Instant::now();
         for p in raw.next_offsets().keys() {

@@ -96,7 +96,9 @@ impl<C: Connect> StateLog<C> {
         for (i, n) in plan.nodes.iter().enumerate() {
             if logged(&n.kind) {
                 let topic = format!("{group}.{}.changelog", n.name);
-                connect.changelog_topic(&topic, tasks, &properties).await?;
+                connect
+                    .internal_topic(&topic, tasks, true, &properties)
+                    .await?;
                 topics.insert(i, topic);
             }
         }

@@ -80,6 +80,37 @@ pub struct Task<C: Connect = Kafka> {
     watermark: i64,
     /// Its consumer lag (-1 until measured).
     lag: i64,
+    /// The stage of each node: how many repartitions its rows have been through. A
+    /// bounded run finishes stage by stage (see [`crate::operators::exchange`]).
+    levels: Vec<u32>,
+    /// The first stage not yet finished.
+    level: u32,
+}
+
+/// The stage of each node of `plan`: a repartition topic's source is one past the stage of
+/// its writer, every other node at the stage of its inputs.
+fn levels(plan: &PipelinePlan) -> Vec<u32> {
+    let mut out: Vec<u32> = Vec::with_capacity(plan.nodes.len());
+    for n in &plan.nodes {
+        let of = |name: &str| {
+            let base = name
+                .strip_suffix(".predictions")
+                .or_else(|| name.strip_suffix(".snapshots"));
+            plan.nodes[..out.len()]
+                .iter()
+                .position(|m| m.name == name || Some(m.name.as_str()) == base)
+                .map_or(0, |i| out[i])
+        };
+        let level = match &n.kind {
+            planner::NodeKind::Source(s) if s.exchange.is_some() => plan.nodes[..out.len()]
+                .iter()
+                .position(|m| matches!(&m.kind, planner::NodeKind::Sink(k) if k.topic == s.topic))
+                .map_or(0, |i| out[i] + 1),
+            _ => n.inputs.iter().map(|i| of(i)).max().unwrap_or(0),
+        };
+        out.push(level);
+    }
+    out
 }
 
 /// What a task reads and where it keeps its state.
@@ -167,6 +198,8 @@ impl<C: Connect> Task<C> {
             state.poll_peers(&mut nodes, false)?;
         }
         let mut task = Self {
+            levels: levels(plan),
+            level: 0,
             pipeline: plan.name.clone(),
             holds_rows: nodes.iter().any(|n| n.op.holds_rows()),
             nodes,
@@ -225,6 +258,9 @@ impl<C: Connect> Task<C> {
         tokio::pin!(stop);
         let mut raw = RawBatch::default();
         let mut last_input = Instant::now();
+        // Input from outside the pipeline (not from its repartition topics).
+        let mut last_outside = Instant::now();
+        let exchanges = self.sources.iter().any(|s| s.progress.is_some());
         let mut pending_commits: Vec<BTreeMap<i32, i64>> =
             vec![BTreeMap::new(); self.sources.len()];
         let mut last_lag = Instant::now();
@@ -251,6 +287,9 @@ impl<C: Connect> Task<C> {
                     continue;
                 }
                 got_any = true;
+                if self.sources[s].progress.is_none() {
+                    last_outside = Instant::now();
+                }
                 let received = Instant::now();
                 self.process_raw(s, &raw).await?;
                 let next = raw.next_offsets();
@@ -277,6 +316,10 @@ impl<C: Connect> Task<C> {
                 last_checkpoint = Instant::now();
             }
             self.advance(started);
+            if exchanges {
+                // Writers' marks go out even when no row has.
+                self.flush_outputs().await?;
+            }
             if last_lag.elapsed() > Duration::from_secs(1) {
                 let mut total = 0;
                 for s in &mut self.sources {
@@ -293,26 +336,75 @@ impl<C: Connect> Task<C> {
                 return self.finish(false, &pending_commits).await;
             }
             if let Some(idle) = self.config.until_idle
-                && last_input.elapsed() >= idle
+                && self.input_ended(idle, last_outside, last_input)
+                && self.finish_level().await?
             {
-                // The input has ended when nothing arrives and every partition has been read
-                // to its end; a consumer that is merely stalled (a slow broker) is waited for,
-                // up to six times the idle time.
-                let caught_up = self
-                    .sources
-                    .iter()
-                    .all(|s| s.conn.lag(&s.position).values().all(|l| *l == 0));
-                if caught_up || last_input.elapsed() >= idle * 6 {
-                    if !caught_up {
-                        self.summary.warnings.push(format!(
-                            "stopped after {:?} without input, before reading every partition to its end",
-                            idle * 6
-                        ));
-                    }
-                    return self.finish(true, &pending_commits).await;
-                }
+                return self.finish(true, &pending_commits).await;
             }
         }
+    }
+
+    /// Whether the input of the first unfinished stage has ended (a bounded run, idle for
+    /// `idle`). The pipeline's own input has ended when nothing arrives and every partition
+    /// has been read to its end; a consumer that is merely stalled (a slow broker) is waited
+    /// for, up to six times the idle time. A repartition topic has ended when every writer
+    /// has said so.
+    fn input_ended(&mut self, idle: Duration, outside: Instant, any: Instant) -> bool {
+        let level = self.level;
+        let (ended, since) = if level == 0 {
+            if outside.elapsed() < idle {
+                return false;
+            }
+            let caught_up = self
+                .sources
+                .iter()
+                .filter(|s| s.progress.is_none())
+                .all(|s| s.conn.lag(&s.position).values().all(|l| *l == 0));
+            (caught_up, outside)
+        } else {
+            let ended = self
+                .sources
+                .iter()
+                .filter(|s| s.progress.is_some() && self.levels[s.node] == level)
+                .all(|s| s.writers_ended());
+            (ended, any)
+        };
+        if ended {
+            return true;
+        }
+        if since.elapsed() >= idle * 6 {
+            self.summary.warnings.push(match level {
+                0 => format!(
+                    "stopped after {:?} without input, before reading every partition to its end",
+                    idle * 6
+                ),
+                _ => format!(
+                    "stopped after {:?} without input, before every writer of a repartition topic had ended",
+                    idle * 6
+                ),
+            });
+            return true;
+        }
+        false
+    }
+
+    /// Finishes the first unfinished stage (its input has ended): its operators emit what
+    /// they hold (in topological order, so downstream operators see what upstream ones
+    /// flushed), and its outputs are flushed. Returns whether every stage has finished.
+    async fn finish_level(&mut self) -> Result<bool, RuntimeError> {
+        let mut queue = VecDeque::new();
+        for i in 0..self.nodes.len() {
+            if self.levels[i] != self.level {
+                continue;
+            }
+            let mut ctx = Context::default();
+            self.nodes[i].op.finish(&mut ctx).await?;
+            self.route(i, ctx, &mut queue)?;
+            self.drain(&mut queue).await?;
+        }
+        self.flush_outputs().await?;
+        self.level += 1;
+        Ok(self.levels.iter().all(|l| *l < self.level))
     }
 
     /// Ends the run; `input_finished` flushes what operators hold (a bounded input has
@@ -323,16 +415,9 @@ impl<C: Connect> Task<C> {
         pending: &[BTreeMap<i32, i64>],
     ) -> Result<Summary, RuntimeError> {
         if input_finished {
-            // Nodes are in topological order: downstream operators see what upstream ones
-            // flushed before being finished themselves.
-            let mut queue = VecDeque::new();
-            for i in 0..self.nodes.len() {
-                let mut ctx = Context::default();
-                self.nodes[i].op.finish(&mut ctx).await?;
-                self.route(i, ctx, &mut queue)?;
-                self.drain(&mut queue).await?;
+            while self.levels.iter().any(|l| *l >= self.level) {
+                self.finish_level().await?;
             }
-            self.flush_outputs().await?;
         }
         if self.keeps_state() {
             self.checkpoint().await?;
@@ -430,6 +515,11 @@ impl<C: Connect> Task<C> {
             .sources
             .iter()
             .map(|s| match s.idle_timeout {
+                _ if s.progress.is_some() => s
+                    .progress
+                    .as_ref()
+                    .map(|p| p.idle.clone())
+                    .unwrap_or_default(),
                 // A partition that has sent nothing yet is measured from the start of the
                 // run: its backlog may simply not have been fetched yet.
                 Some(timeout) => s
@@ -455,9 +545,12 @@ impl<C: Connect> Task<C> {
     }
 
     async fn process_raw(&mut self, s: usize, raw: &RawBatch) -> Result<(), RuntimeError> {
-        self.stats
-            .events_in
-            .fetch_add(raw.len() as u64, Ordering::Relaxed);
+        if self.sources[s].progress.is_none() {
+            // Rows read back from a repartition topic were counted when they came in.
+            self.stats
+                .events_in
+                .fetch_add(raw.len() as u64, Ordering::Relaxed);
+        }
         let decoded = self.sources[s].decode(raw);
         let (rows, bad) = match decoded {
             Ok(r) => r,
@@ -476,6 +569,17 @@ impl<C: Connect> Task<C> {
             };
             queue.push_back((node, port, partition, batch));
             self.drain(&mut queue).await?;
+        }
+        // Writers' marks, after the rows they followed.
+        let marks = std::mem::take(&mut self.sources[s].marks);
+        for (channel, mark) in marks {
+            let readers: Vec<usize> = self.nodes[node].readers.iter().map(|r| r.1).collect();
+            for r in readers {
+                let mut ctx = Context::default();
+                self.nodes[r].op.progress(channel, mark, &mut ctx).await?;
+                self.route(r, ctx, &mut queue)?;
+                self.drain(&mut queue).await?;
+            }
         }
         Ok(())
     }

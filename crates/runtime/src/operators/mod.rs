@@ -12,6 +12,7 @@
 //! | sink | [`sink`] | records not yet acknowledged |
 
 pub mod clustering;
+pub mod exchange;
 pub mod interval_join;
 pub mod model;
 pub mod regression;
@@ -24,7 +25,7 @@ pub mod window;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use connectors::{Connect, Source as _, SourceConfig, Start};
+use connectors::{Connect, SourceConfig, Start};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::catalog::TableProvider;
 use datafusion::common::tree_node::Transformed;
@@ -57,6 +58,8 @@ pub(crate) struct Surroundings<K> {
     pub sink: Option<K>,
     /// The schema registry, for `avro_confluent` sinks.
     pub registry: Option<Arc<connectors::registry::Registry>>,
+    /// An exchange sink's: the partitions of its topic, and the channels it writes.
+    pub exchange: (usize, Vec<i32>),
 }
 
 /// The operator of plan node `node`.
@@ -125,6 +128,13 @@ async fn build<K: connectors::Sink>(
                 )?),
             }
         }
+        NodeKind::Sink(s) if s.exchange.is_some() => Box::new(exchange::ExchangeSink::new(
+            &node.name,
+            s,
+            around.sink.ok_or_else(|| internal("sink not connected"))?,
+            around.exchange.0,
+            &around.exchange.1,
+        )?),
         NodeKind::Sink(s) => Box::new(sink::SinkOp::new(
             &node.name,
             s,
@@ -222,9 +232,10 @@ pub(crate) async fn graph<C: Connect>(
                 .ok_or_else(|| internal("input schema"))?,
             sink: None,
             registry: config.registry.clone(),
+            exchange: (0, Vec::new()),
         };
         if let Some(s) = upstream {
-            around.partitions = sources[s].conn.partitions().to_vec();
+            around.partitions = sources[s].channels();
             around.allowed_ms = sources[s].allowed_ms;
         }
         let root = match &n.kind {
@@ -260,6 +271,7 @@ pub(crate) async fn graph<C: Connect>(
                     max_batch: config.max_batch,
                     max_wait: config.max_wait,
                     // Every task reads a whole table.
+                    exchange: s.exchange.is_some(),
                     only: match s.table_key {
                         Some(_) => None,
                         None => only.map(<[i32]>::to_vec),
@@ -273,18 +285,26 @@ pub(crate) async fn graph<C: Connect>(
                     )?),
                     _ => None,
                 };
-                sources.push(SourceTask::new(
-                    i,
-                    &n.name,
-                    s,
-                    conn,
-                    dead_letter,
-                    config.registry.as_ref(),
-                )?);
+                let mut task =
+                    SourceTask::new(i, &n.name, s, conn, dead_letter, config.registry.as_ref())?;
+                if s.exchange.is_some() {
+                    let n = connect.partitions(&s.topic, &s.properties)?.len();
+                    task.progress = Some(exchange::Progress::new(n));
+                }
+                sources.push(task);
                 sources.len() - 1
             }
             NodeKind::Sink(s) => {
                 around.sink = Some(connect.sink(&s.topic, &s.properties, headers.to_vec())?);
+                if s.exchange.is_some() {
+                    let n = connect.partitions(&s.topic, &s.properties)?.len();
+                    let channels = match (around.partitions.as_slice(), only) {
+                        ([-1], Some(read)) => read.to_vec(),
+                        ([-1], None) => (0..n as i32).collect(),
+                        (read, _) => read.to_vec(),
+                    };
+                    around.exchange = (n, channels);
+                }
                 upstream.unwrap_or(0)
             }
             _ => upstream.unwrap_or(0),
@@ -348,6 +368,7 @@ pub async fn operator(
         inputs,
         sink: None,
         registry: None,
+        exchange: (0, Vec::new()),
     };
     build(node, around).await
 }

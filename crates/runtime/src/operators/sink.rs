@@ -90,7 +90,7 @@ impl<K: Sink> SinkOp<K> {
     }
 }
 
-fn key_bytes(column: &dyn Array) -> Result<Vec<Option<Vec<u8>>>, RuntimeError> {
+pub(crate) fn key_bytes(column: &dyn Array) -> Result<Vec<Option<Vec<u8>>>, RuntimeError> {
     let strings = cast(&column.slice(0, column.len()), &DataType::Utf8).map_err(internal)?;
     let strings = strings
         .as_any()
@@ -138,6 +138,7 @@ impl<K: Sink> Operator for SinkOp<K> {
                 key: k.as_deref(),
                 value: v,
                 timestamp: None,
+                partition: None,
             })
             .collect();
         self.sink.send_all(&records, &[]).await?;

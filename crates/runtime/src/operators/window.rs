@@ -327,6 +327,26 @@ impl WindowOp {
         self.idle = idle;
     }
 
+    /// What the writer of channel `partition` of a repartition says: its largest event
+    /// time so far and whether it is idle. Emits the windows the watermark has passed.
+    pub async fn progress(
+        &mut self,
+        partition: i32,
+        time: Option<i64>,
+        idle: bool,
+    ) -> Result<Vec<RecordBatch>, RuntimeError> {
+        let stream_time = self.stream_time.entry(partition).or_insert(None);
+        if let Some(t) = time {
+            *stream_time = Some(stream_time.map_or(t, |s| s.max(t)));
+        }
+        if idle {
+            self.idle.insert(partition);
+        } else {
+            self.idle.remove(&partition);
+        }
+        self.emit(self.watermark()).await
+    }
+
     /// The current watermark: `None` while a partition has seen nothing and is not idle.
     pub fn watermark(&self) -> Option<i64> {
         let mut wm: Option<i64> = None;
@@ -944,6 +964,18 @@ impl Operator for Window {
             }
         }
         for rows in out.emitted {
+            ctx.emit(0, -1, rows);
+        }
+        Ok(())
+    }
+
+    async fn progress(
+        &mut self,
+        partition: i32,
+        mark: connectors::Mark,
+        ctx: &mut Context,
+    ) -> Result<(), RuntimeError> {
+        for rows in self.op.progress(partition, mark.time, mark.idle).await? {
             ctx.emit(0, -1, rows);
         }
         Ok(())
