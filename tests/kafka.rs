@@ -18,7 +18,10 @@ mod support;
 use support::{bootstrap, epoch_ms, root, unique};
 #[path = "support/oracles.rs"]
 mod oracles;
-use oracles::{assert_same_windows, assert_scale_out_results, read, same_json, window_oracle};
+use oracles::{
+    assert_same_demand, assert_same_windows, assert_scale_out_results, demand_oracle, read,
+    same_json, window_oracle,
+};
 
 fn pipectl(args: &[&str], env: &[(&str, &str)]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_pipectl"))
@@ -172,6 +175,96 @@ fn tumbling_windows_equal_duckdb_and_dead_letters_hold_exactly_the_malformed_rec
 /// A pipeline keyed by its partitions' key runs as a task per partition (8 here) on 1, 2
 /// and 4 worker threads; every run gives DuckDB's windows and dead-letters exactly the
 /// malformed records.
+#[test]
+fn a_window_keyed_otherwise_than_its_input_is_repartitioned_on_1_2_and_4_workers_as_duckdb() {
+    let Some(bootstrap) = bootstrap() else { return };
+    let input = unique("repartition.in");
+    // Orders keyed by order id; demand is per SKU and region: every window reads its rows
+    // through the repartition topic. 1% of the orders are 10 minutes late, and with 3 s of
+    // allowed disorder some orders up to 4 s out of order near a minute's end are late too:
+    // they are late only if lateness is still decided in the order of the input partitions
+    // (a reader that judged them by the interleaved repartition order finds other counts).
+    pipectl(
+        &[
+            "gen",
+            "--bootstrap",
+            &bootstrap,
+            "--kind",
+            "sales/order",
+            "--count",
+            "100000",
+            "--seed",
+            "11",
+            "--topic",
+            &input,
+            "--partitions",
+            "8",
+            "--late",
+            "0.01",
+            "--key",
+            "order_id",
+        ],
+        &[],
+    );
+    let expected = demand_oracle(&bootstrap, &input);
+    let late = expected[0]["late_total"].as_u64().expect("late total");
+    assert!(late > 500, "the oracle finds {late} late orders");
+    for workers in ["1", "2", "4"] {
+        let output = unique("repartition.out");
+        let group = unique("group");
+        let run = pipectl(
+            &[
+                "run",
+                "tests/pipelines/demand-repartition.yaml",
+                "--bootstrap",
+                &bootstrap,
+                "--until-idle",
+                "5s",
+                "--workers",
+                workers,
+                "--quiet",
+            ],
+            &[
+                ("TEST_INPUT_TOPIC", &input),
+                ("TEST_OUTPUT_TOPIC", &output),
+                ("TEST_GROUP", &group),
+            ],
+        );
+        let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+        assert!(
+            stderr.contains("running as 8 tasks, one per input partition"),
+            "{stderr}"
+        );
+        // The rows went through the repartition topic, each to the partition of its key.
+        let exchanged = read(&bootstrap, &format!("{group}.demand.repartition"));
+        let rows: Vec<&StoredMessage> =
+            exchanged.iter().filter(|m| !m.payload.is_empty()).collect();
+        assert_eq!(rows.len(), 100_000, "rows through the repartition topic");
+        let mut owner: std::collections::BTreeMap<Vec<u8>, i32> = Default::default();
+        for m in &rows {
+            let key = m.key.clone().expect("a repartitioned row has a key");
+            let p = *owner.entry(key).or_insert(m.partition);
+            assert_eq!(p, m.partition, "one key, one partition");
+        }
+        let got: Vec<Value> = read(&bootstrap, &output)
+            .iter()
+            .map(|m| serde_json::from_slice(&m.payload).expect("output is JSON"))
+            .collect();
+        assert_eq!(got.len(), expected.len(), "each window row written once");
+        assert_same_demand(&got, &expected);
+        assert_eq!(
+            late_from_summary(&stderr),
+            late,
+            "late orders counted on {workers} workers\n{stderr}"
+        );
+        println!(
+            "{workers} workers: {} window rows of {} keys through 8 repartition partitions, {late} late, as DuckDB",
+            got.len(),
+            owner.len()
+        );
+    }
+}
+
 #[test]
 fn partition_tasks_on_1_2_and_4_workers_give_duckdbs_windows() {
     let Some(bootstrap) = bootstrap() else { return };

@@ -298,3 +298,73 @@ pub fn assert_scale_out_results(
     assert_models_are_least_squares(bootstrap, snapshots, &messages);
     messages
 }
+
+/// Runs the DuckDB oracle of demand per SKU and region (per-minute windows, 3 s of allowed
+/// disorder, lateness decided in the input partitions) over what the broker holds in
+/// `input`: the expected window rows, the first with `late_total`.
+pub fn demand_oracle(bootstrap: &str, input: &str) -> Vec<Value> {
+    let messages = read(bootstrap, input);
+    let dir = std::env::temp_dir().join(unique("oracle"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let raw_path = write_raw(&dir, &messages);
+    let windows_path = dir.join("windows.jsonl");
+    let out = Command::new(test_python())
+        .arg(root().join("tests/oracle/demand_oracle.py"))
+        .args(["--input", raw_path.to_str().expect("utf-8")])
+        .args(["--size-ms", "60000", "--allowed-ms", "3000"])
+        .args(["--windows", windows_path.to_str().expect("utf-8")])
+        .output()
+        .expect("oracle runs");
+    assert!(
+        out.status.success(),
+        "oracle: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = std::fs::read_to_string(&windows_path)
+        .expect("windows")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    std::fs::remove_dir_all(&dir).ok();
+    expected
+}
+
+/// Demand rows of the sink equal the oracle's, each once: counts and units exactly, revenue
+/// to 1e-12 (sums of doubles in another order).
+pub fn assert_same_demand(got: &[Value], expected: &[Value]) {
+    assert!(
+        expected.len() > 1000,
+        "oracle found {} windows",
+        expected.len()
+    );
+    let key = |v: &Value| {
+        (
+            epoch_ms(&v["window_end"]),
+            v["sku"].as_str().unwrap_or_default().to_string(),
+            v["region"].as_str().unwrap_or_default().to_string(),
+        )
+    };
+    let got: std::collections::BTreeMap<_, _> = got.iter().map(|v| (key(v), v)).collect();
+    assert_eq!(got.len(), expected.len(), "distinct window rows");
+    for e in expected {
+        let g = got
+            .get(&key(e))
+            .unwrap_or_else(|| panic!("no window row for {e}"));
+        let what = format!("\n got {g}\nwant {e}");
+        assert_eq!(
+            epoch_ms(&g["window_start"]),
+            epoch_ms(&e["window_start"]),
+            "{what}"
+        );
+        assert_eq!(g["order_lines"], e["order_lines"], "{what}");
+        assert_eq!(g["units"], e["units"], "{what}");
+        assert!(
+            close(
+                g["revenue"].as_f64().unwrap_or(f64::NAN),
+                e["revenue"].as_f64().unwrap_or(f64::NAN),
+                1e-12
+            ),
+            "{what}"
+        );
+    }
+}

@@ -47,6 +47,8 @@ pub struct GenArgs {
     pub quiet: bool,
     /// Avro encoding (with the event schema) instead of JSON.
     pub avro: Option<AvroEncoding>,
+    /// The field of each event that keys its message, instead of the kind's natural key.
+    pub key: Option<String>,
 }
 
 /// Turns generated JSON events into Avro messages of the same event.
@@ -106,6 +108,21 @@ impl AvroEncoding {
     }
 }
 
+/// Keys each event by its `field` (as text); a malformed event, or one without it, keeps
+/// its key.
+fn rekey(events: &mut [generator::Event], field: &str) {
+    for e in events {
+        let Ok(serde_json::Value::Object(v)) = serde_json::from_slice(&e.value) else {
+            continue;
+        };
+        match v.get(field) {
+            Some(serde_json::Value::String(s)) => e.key = s.clone(),
+            Some(serde_json::Value::Null) | None => {}
+            Some(other) => e.key = other.to_string(),
+        }
+    }
+}
+
 /// Counts of what was written.
 #[derive(Debug, Default)]
 pub struct GenReport {
@@ -132,6 +149,9 @@ pub async fn generate(args: GenArgs) -> Result<GenReport, Box<dyn std::error::Er
     while report.events < args.count {
         let n = batch_size.min(args.count - report.events);
         let mut events: Vec<generator::Event> = (0..n).map(|_| generator.next_event()).collect();
+        if let Some(field) = &args.key {
+            rekey(&mut events, field);
+        }
         if let Some(avro) = avro.as_mut() {
             avro.encode(&mut events)?;
         }

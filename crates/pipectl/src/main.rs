@@ -102,6 +102,10 @@ enum Command {
         /// `<topic>-value` with --schema-registry, else schema id 0).
         #[arg(long, default_value = "json")]
         format: String,
+        /// Key messages by this field of the event (default: the kind's natural key, such
+        /// as `line_id` or `sku`).
+        #[arg(long)]
+        key: Option<String>,
         /// Directory of event schemas (for Avro; default: the nearest `schemas/`).
         #[arg(long, env = "PIPECTL_SCHEMAS")]
         schemas: Option<PathBuf>,
@@ -414,6 +418,7 @@ async fn run(cli: Cli) -> ExitCode {
             start,
             interval_ms,
             format,
+            key,
             schemas,
             registry,
         } => {
@@ -491,6 +496,7 @@ async fn run(cli: Cli) -> ExitCode {
                     rate,
                     quiet: kinds.len() > 1,
                     avro,
+                    key: key.clone(),
                 });
             }
             // Kinds are generated side by side (with --rate, each at that rate).

@@ -34,6 +34,9 @@ pub use partitioning::Parallelism;
 pub const WINDOW_START: &str = "window_start";
 /// Column a windowed transform sees with the end (exclusive) of each row's window.
 pub const WINDOW_END: &str = "window_end";
+/// Column a repartition for a window adds to each row: the largest event time its writer
+/// had seen before it, in the partition it read (what lateness is decided against).
+pub const EXCHANGE_STREAM_TIME: &str = "__exchange_stream_time";
 
 /// A planned pipeline: every node in an order where inputs come first.
 #[derive(Debug, Clone)]

@@ -307,7 +307,18 @@ fn exchange(
     if let Some(n) = shared {
         return n.name.clone();
     }
-    let schema = output_of(nodes, from).unwrap_or_else(|| std::sync::Arc::new(Schema::empty()));
+    let mut schema = output_of(nodes, from).unwrap_or_else(|| std::sync::Arc::new(Schema::empty()));
+    if time_field.is_some() {
+        let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
+        fields.push(std::sync::Arc::new(
+            datafusion::arrow::datatypes::Field::new(
+                crate::EXCHANGE_STREAM_TIME,
+                datafusion::arrow::datatypes::DataType::Int64,
+                true,
+            ),
+        ));
+        schema = std::sync::Arc::new(Schema::new(fields));
+    }
     let root = root_source(nodes, from).cloned();
     let group = root.as_ref().map(|r| r.group.clone()).unwrap_or_default();
     let topic = format!("{group}.{feeds}.repartition");

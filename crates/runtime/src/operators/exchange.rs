@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use connectors::exchange_headers::{END, FROM, IDLE, TIME};
 use connectors::{OutRecord, Sink};
-use datafusion::arrow::array::{AsArray, RecordBatch};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{AsArray, Int64Builder, RecordBatch};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampMillisecondType};
 use formats::avro::{AvroCodec, Framing};
@@ -58,6 +60,8 @@ pub struct ExchangeSink<K> {
     avro: Option<AvroCodec>,
     by: Vec<usize>,
     time: Option<usize>,
+    /// The rows written (with the stream-time column for a window).
+    schema: SchemaRef,
     partitions: usize,
     /// The channels this task writes, by input partition (rows after a window or a model
     /// are of the first).
@@ -115,6 +119,7 @@ impl<K: Sink> ExchangeSink<K> {
             avro,
             by,
             time,
+            schema: plan.schema.clone(),
             partitions: partitions.max(1),
             channels: channels.iter().map(|c| (*c, Channel::default())).collect(),
             buffer: Vec::new(),
@@ -178,6 +183,33 @@ impl<K: Sink> Operator for ExchangeSink<K> {
                 .next()
                 .ok_or_else(|| internal("an exchange without channels"))?,
         };
+        // For a window: each row carries its writer's stream time before it, so that the
+        // reader decides lateness as it would have without the repartition.
+        let batch = match self.time {
+            Some(t) => {
+                let ms = cast(
+                    batch.column(t),
+                    &DataType::Timestamp(TimeUnit::Millisecond, None),
+                )
+                .map_err(internal)?;
+                let ms = ms.as_primitive::<TimestampMillisecondType>();
+                let ch = self
+                    .channels
+                    .get_mut(&channel)
+                    .ok_or_else(|| internal("exchange channel"))?;
+                let mut before = Int64Builder::with_capacity(batch.num_rows());
+                for ts in ms.iter() {
+                    before.append_option(ch.time);
+                    if let Some(ts) = ts {
+                        ch.time = Some(ch.time.map_or(ts, |t| t.max(ts)));
+                    }
+                }
+                let mut columns = batch.columns().to_vec();
+                columns.push(Arc::new(before.finish()));
+                RecordBatch::try_new(self.schema.clone(), columns).map_err(internal)?
+            }
+            None => batch,
+        };
         let values = match &self.avro {
             Some(c) => c.encode_rows(&batch),
             None => encode_rows(&batch),
@@ -201,21 +233,6 @@ impl<K: Sink> Operator for ExchangeSink<K> {
                 false => (hash(&key) % self.partitions as u64) as i32,
             };
             self.buffer.push((channel, p, key, value));
-        }
-        if let Some(t) = self.time {
-            let ms = cast(
-                batch.column(t),
-                &DataType::Timestamp(TimeUnit::Millisecond, None),
-            )
-            .map_err(internal)?;
-            let latest = ms
-                .as_primitive::<TimestampMillisecondType>()
-                .iter()
-                .flatten()
-                .max();
-            if let (Some(latest), Some(ch)) = (latest, self.channels.get_mut(&channel)) {
-                ch.time = Some(ch.time.map_or(latest, |t| t.max(latest)));
-            }
         }
         Ok(())
     }

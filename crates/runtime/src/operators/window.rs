@@ -375,6 +375,18 @@ impl WindowOp {
         batch: &RecordBatch,
         partition: i32,
     ) -> Result<Output, RuntimeError> {
+        self.process_carried(batch, partition, None).await
+    }
+
+    /// [`Self::process`], for rows read back from a repartition: `carried` holds each row's
+    /// stream time in the partition it was first read from (see
+    /// [`crate::operators::exchange`]), which lateness is decided against.
+    pub async fn process_carried(
+        &mut self,
+        batch: &RecordBatch,
+        partition: i32,
+        carried: Option<&datafusion::arrow::array::Int64Array>,
+    ) -> Result<Output, RuntimeError> {
         let mut out = Output::default();
         let times = cast(
             batch.column(self.time_col),
@@ -393,6 +405,10 @@ impl WindowOp {
                 continue;
             }
             let ts = times.value(row);
+            if let Some(c) = carried.filter(|c| c.is_valid(row)) {
+                let before = c.value(row);
+                *stream_time = Some(stream_time.map_or(before, |t| t.max(before)));
+            }
             let threshold = stream_time.map(|t| t - self.allowed);
             self.shape.windows(ts, &mut windows);
             let mut any = false;
@@ -937,7 +953,24 @@ impl Operator for Window {
         batch: RecordBatch,
         ctx: &mut Context,
     ) -> Result<(), RuntimeError> {
-        let out = self.op.process(&batch, partition).await?;
+        // Rows read back from a repartition carry their stream time: used, then dropped.
+        let (batch, carried) = match batch.schema().index_of(planner::EXCHANGE_STREAM_TIME) {
+            Ok(i) => {
+                let mut batch = batch;
+                let column = batch.remove_column(i);
+                let carried = column
+                    .as_any()
+                    .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                    .cloned()
+                    .ok_or_else(|| internal("the stream-time column of a repartition"))?;
+                (batch, Some(carried))
+            }
+            Err(_) => (batch, None),
+        };
+        let out = self
+            .op
+            .process_carried(&batch, partition, carried.as_ref())
+            .await?;
         if !out.late.is_empty() {
             ctx.late(out.late.len() as u64);
             if self.on_late == OnLate::DeadLetter {
