@@ -19,8 +19,8 @@ use support::{bootstrap, epoch_ms, root, unique};
 #[path = "support/oracles.rs"]
 mod oracles;
 use oracles::{
-    assert_same_demand, assert_same_windows, assert_scale_out_results, demand_oracle, read,
-    same_json, window_oracle,
+    assert_same_demand, assert_same_windows, assert_scale_out_results, demand_oracle,
+    distinct_demand, read, same_json, window_oracle,
 };
 
 fn pipectl(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -924,6 +924,123 @@ spec:
 /// (duplicates, from replays after a kill, are counted: outputs are at least once), and
 /// each line's final model equals scikit-learn's least squares over all its readings:
 /// each reading was learnt exactly once.
+#[test]
+fn a_repartitioned_window_with_state_in_kafka_counts_each_order_once_through_sigkills() {
+    let Some(bootstrap) = bootstrap() else { return };
+    let input = unique("restate.in");
+    let output = unique("restate.out");
+    let group = unique("group");
+    pipectl(
+        &[
+            "gen",
+            "--bootstrap",
+            &bootstrap,
+            "--kind",
+            "sales/order",
+            "--count",
+            "100000",
+            "--seed",
+            "13",
+            "--topic",
+            &input,
+            "--partitions",
+            "8",
+            "--late",
+            "0.01",
+            "--key",
+            "order_id",
+        ],
+        &[],
+    );
+    let env = [
+        ("TEST_INPUT_TOPIC", input.as_str()),
+        ("TEST_OUTPUT_TOPIC", output.as_str()),
+        ("TEST_GROUP", group.as_str()),
+    ];
+    let args = |until_idle: bool| {
+        let mut a = vec![
+            "run",
+            "tests/pipelines/demand-repartition.yaml",
+            "--bootstrap",
+            bootstrap.as_str(),
+            "--kafka-state",
+            "--checkpoint-interval",
+            "500ms",
+            "--max-batch",
+            "500",
+            "--quiet",
+        ];
+        if until_idle {
+            a.extend(["--until-idle", "5s"]);
+        }
+        a
+    };
+    let committed = |bootstrap: &str| -> i64 {
+        for _ in 0..20 {
+            match connectors::committed_total(bootstrap, &group, &input) {
+                Ok(n) => return n,
+                Err(e) => println!("committed offsets not known yet: {e}"),
+            }
+        }
+        panic!("the committed offsets stayed unknown");
+    };
+    // Killed twice, each time once the input offsets have moved on: what the writers had
+    // sent to the repartition topic since their last commit is sent again on restart.
+    let mut last = 0;
+    for _ in 0..2 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pipectl"))
+            .args(args(false))
+            .envs(env.iter().copied())
+            .current_dir(root())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("pipectl starts");
+        let started = std::time::Instant::now();
+        while committed(&bootstrap) < last + 20_000 && started.elapsed() < Duration::from_secs(120)
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        child.kill().expect("SIGKILL");
+        let out = child.wait_with_output().expect("reaped");
+        let now = committed(&bootstrap);
+        assert!(
+            now > last,
+            "the run committed nothing before it was killed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        println!("killed after {now} committed input offsets");
+        last = now;
+    }
+    assert!(
+        last < 100_000,
+        "the runs were killed before the end ({last})"
+    );
+    let run = pipectl(&args(true), &env);
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert!(run.status.success(), "{stderr}");
+    let rows = read(&bootstrap, &format!("{group}.demand.repartition"))
+        .iter()
+        .filter(|m| !m.payload.is_empty())
+        .count();
+    assert!(
+        rows > 100_000,
+        "the kills made writers send rows again ({rows} rows for 100000 orders)"
+    );
+    let written: Vec<Value> = read(&bootstrap, &output)
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).expect("output is JSON"))
+        .collect();
+    let got = distinct_demand(&written);
+    let expected = demand_oracle(&bootstrap, &input);
+    assert_same_demand(&got, &expected);
+    println!(
+        "2 kills: {rows} rows through the repartition for 100000 orders, {} window rows written for {} distinct, as DuckDB",
+        written.len(),
+        got.len()
+    );
+}
+
 #[test]
 fn state_in_kafka_survives_sigkill_and_every_event_is_learnt_once() {
     let Some(bootstrap) = bootstrap() else { return };

@@ -329,6 +329,29 @@ pub fn demand_oracle(bootstrap: &str, input: &str) -> Vec<Value> {
     expected
 }
 
+/// The distinct demand rows of `written` (at least once: a row written again after a restore
+/// must equal the first).
+pub fn distinct_demand(written: &[Value]) -> Vec<Value> {
+    let mut first: std::collections::BTreeMap<(String, String, i64), Value> = Default::default();
+    for row in written {
+        let key = (
+            row["sku"].as_str().unwrap_or_default().to_string(),
+            row["region"].as_str().unwrap_or_default().to_string(),
+            epoch_ms(&row["window_start"]),
+        );
+        match first.get(&key) {
+            Some(earlier) => assert!(
+                same_json(earlier, row),
+                "a window written twice differs:\n {earlier}\n {row}"
+            ),
+            None => {
+                first.insert(key, row.clone());
+            }
+        }
+    }
+    first.into_values().collect()
+}
+
 /// Demand rows of the sink equal the oracle's, each once: counts and units exactly, revenue
 /// to 1e-12 (sums of doubles in another order).
 pub fn assert_same_demand(got: &[Value], expected: &[Value]) {

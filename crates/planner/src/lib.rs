@@ -37,6 +37,9 @@ pub const WINDOW_END: &str = "window_end";
 /// Column a repartition for a window adds to each row: the largest event time its writer
 /// had seen before it, in the partition it read (what lateness is decided against).
 pub const EXCHANGE_STREAM_TIME: &str = "__exchange_stream_time";
+/// Column a repartition adds to each row: its number among the rows its writer wrote for
+/// the same input partition (1, 2, ...), so that a reader drops rows a replay wrote again.
+pub const EXCHANGE_SEQ: &str = "__exchange_seq";
 
 /// A planned pipeline: every node in an order where inputs come first.
 #[derive(Debug, Clone)]

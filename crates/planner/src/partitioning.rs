@@ -308,15 +308,21 @@ fn exchange(
         return n.name.clone();
     }
     let mut schema = output_of(nodes, from).unwrap_or_else(|| std::sync::Arc::new(Schema::empty()));
-    if time_field.is_some() {
+    {
+        use datafusion::arrow::datatypes::{DataType, Field};
         let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
-        fields.push(std::sync::Arc::new(
-            datafusion::arrow::datatypes::Field::new(
+        if time_field.is_some() {
+            fields.push(std::sync::Arc::new(Field::new(
                 crate::EXCHANGE_STREAM_TIME,
-                datafusion::arrow::datatypes::DataType::Int64,
+                DataType::Int64,
                 true,
-            ),
-        ));
+            )));
+        }
+        fields.push(std::sync::Arc::new(Field::new(
+            crate::EXCHANGE_SEQ,
+            DataType::UInt64,
+            false,
+        )));
         schema = std::sync::Arc::new(Schema::new(fields));
     }
     let root = root_source(nodes, from).cloned();

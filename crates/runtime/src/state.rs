@@ -52,7 +52,9 @@ fn logged(kind: &NodeKind) -> bool {
     match kind {
         NodeKind::Transform(t) => !matches!(t.kind, TransformKind::Stateless),
         NodeKind::Model(_) => true,
-        NodeKind::Source(_) | NodeKind::Sink(_) => false,
+        // A repartition's writer numbers its rows and its reader drops the ones it had.
+        NodeKind::Source(s) => s.exchange.is_some(),
+        NodeKind::Sink(s) => s.exchange.is_some(),
     }
 }
 

@@ -27,7 +27,7 @@ use connectors::exchange_headers::{END, FROM, IDLE, TIME};
 use connectors::{OutRecord, Sink};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{AsArray, Int64Builder, RecordBatch};
+use datafusion::arrow::array::{Array, AsArray, Int64Builder, RecordBatch, UInt64Array};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampMillisecondType};
 use formats::avro::{AvroCodec, Framing};
@@ -46,6 +46,8 @@ pub const MARK_EVERY: Duration = Duration::from_millis(100);
 /// What a writer has told the readers of one of its channels.
 #[derive(Debug, Default, Clone, Copy)]
 struct Channel {
+    /// Rows written (the number of the last).
+    seq: u64,
     /// Largest event time written.
     time: Option<i64>,
     idle: bool,
@@ -183,33 +185,33 @@ impl<K: Sink> Operator for ExchangeSink<K> {
                 .next()
                 .ok_or_else(|| internal("an exchange without channels"))?,
         };
+        let ch = self
+            .channels
+            .get_mut(&channel)
+            .ok_or_else(|| internal("exchange channel"))?;
+        let mut columns = batch.columns().to_vec();
         // For a window: each row carries its writer's stream time before it, so that the
         // reader decides lateness as it would have without the repartition.
-        let batch = match self.time {
-            Some(t) => {
-                let ms = cast(
-                    batch.column(t),
-                    &DataType::Timestamp(TimeUnit::Millisecond, None),
-                )
-                .map_err(internal)?;
-                let ms = ms.as_primitive::<TimestampMillisecondType>();
-                let ch = self
-                    .channels
-                    .get_mut(&channel)
-                    .ok_or_else(|| internal("exchange channel"))?;
-                let mut before = Int64Builder::with_capacity(batch.num_rows());
-                for ts in ms.iter() {
-                    before.append_option(ch.time);
-                    if let Some(ts) = ts {
-                        ch.time = Some(ch.time.map_or(ts, |t| t.max(ts)));
-                    }
+        if let Some(t) = self.time {
+            let ms = cast(
+                batch.column(t),
+                &DataType::Timestamp(TimeUnit::Millisecond, None),
+            )
+            .map_err(internal)?;
+            let ms = ms.as_primitive::<TimestampMillisecondType>();
+            let mut before = Int64Builder::with_capacity(batch.num_rows());
+            for ts in ms.iter() {
+                before.append_option(ch.time);
+                if let Some(ts) = ts {
+                    ch.time = Some(ch.time.map_or(ts, |t| t.max(ts)));
                 }
-                let mut columns = batch.columns().to_vec();
-                columns.push(Arc::new(before.finish()));
-                RecordBatch::try_new(self.schema.clone(), columns).map_err(internal)?
             }
-            None => batch,
-        };
+            columns.push(Arc::new(before.finish()));
+        }
+        let first = ch.seq + 1;
+        ch.seq += batch.num_rows() as u64;
+        columns.push(Arc::new(UInt64Array::from_iter_values(first..=ch.seq)));
+        let batch = RecordBatch::try_new(self.schema.clone(), columns).map_err(internal)?;
         let values = match &self.avro {
             Some(c) => c.encode_rows(&batch),
             None => encode_rows(&batch),
@@ -306,8 +308,92 @@ impl<K: Sink> Operator for ExchangeSink<K> {
         Ok(flushed)
     }
 
+    fn save(&mut self) -> Result<Option<Vec<u8>>, RuntimeError> {
+        let seqs: BTreeMap<i32, u64> = self.channels.iter().map(|(c, ch)| (*c, ch.seq)).collect();
+        crate::checkpoint::encode(&seqs).map(Some)
+    }
+
+    fn load(&mut self, state: &[u8]) -> Result<(), RuntimeError> {
+        let seqs: BTreeMap<i32, u64> = crate::checkpoint::decode(state)?;
+        for (c, seq) in seqs {
+            if let Some(ch) = self.channels.get_mut(&c) {
+                ch.seq = seq;
+            }
+        }
+        Ok(())
+    }
+
     fn report(&self, name: &str, detail: &mut Detail) {
         detail.sinks.insert(name.to_string(), self.metrics.clone());
+    }
+}
+
+/// The reading side of a repartition: drops the rows of a channel it has had already (a
+/// writer that replays from its last commit writes them again, with the same numbers) and
+/// the numbers themselves. What it has had per channel is its state, committed with the
+/// reader's offsets and its readers' state, so no row is counted twice across restarts.
+#[derive(Debug, Default)]
+pub struct ExchangeSource {
+    /// The number of the last row had, per channel.
+    seen: BTreeMap<i32, u64>,
+    /// Rows dropped as had already.
+    pub replayed: u64,
+}
+
+#[async_trait]
+impl Operator for ExchangeSource {
+    async fn process(
+        &mut self,
+        _port: usize,
+        channel: i32,
+        batch: RecordBatch,
+        ctx: &mut Context,
+    ) -> Result<(), RuntimeError> {
+        let Ok(i) = batch.schema().index_of(planner::EXCHANGE_SEQ) else {
+            return Err(internal("a repartitioned row without its number"));
+        };
+        let seqs = batch
+            .column(i)
+            .as_any()
+            .downcast_ref::<UInt64Array>()
+            .ok_or_else(|| internal("the number column of a repartition"))?
+            .clone();
+        let seen = self.seen.entry(channel).or_insert(0);
+        let keep: Vec<u32> = (0..seqs.len())
+            .filter(|r| {
+                let seq = seqs.value(*r);
+                let new = seq > *seen;
+                if new {
+                    *seen = seq;
+                }
+                new
+            })
+            .map(|r| r as u32)
+            .collect();
+        self.replayed += (seqs.len() - keep.len()) as u64;
+        let mut batch = batch;
+        batch.remove_column(i);
+        let batch = match keep.len() == seqs.len() {
+            true => batch,
+            false => datafusion::arrow::compute::take_record_batch(
+                &batch,
+                &datafusion::arrow::array::UInt32Array::from(keep),
+            )
+            .map_err(internal)?,
+        };
+        if batch.num_rows() > 0 {
+            ctx.emit(0, channel, batch);
+        }
+        Ok(())
+    }
+
+    fn save(&mut self) -> Result<Option<Vec<u8>>, RuntimeError> {
+        crate::checkpoint::encode(&self.seen).map(Some)
+    }
+
+    fn load(&mut self, state: &[u8]) -> Result<(), RuntimeError> {
+        self.seen = crate::checkpoint::decode(state)?;
+        Ok(())
     }
 }
 

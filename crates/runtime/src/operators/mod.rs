@@ -69,6 +69,7 @@ async fn build<K: connectors::Sink>(
 ) -> Result<Box<dyn Operator>, RuntimeError> {
     Ok(match &node.kind {
         NodeKind::Source(s) => match &s.table_key {
+            None if s.exchange.is_some() => Box::new(exchange::ExchangeSource::default()),
             None => Box::new(source::StreamSource),
             Some(key) => Box::new(source::TableSource::new(s.schema.clone(), key)?),
         },
