@@ -320,7 +320,7 @@ fn exchange(
         }
         fields.push(std::sync::Arc::new(Field::new(
             crate::EXCHANGE_SEQ,
-            DataType::UInt64,
+            DataType::Int64,
             false,
         )));
         schema = std::sync::Arc::new(Schema::new(fields));

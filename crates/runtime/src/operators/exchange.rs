@@ -27,7 +27,7 @@ use connectors::exchange_headers::{END, FROM, IDLE, TIME};
 use connectors::{OutRecord, Sink};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, AsArray, Int64Builder, RecordBatch, UInt64Array};
+use datafusion::arrow::array::{Array, AsArray, Int64Array, Int64Builder, RecordBatch};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampMillisecondType};
 use formats::avro::{AvroCodec, Framing};
@@ -210,7 +210,9 @@ impl<K: Sink> Operator for ExchangeSink<K> {
         }
         let first = ch.seq + 1;
         ch.seq += batch.num_rows() as u64;
-        columns.push(Arc::new(UInt64Array::from_iter_values(first..=ch.seq)));
+        columns.push(Arc::new(Int64Array::from_iter_values(
+            (first..=ch.seq).map(|n| n as i64),
+        )));
         let batch = RecordBatch::try_new(self.schema.clone(), columns).map_err(internal)?;
         let values = match &self.avro {
             Some(c) => c.encode_rows(&batch),
@@ -355,13 +357,13 @@ impl Operator for ExchangeSource {
         let seqs = batch
             .column(i)
             .as_any()
-            .downcast_ref::<UInt64Array>()
+            .downcast_ref::<Int64Array>()
             .ok_or_else(|| internal("the number column of a repartition"))?
             .clone();
         let seen = self.seen.entry(channel).or_insert(0);
         let keep: Vec<u32> = (0..seqs.len())
             .filter(|r| {
-                let seq = seqs.value(*r);
+                let seq = seqs.value(*r) as u64;
                 let new = seq > *seen;
                 if new {
                     *seen = seq;
