@@ -73,10 +73,13 @@ fn topics_of(plan: &PipelinePlan) -> (Vec<(String, String)>, Vec<String>) {
     let mut outputs = Vec::new();
     for n in &plan.nodes {
         match &n.kind {
-            NodeKind::Source(s) => {
+            // A repartition's topic is the pipeline's own business.
+            NodeKind::Source(s) if s.exchange.is_none() => {
                 sources.push((s.schema_name.clone(), s.topic.clone()));
                 outputs.push(s.dead_letter_topic.clone());
             }
+            // Made here as every topic of the demo: the in-process broker does not make
+            // topics of the broker's default replication, as the runner asks for.
             NodeKind::Sink(s) => outputs.push(s.topic.clone()),
             _ => {}
         }
@@ -187,7 +190,7 @@ pub async fn demo(dir: &Path, args: &DemoArgs) -> Result<(), DemoError> {
             .nodes
             .iter()
             .filter_map(|n| match &n.kind {
-                NodeKind::Sink(s) => Some(s.topic.clone()),
+                NodeKind::Sink(s) if s.exchange.is_none() => Some(s.topic.clone()),
                 _ => None,
             })
             .collect();

@@ -40,6 +40,20 @@ pub async fn run(
         (None, 1) => eprintln!("running as one task (the input has one partition)"),
         (None, n) => eprintln!("running as {n} tasks, one per input partition"),
     }
+    for n in &plan.nodes {
+        if let planner::NodeKind::Sink(s) = &n.kind
+            && let Some(x) = &s.exchange
+        {
+            let by = match x.by.as_slice() {
+                [] => "to partition 0".to_string(),
+                by => format!("by {}", by.join(", ")),
+            };
+            eprintln!(
+                "repartitioning {} {by} for {} through topic {}",
+                x.carries, x.feeds, s.topic
+            );
+        }
+    }
     let started = Instant::now();
     let status = {
         let stats = stats.clone();
