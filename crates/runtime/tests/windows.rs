@@ -39,8 +39,13 @@ async fn plan(window: &str, sql: &str) -> PipelinePlan {
 }
 
 async fn operator(plan: &PipelinePlan, partitions: &[i32]) -> Box<dyn Operator> {
-    assert!(matches!(plan.nodes[1].kind, NodeKind::Transform(_)));
-    runtime::operators::operator(plan, &plan.nodes[1].name, partitions, 10)
+    // The window (after the repartition of its unkeyed source).
+    let window = plan
+        .nodes
+        .iter()
+        .find(|n| matches!(n.kind, NodeKind::Transform(_)))
+        .expect("a window");
+    runtime::operators::operator(plan, &window.name, partitions, 10)
         .await
         .expect("builds")
 }

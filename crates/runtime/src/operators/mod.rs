@@ -348,6 +348,11 @@ pub async fn operator(
         .inputs
         .iter()
         .map(|i| {
+            if let Some(n) = plan.nodes.iter().find(|n| &n.name == i) {
+                return n
+                    .output_schema()
+                    .ok_or_else(|| internal(format!("no input `{i}`")));
+            }
             let (base, port) = match i.split_once('.') {
                 Some((m, "snapshots")) => (m, 1),
                 Some((m, _)) => (m, 0),
