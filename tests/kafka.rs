@@ -20,7 +20,7 @@ use support::{bootstrap, epoch_ms, root, unique};
 mod oracles;
 use oracles::{
     assert_same_demand, assert_same_windows, assert_scale_out_results, demand_oracle,
-    distinct_demand, read, same_json, window_oracle,
+    distinct_demand, join_oracle, join_pair, read, same_json, window_oracle,
 };
 
 fn pipectl(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -926,6 +926,88 @@ spec:
 /// (duplicates, from replays after a kill, are counted: outputs are at least once), and
 /// each line's final model equals scikit-learn's least squares over all its readings:
 /// each reading was learnt exactly once.
+#[test]
+fn an_interval_join_keyed_otherwise_is_repartitioned_on_both_sides_as_duckdb() {
+    let Some(bootstrap) = bootstrap() else { return };
+    let (a, b) = (unique("join.a"), unique("join.b"));
+    // Two topics keyed by line, 8 partitions each, joined on the machine: both sides go
+    // through repartitions by machine_id. Readings 1 s apart, none late.
+    for (topic, seed) in [(&a, "21"), (&b, "22")] {
+        pipectl(
+            &[
+                "gen",
+                "--bootstrap",
+                &bootstrap,
+                "--kind",
+                "production/sensor_reading",
+                "--count",
+                "20000",
+                "--seed",
+                seed,
+                "--topic",
+                topic,
+                "--partitions",
+                "8",
+                "--interval-ms",
+                "1000",
+            ],
+            &[],
+        );
+    }
+    let expected = join_oracle(&bootstrap, &a, &b);
+    assert!(
+        expected.len() > 10_000,
+        "the oracle finds {} pairs",
+        expected.len()
+    );
+    for workers in ["1", "4"] {
+        let output = unique("join.out");
+        let group = unique("group");
+        let run = pipectl(
+            &[
+                "run",
+                "tests/pipelines/join-repartition.yaml",
+                "--bootstrap",
+                &bootstrap,
+                "--until-idle",
+                "5s",
+                // Small batches: the writers of a repartition partition run far apart in
+                // event time, which a side's buffer must outlast.
+                "--max-batch",
+                "200",
+                "--workers",
+                workers,
+                "--quiet",
+            ],
+            &[
+                ("TEST_A_TOPIC", &a),
+                ("TEST_B_TOPIC", &b),
+                ("TEST_OUTPUT_TOPIC", &output),
+                ("TEST_GROUP", &group),
+            ],
+        );
+        let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+        assert!(
+            stderr.contains("running as 8 tasks, one per input partition"),
+            "{stderr}"
+        );
+        let mut got: Vec<_> = read(&bootstrap, &output)
+            .iter()
+            .map(|m| join_pair(&serde_json::from_slice(&m.payload).expect("output is JSON")))
+            .collect();
+        got.sort();
+        assert_eq!(got.len(), expected.len(), "pairs on {workers} workers");
+        assert!(
+            got == expected,
+            "the pairs differ from DuckDB's on {workers} workers"
+        );
+        println!(
+            "{workers} workers: {} pairs through two 8-partition repartitions, as DuckDB",
+            got.len()
+        );
+    }
+}
+
 #[test]
 fn a_repartitioned_window_with_state_in_kafka_counts_each_order_once_through_sigkills() {
     let Some(bootstrap) = bootstrap() else { return };

@@ -391,3 +391,49 @@ pub fn assert_same_demand(got: &[Value], expected: &[Value]) {
         );
     }
 }
+
+/// Runs the DuckDB oracle of the repartitioned interval join over what the broker holds in
+/// topics `a` and `b` (pairs of one machine at most 10 s apart): the expected pairs as
+/// (machine, a_ts, b_ts, a_temperature bits, b_temperature bits), sorted.
+pub fn join_oracle(bootstrap: &str, a: &str, b: &str) -> Vec<(String, i64, i64, u64, u64)> {
+    let dir = std::env::temp_dir().join(unique("oracle"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let a_dir = dir.join("a");
+    let b_dir = dir.join("b");
+    std::fs::create_dir_all(&a_dir).expect("temp dir");
+    std::fs::create_dir_all(&b_dir).expect("temp dir");
+    let a_path = write_raw(&a_dir, &read(bootstrap, a));
+    let b_path = write_raw(&b_dir, &read(bootstrap, b));
+    let pairs_path = dir.join("pairs.jsonl");
+    let out = Command::new(test_python())
+        .arg(root().join("tests/oracle/join_oracle.py"))
+        .args(["--a", a_path.to_str().expect("utf-8")])
+        .args(["--b", b_path.to_str().expect("utf-8")])
+        .args(["--within-ms", "10000"])
+        .args(["--pairs", pairs_path.to_str().expect("utf-8")])
+        .output()
+        .expect("oracle runs");
+    assert!(
+        out.status.success(),
+        "oracle: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pairs = std::fs::read_to_string(&pairs_path)
+        .expect("pairs")
+        .lines()
+        .map(|l| join_pair(&serde_json::from_str(l).expect("json")))
+        .collect();
+    std::fs::remove_dir_all(&dir).ok();
+    pairs
+}
+
+/// A pair of the join (engine output or oracle row) as comparable values.
+pub fn join_pair(v: &Value) -> (String, i64, i64, u64, u64) {
+    (
+        v["machine_id"].as_str().unwrap_or_default().to_string(),
+        epoch_ms(&v["a_ts"]),
+        epoch_ms(&v["b_ts"]),
+        v["a_temperature"].as_f64().unwrap_or(f64::NAN).to_bits(),
+        v["b_temperature"].as_f64().unwrap_or(f64::NAN).to_bits(),
+    )
+}

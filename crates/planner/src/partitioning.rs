@@ -1,11 +1,12 @@
 //! How a pipeline's work divides into tasks.
 //!
-//! A pipeline runs as one task per input partition when every operator that keeps state per
-//! key (a window's groups, an interval join's matches, a model's keys) sees all the rows of a
-//! key in one partition: its key includes the column that the source declares as the message
-//! key (`key:`), followed through projections and renames. Stateless pipelines always run per
-//! partition. Otherwise the pipeline runs as one task over every partition, and the plan says
-//! which operator needs the single task and why (until repartitioning is built).
+//! A pipeline runs as one task per input partition. An operator that keeps state per key
+//! (a window's groups, an interval join's matches, a model's keys) needs all the rows of a
+//! key in one partition: where its key includes the column that the source declares as
+//! the message key (`key:`), followed through projections and renames, it reads its input
+//! as it is; otherwise a repartition ([`crate::Exchange`]) re-keys its input through an
+//! internal topic first. A pipeline runs as one task over every partition only when
+//! nothing can re-key it (a self-join), with the reason in the plan.
 //!
 //! Tables (`table:` sources) are read whole by every task: a lookup join with one does not
 //! depend on partitions.
@@ -66,21 +67,24 @@ pub(crate) fn divide(nodes: Vec<PlannedNode>) -> (Vec<PlannedNode>, Parallelism)
                     }
                     Err(why) => {
                         let why = reason(&node, t, &why, &parts);
-                        let Some(j) = repartitioned_input(t) else {
+                        let Some(sides) = repartitions(t, &node, &inputs, &out) else {
                             single = Some(why);
                             out.push(node);
                             continue;
                         };
-                        let by = window_keys(t, j, &inputs, &node.inputs[j], &out);
-                        let time_field = match &t.kind {
-                            TransformKind::Window { time_field, .. } => Some(time_field.clone()),
-                            _ => None,
-                        };
-                        let name =
-                            exchange(&mut out, &node.name, &node.inputs[j], by, why, time_field);
-                        node.inputs[j] = name.clone();
-                        let fed = exchange_part(&out, &name);
-                        parts.insert(name, fed);
+                        for (j, feeds, by, time_field) in sides {
+                            let name = exchange(
+                                &mut out,
+                                &feeds,
+                                &node.inputs[j],
+                                by,
+                                why.clone(),
+                                time_field,
+                            );
+                            node.inputs[j] = name.clone();
+                            let fed = exchange_part(&out, &name);
+                            parts.insert(name, fed);
+                        }
                         // Keyed as it needs now; a key of several columns is not followed.
                         let inputs = input_parts(t, &node.inputs, &parts);
                         let part = keys(&t.plan, &inputs, stateful)
@@ -195,17 +199,87 @@ fn reason(
     )
 }
 
-/// The input of transform `t` that a repartition re-keys: a window's stream. Interval
-/// joins are not repartitioned (both sides would need to be, with their buffers' event
-/// time kept per writer).
-fn repartitioned_input(t: &crate::TransformPlan) -> Option<usize> {
-    match t.kind {
-        TransformKind::Window { .. } => t
-            .roles
-            .iter()
-            .position(|r| matches!(r, crate::InputRole::Stream { .. })),
+/// One input of a transform re-keyed: its index, the name its exchange feeds, its key
+/// columns and its event-time column.
+type Rekey = (usize, String, Vec<String>, Option<String>);
+
+/// The repartitions transform `t` (node `node`) needs to run per partition: per input
+/// re-keyed, its index, the name its exchange feeds, its key columns and its event-time
+/// column. A window re-keys its stream by its group columns; an interval join each side by
+/// the columns its `ON` equates (of one type on both sides, so that equal values key
+/// alike), both to partition 0 when it equates none. `None`: not repartitioned.
+fn repartitions(
+    t: &crate::TransformPlan,
+    node: &PlannedNode,
+    inputs: &HashMap<(String, String), Part>,
+    nodes: &[PlannedNode],
+) -> Option<Vec<Rekey>> {
+    let streams: Vec<(usize, Option<String>)> = t
+        .roles
+        .iter()
+        .enumerate()
+        .filter_map(|(j, r)| match r {
+            crate::InputRole::Stream { time_field } => Some((j, time_field.clone())),
+            crate::InputRole::Table { .. } => None,
+        })
+        .collect();
+    match (&t.kind, streams.as_slice()) {
+        (TransformKind::Window { time_field, .. }, [(j, _), ..]) => Some(vec![(
+            *j,
+            node.name.clone(),
+            window_keys(t, *j, inputs, &node.inputs[*j], nodes),
+            Some(time_field.clone()),
+        )]),
+        (TransformKind::IntervalJoin { .. }, [(l, l_time), (r, r_time)])
+            if node.inputs[*l] != node.inputs[*r] =>
+        {
+            let (lk, rk) = join_keys(t, (*l, *r), inputs, node, nodes);
+            Some(vec![
+                (*l, format!("{}.left", node.name), lk, l_time.clone()),
+                (*r, format!("{}.right", node.name), rk, r_time.clone()),
+            ])
+        }
         _ => None,
     }
+}
+
+/// The column pairs that interval join `t` equates between its inputs `l` and `r` and
+/// that key it alone: the left columns and the right ones, in pairs.
+fn join_keys(
+    t: &crate::TransformPlan,
+    (l, r): (usize, usize),
+    inputs: &HashMap<(String, String), Part>,
+    node: &PlannedNode,
+    nodes: &[PlannedNode],
+) -> (Vec<String>, Vec<String>) {
+    let name = |j: usize| {
+        (
+            t.inputs[j].schema.clone().unwrap_or_default(),
+            t.inputs[j].table.clone(),
+        )
+    };
+    let (Some(left), Some(right)) = (
+        output_of(nodes, &node.inputs[l]),
+        output_of(nodes, &node.inputs[r]),
+    ) else {
+        return (Vec::new(), Vec::new());
+    };
+    let mut pairs = (Vec::new(), Vec::new());
+    for a in left.fields() {
+        for b in right.fields() {
+            if a.data_type() != b.data_type() {
+                continue;
+            }
+            let mut probe = inputs.clone();
+            probe.insert(name(l), Part::Stream(BTreeSet::from([a.name().clone()])));
+            probe.insert(name(r), Part::Stream(BTreeSet::from([b.name().clone()])));
+            if keys(&t.plan, &probe, true).is_ok() && !pairs.0.contains(a.name()) {
+                pairs.0.push(a.name().clone());
+                pairs.1.push(b.name().clone());
+            }
+        }
+    }
+    pairs
 }
 
 /// The columns of window `t`'s input `j` (node `from`) that it groups by, in the input's

@@ -71,13 +71,6 @@ fn keyed(key: &str) -> String {
     )
 }
 
-fn single(p: Parallelism) -> String {
-    match p {
-        Parallelism::Single(why) => why,
-        Parallelism::PerPartition => panic!("runs per partition, want one task"),
-    }
-}
-
 const WINDOW_BY_LINE: &str = "  transforms:
     - name: clean
       sql: SELECT line_id AS line, ts, temperature FROM readings WHERE temperature > 0
@@ -258,18 +251,49 @@ fn join(on: &str) -> String {
 }
 
 #[tokio::test]
-async fn an_interval_join_runs_per_partition_when_it_joins_on_both_keys() {
+async fn an_interval_join_keyed_otherwise_is_repartitioned_on_both_sides() {
+    let keyed = join("a.line_id = b.line_id");
+    assert_eq!(parallelism(&keyed).await, Parallelism::PerPartition);
+    assert!(no_repartition(&keyed).await);
+    let spec = join("a.machine_id = b.machine_id");
+    let left = repartition(&spec, "pairs").await;
+    assert_eq!(left.feeds, "pairs.left");
+    assert_eq!(left.by, ["machine_id"]);
+    assert_eq!(left.time_field.as_deref(), Some("ts"));
+    assert!(
+        left.why
+            .contains("join `pairs` joins on a.machine_id = b.machine_id"),
+        "{}",
+        left.why
+    );
+    assert!(
+        left.why.contains("`a`'s partitions are keyed by `line_id`"),
+        "{}",
+        left.why
+    );
+    let plan = plan(&spec).await;
+    let pairs = plan.nodes.iter().find(|n| n.name == "pairs").expect("join");
     assert_eq!(
-        parallelism(&join("a.line_id = b.line_id")).await,
-        Parallelism::PerPartition
+        pairs.inputs,
+        ["pairs.left.repartition", "pairs.right.repartition"]
     );
-    let why = single(parallelism(&join("a.machine_id = b.machine_id")).await);
-    assert!(
-        why.contains("join `pairs` joins on a.machine_id = b.machine_id"),
-        "{why}"
+    let right = plan
+        .nodes
+        .iter()
+        .find_map(|n| match &n.kind {
+            NodeKind::Source(s) if n.name == "pairs.right.repartition" => s.exchange.clone(),
+            _ => None,
+        })
+        .expect("the right side's repartition");
+    assert_eq!(
+        (right.carries.as_str(), right.by.as_slice()),
+        ("b", &["machine_id".to_string()][..])
     );
-    assert!(
-        why.contains("`a`'s partitions are keyed by `line_id`"),
-        "{why}"
-    );
+}
+
+#[tokio::test]
+async fn an_interval_join_without_an_equality_is_repartitioned_to_one_partition() {
+    let spec = join("a.temperature > b.temperature");
+    let left = repartition(&spec, "pairs").await;
+    assert!(left.by.is_empty(), "{:?}", left.by);
 }

@@ -99,9 +99,11 @@ pub trait Operator: Send {
     }
 
     /// A writer upstream of a repartition reports its progress on `partition` (a channel
-    /// of the exchange source this operator reads: see [`crate::operators::exchange`]).
+    /// of the exchange source this operator reads on input `port`: see
+    /// [`crate::operators::exchange`]).
     async fn progress(
         &mut self,
+        _port: usize,
         _partition: i32,
         _mark: connectors::Mark,
         _ctx: &mut Context,

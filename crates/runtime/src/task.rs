@@ -573,10 +573,17 @@ impl<C: Connect> Task<C> {
         // Writers' marks, after the rows they followed.
         let marks = std::mem::take(&mut self.sources[s].marks);
         for (channel, mark) in marks {
-            let readers: Vec<usize> = self.nodes[node].readers.iter().map(|r| r.1).collect();
-            for r in readers {
+            let readers: Vec<(usize, usize)> = self.nodes[node]
+                .readers
+                .iter()
+                .map(|r| (r.1, r.2))
+                .collect();
+            for (r, port) in readers {
                 let mut ctx = Context::default();
-                self.nodes[r].op.progress(channel, mark, &mut ctx).await?;
+                self.nodes[r]
+                    .op
+                    .progress(port, channel, mark, &mut ctx)
+                    .await?;
                 self.route(r, ctx, &mut queue)?;
                 self.drain(&mut queue).await?;
             }

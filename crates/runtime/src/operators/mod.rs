@@ -60,6 +60,8 @@ pub(crate) struct Surroundings<K> {
     pub registry: Option<Arc<connectors::registry::Registry>>,
     /// An exchange sink's: the partitions of its topic, and the channels it writes.
     pub exchange: (usize, Vec<i32>),
+    /// Its inputs are read back from repartitions (`partitions` are their channels).
+    pub exchanged: bool,
 }
 
 /// The operator of plan node `node`.
@@ -106,6 +108,7 @@ async fn build<K: connectors::Sink>(
                         &t.inputs,
                         &t.roles,
                         within.as_millis() as i64 + around.allowed_ms,
+                        around.exchanged.then_some(around.partitions.as_slice()),
                     )?)
                 }
             }
@@ -234,6 +237,9 @@ pub(crate) async fn graph<C: Connect>(
             sink: None,
             registry: config.registry.clone(),
             exchange: (0, Vec::new()),
+            exchanged: inputs.iter().any(|(x, _)| {
+                matches!(&plan.nodes[*x].kind, NodeKind::Source(s) if s.exchange.is_some())
+            }),
         };
         if let Some(s) = upstream {
             around.partitions = sources[s].channels();
@@ -375,6 +381,7 @@ pub async fn operator(
         sink: None,
         registry: None,
         exchange: (0, Vec::new()),
+        exchanged: false,
     };
     build(node, around).await
 }
@@ -445,6 +452,9 @@ pub(crate) enum SavedTransform {
     },
     IntervalJoin {
         stream_time: [Option<i64>; 2],
+        /// Per side, each channel's stream time (inputs read back from repartitions).
+        #[serde(default)]
+        channels: [Vec<(i32, Option<i64>)>; 2],
         #[serde(with = "serde_bytes")]
         left: Vec<u8>,
         #[serde(with = "serde_bytes")]

@@ -1004,6 +1004,7 @@ impl Operator for Window {
 
     async fn progress(
         &mut self,
+        _port: usize,
         partition: i32,
         mark: connectors::Mark,
         ctx: &mut Context,
