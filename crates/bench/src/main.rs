@@ -110,6 +110,32 @@ spec:
     - { name: predictions, from: per_key.predictions, kafka: { topic: many_keys.predictions }, format: json }
 "#;
 
+/// The incremental-state benchmark's window: an hour per key (every reading falls in the
+/// first hour, so no window closes during the runs), state in changelogs.
+const MANY_WINDOWS: &str = r#"
+apiVersion: pipelines/v1
+kind: Pipeline
+metadata: { name: bench-windows }
+spec:
+  sources:
+    - name: readings
+      kafka: { topic: many_keys, start_from: earliest, group: many_windows }
+      format: json
+      schema: production/sensor_reading
+      key: line_id
+      event_time: { field: ts }
+      on_error: skip
+  transforms:
+    - name: per_hour
+      window: { tumbling: 1h }
+      sql: |
+        SELECT line_id, window_start, window_end, count(*) AS readings,
+               avg(temperature) AS avg_temperature, max(vibration) AS max_vibration
+        FROM readings GROUP BY line_id, window_start, window_end
+  sinks:
+    - { name: windows, from: per_hour, kafka: { topic: many_keys.windows }, format: json }
+"#;
+
 /// Keys of the incremental-state benchmark.
 const KEYS: usize = 100_000;
 
@@ -117,9 +143,10 @@ const KEYS: usize = 100_000;
 /// `events` messages of its topic, with state kept in the in-memory broker's changelogs.
 async fn state_bytes_of_a_run(
     broker: &connectors::memory::Memory,
+    yaml: &str,
     events: usize,
 ) -> Result<u64, BenchError> {
-    let plan = plan_of(MANY_KEYS, &[]).await?;
+    let plan = plan_of(yaml, &[]).await?;
     let stats = Arc::new(runtime::Stats::default());
     let mut config = runtime::RunConfig::new("memory");
     config.kafka_state = true;
@@ -132,11 +159,13 @@ async fn state_bytes_of_a_run(
 }
 
 /// Changelog bytes of a commit after every one of 100,000 keys learnt, and of the next
-/// commit after 1% of them learnt again: models write only the keys that changed.
+/// commit after 1% of them learnt again: models and windows write only the keys that
+/// changed.
 async fn incremental_state() -> Result<(), BenchError> {
     let broker = connectors::memory::Memory::new();
     broker.create_topic("many_keys", 1);
     broker.create_topic("many_keys.predictions", 1);
+    broker.create_topic("many_keys.windows", 1);
     let reading = |key: usize, i: usize| {
         serde_json::json!({
             "line_id": format!("K{key:06}"), "machine_id": "M1", "ts": 1_767_225_600_000i64 + i as i64,
@@ -149,7 +178,8 @@ async fn incremental_state() -> Result<(), BenchError> {
     for k in 0..KEYS {
         broker.produce("many_keys", 0, None, Some(reading(k, k).as_bytes()), 0)?;
     }
-    let full = state_bytes_of_a_run(&broker, KEYS).await?;
+    let full = state_bytes_of_a_run(&broker, MANY_KEYS, KEYS).await?;
+    let full_windows = state_bytes_of_a_run(&broker, MANY_WINDOWS, KEYS).await?;
     let changed = KEYS / 100;
     for j in 0..changed {
         // Spread over the key space.
@@ -162,7 +192,8 @@ async fn incremental_state() -> Result<(), BenchError> {
             0,
         )?;
     }
-    let incremental = state_bytes_of_a_run(&broker, changed).await?;
+    let incremental = state_bytes_of_a_run(&broker, MANY_KEYS, changed).await?;
+    let incremental_windows = state_bytes_of_a_run(&broker, MANY_WINDOWS, changed).await?;
     println!(
         "{:<44} {full:>12} bytes   (all {KEYS} keys of a per-key regression)",
         "state written by a commit, every key new"
@@ -171,6 +202,15 @@ async fn incremental_state() -> Result<(), BenchError> {
         "{:<44} {incremental:>12} bytes   ({changed} keys changed: {:.2}% of the full state)",
         "state written by the next commit",
         100.0 * incremental as f64 / full.max(1) as f64
+    );
+    println!(
+        "{:<44} {full_windows:>12} bytes   (the open hour of all {KEYS} keys of a window)",
+        "window state written by a commit, every key new"
+    );
+    println!(
+        "{:<44} {incremental_windows:>12} bytes   ({changed} keys changed: {:.2}% of the full state)",
+        "window state written by the next commit",
+        100.0 * incremental_windows as f64 / full_windows.max(1) as f64
     );
     Ok(())
 }

@@ -49,9 +49,9 @@ kind: Pipeline
 metadata: { name: shop }
 spec:
   sources:
-    - { name: orders, kafka: { topic: o }, format: json, schema: shop/order, event_time: { field: ts, max_out_of_order: 1m } }
+    - { name: orders, kafka: { topic: o }, format: json, schema: shop/order, key: order_id, event_time: { field: ts, max_out_of_order: 1m } }
     - { name: products, kafka: { topic: p }, format: json, schema: shop/product, table: { key: sku } }
-    - { name: shipments, kafka: { topic: s }, format: json, schema: shop/shipment, event_time: { field: ts, max_out_of_order: 1m } }
+    - { name: shipments, kafka: { topic: s }, format: json, schema: shop/shipment, key: order_id, event_time: { field: ts, max_out_of_order: 1m } }
   transforms:
     - name: enriched
       sql: SELECT o.order_id, p.name, o.qty * p.price AS value FROM orders o JOIN products p ON o.sku = p.sku

@@ -162,6 +162,13 @@ pub struct WindowOp {
     stream_time: BTreeMap<i32, Option<i64>>,
     idle: BTreeSet<i32>,
     ctx: Arc<TaskContext>,
+    /// Set once its state goes to a changelog: the keys whose windows changed since the
+    /// last [`WindowOp::changes`] are kept in `dirty`.
+    tracking: bool,
+    dirty: BTreeSet<OwnedRow>,
+    /// Keys with an entry in the changelog (a key whose windows have all closed gets a
+    /// tombstone).
+    logged: BTreeSet<OwnedRow>,
 }
 
 impl std::fmt::Debug for WindowOp {
@@ -223,6 +230,25 @@ fn merge_into(into: &mut Accs, from: Accs) -> Result<(), RuntimeError> {
         a.merge_batch(&state).map_err(internal)?;
     }
     Ok(())
+}
+
+/// The changelog key of a window key's entry.
+fn entry_key(key: &OwnedRow) -> Vec<u8> {
+    let mut k = b"k".to_vec();
+    k.extend_from_slice(key.row().as_ref());
+    k
+}
+
+/// Encodes the rows of a snapshot batch (of `schema`) as bytes and back.
+fn row_converter(schema: &SchemaRef) -> Result<RowConverter, RuntimeError> {
+    RowConverter::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| SortField::new(f.data_type().clone()))
+            .collect(),
+    )
+    .map_err(internal)
 }
 
 impl WindowOp {
@@ -319,6 +345,9 @@ impl WindowOp {
             stream_time: partitions.iter().map(|p| (*p, None)).collect(),
             idle: BTreeSet::new(),
             ctx,
+            tracking: false,
+            dirty: BTreeSet::new(),
+            logged: BTreeSet::new(),
         })
     }
 
@@ -460,6 +489,14 @@ impl WindowOp {
     /// into fresh accumulators, so a snapshot taken between two micro-batches and restored
     /// into a new operator continues exactly.
     pub fn snapshot(&mut self) -> Result<WindowSnapshot, RuntimeError> {
+        self.snapshot_where(|_| true)
+    }
+
+    /// [`Self::snapshot`] of the windows of the keys `wanted` accepts.
+    fn snapshot_where(
+        &mut self,
+        wanted: impl Fn(&OwnedRow) -> bool,
+    ) -> Result<WindowSnapshot, RuntimeError> {
         let mut rows: Vec<(i64, i64, OwnedRow)> = Vec::new();
         let mut states: Vec<Vec<Vec<ScalarValue>>> = vec![Vec::new(); self.aggs.len()];
         let aggs = self.aggs.clone();
@@ -483,6 +520,9 @@ impl WindowOp {
             State::Fixed(m) => {
                 for (end, groups) in m.iter_mut() {
                     for ((start, key), accs) in groups.iter_mut() {
+                        if !wanted(key) {
+                            continue;
+                        }
                         take_state(accs)?;
                         rows.push((*start, *end, key.clone()));
                     }
@@ -490,6 +530,9 @@ impl WindowOp {
             }
             State::Sessions(m) => {
                 for (key, sessions) in m.iter_mut() {
+                    if !wanted(key) {
+                        continue;
+                    }
                     for session in sessions.iter_mut() {
                         take_state(&mut session.accs)?;
                         rows.push((session.start, session.end, key.clone()));
@@ -603,6 +646,117 @@ impl WindowOp {
                 State::Sessions(m) => m.entry(key).or_default().push(Session { start, end, accs }),
             }
         }
+        Ok(())
+    }
+
+    /// The changelog entries of what changed since the last call (the first call: of
+    /// everything): `t` with the stream times, and per key whose windows changed, `k` +
+    /// the key's row bytes with the rows of its open windows (each as a row of
+    /// [`Self::snapshot`]'s batch, length-prefixed), or a tombstone once they have all
+    /// closed.
+    pub fn changes(&mut self) -> Result<Vec<crate::operator::StateEntry>, RuntimeError> {
+        let first = !self.tracking;
+        self.tracking = true;
+        let dirty = std::mem::take(&mut self.dirty);
+        let snapshot = if first {
+            self.snapshot()?
+        } else {
+            self.snapshot_where(|k| dirty.contains(k))?
+        };
+        let mut out = vec![(b"t".to_vec(), Some(encode(&snapshot.stream_time)?))];
+        if first {
+            // The whole state under the empty key, as changelogs held it before they were
+            // per key, is replaced by the entries per key.
+            out.push((Vec::new(), None));
+        }
+        let batch = &snapshot.state;
+        let key_count = batch
+            .schema()
+            .fields()
+            .iter()
+            .filter(|f| f.name().starts_with("__key"))
+            .count();
+        let keys = self
+            .converter
+            .convert_columns(&batch.columns()[2..2 + key_count])
+            .map_err(internal)?;
+        let rows = row_converter(&batch.schema())?
+            .convert_columns(batch.columns())
+            .map_err(internal)?;
+        let mut values: BTreeMap<OwnedRow, Vec<u8>> = BTreeMap::new();
+        for i in 0..batch.num_rows() {
+            let row = rows.row(i);
+            let value = values.entry(keys.row(i).owned()).or_default();
+            value.extend_from_slice(&(row.as_ref().len() as u32).to_le_bytes());
+            value.extend_from_slice(row.as_ref());
+        }
+        let mut gone: Vec<OwnedRow> = Vec::new();
+        for key in &dirty {
+            if !values.contains_key(key) && self.logged.contains(key) {
+                gone.push(key.clone());
+            }
+        }
+        for key in gone {
+            self.logged.remove(&key);
+            out.push((entry_key(&key), None));
+        }
+        for (key, value) in values {
+            out.push((entry_key(&key), Some(value)));
+            self.logged.insert(key);
+        }
+        Ok(out)
+    }
+
+    /// Replaces the state with the latest entries [`Self::changes`] wrote.
+    pub fn restore_entries(
+        &mut self,
+        entries: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<(), RuntimeError> {
+        let empty = self.snapshot_where(|_| false)?;
+        let schema = empty.state.schema();
+        let converter = row_converter(&schema)?;
+        let parser = converter.parser();
+        let mut stream_time = Vec::new();
+        let mut rows: Vec<Vec<u8>> = Vec::new();
+        for (k, v) in &entries {
+            match k.first() {
+                Some(b't') => stream_time = decode(v)?,
+                Some(b'k') => {
+                    let mut at = 0;
+                    while at + 4 <= v.len() {
+                        let len =
+                            u32::from_le_bytes([v[at], v[at + 1], v[at + 2], v[at + 3]]) as usize;
+                        at += 4;
+                        let row = v
+                            .get(at..at + len)
+                            .ok_or_else(|| internal("a window changelog entry ends early"))?;
+                        rows.push(row.to_vec());
+                        at += len;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let columns = converter
+            .convert_rows(rows.iter().map(|r| parser.parse(r)))
+            .map_err(internal)?;
+        let state = match columns.is_empty() {
+            true => empty.state.clone(),
+            false => RecordBatch::try_new(schema, columns).map_err(internal)?,
+        };
+        self.restore(&WindowSnapshot { stream_time, state })?;
+        // What the changelog holds now.
+        self.tracking = true;
+        self.dirty.clear();
+        self.logged.clear();
+        let keys: Vec<OwnedRow> = match &self.state {
+            State::Fixed(m) => m
+                .values()
+                .flat_map(|g| g.keys().map(|(_, k)| k.clone()))
+                .collect(),
+            State::Sessions(m) => m.keys().cloned().collect(),
+        };
+        self.logged.extend(keys);
         Ok(())
     }
 
@@ -727,6 +881,9 @@ impl WindowOp {
                 .push(row as u32);
         }
         for ((s, e, key), members) in by_group {
+            if self.tracking {
+                self.dirty.insert(key.owned());
+            }
             match self.shape {
                 Shape::Session { gap } => {
                     // Local sessions of this batch: rows sorted by time, split at gaps.
@@ -840,6 +997,13 @@ impl WindowOp {
         }
         if closed.is_empty() {
             return Ok(Vec::new());
+        }
+        if self.tracking {
+            for (_, _, key, _) in &closed {
+                if !self.dirty.contains(key) {
+                    self.dirty.insert(key.clone());
+                }
+            }
         }
         let mut values: Vec<Vec<ScalarValue>> =
             vec![Vec::with_capacity(closed.len()); self.aggs.len()];
@@ -1040,6 +1204,18 @@ impl Operator for Window {
             rows,
         })
         .map(Some)
+    }
+
+    fn changes(&mut self) -> Result<Vec<crate::operator::StateEntry>, RuntimeError> {
+        self.op.changes()
+    }
+
+    fn restore(&mut self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), RuntimeError> {
+        // The whole state under the empty key: written before changelogs were per key.
+        if let Some((_, whole)) = entries.iter().find(|(k, _)| k.is_empty()) {
+            return self.load(whole);
+        }
+        self.op.restore_entries(entries)
     }
 
     fn load(&mut self, state: &[u8]) -> Result<(), RuntimeError> {
