@@ -1118,8 +1118,12 @@ fn a_repartitioned_window_with_state_in_kafka_counts_each_order_once_through_sig
     let got = distinct_demand(&written);
     let expected = demand_oracle(&bootstrap, &input);
     assert_same_demand(&got, &expected);
+    let said = stderr
+        .lines()
+        .find(|l| l.starts_with("repartitions: "))
+        .unwrap_or_else(|| panic!("the run says what went through its repartitions:\n{stderr}"));
     println!(
-        "2 kills: {rows} rows through the repartition for 100000 orders, {} window rows written for {} distinct, as DuckDB",
+        "2 kills: {rows} rows through the repartition for 100000 orders, {} window rows written for {} distinct, as DuckDB; the last run: {said}",
         written.len(),
         got.len()
     );

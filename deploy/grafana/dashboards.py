@@ -142,6 +142,10 @@ PIPELINES = dashboard(
             (f"sum by (pipeline) (rate(pipeline_state_bytes_total{{{SEL}}}[{RATE}]))", "{{pipeline}} written"),
             (f"sum by (pipeline) (rate(pipeline_restored_bytes_total{{{SEL}}}[{RATE}]))", "{{pipeline}} restored"),
         ], "Bps", description="Bytes of state committed to changelog topics, and read back from them."),
+        panel("Repartitions / s", [
+            (f'sum by (pipeline, topic) (rate(pipeline_events_out_total{{{SEL}, operator=~".*[.]repartition[.]write"}}[{RATE}]))', "{{pipeline}} → {{topic}}"),
+            (f"sum by (pipeline, repartition) (rate(pipeline_repartition_replayed_rows_total{{{SEL}}}[{RATE}]))", "{{pipeline}} {{repartition}} sent again"),
+        ], "ops", description="Rows written to repartition topics between tasks, and rows a reader dropped because a writer sent them again after a restart."),
     ],
 )
 

@@ -161,6 +161,13 @@ pub const DEAD_LETTERED: Def = def(
     "Records written to the dead-letter topic, per source.",
     PIPELINE_OP_TOPIC,
 );
+/// Rows a repartition's reader dropped as sent again.
+pub const REPLAYED: Def = def(
+    "pipeline_repartition_replayed_rows_total",
+    COUNTER,
+    "Rows a repartition's reader dropped because a writer sent them again after a restart (each row is counted once), per repartition.",
+    &["pipeline", "repartition"],
+);
 /// Late events per windowed transform.
 pub const LATE: Def = def(
     "pipeline_late_events_total",
@@ -330,6 +337,7 @@ pub const CATALOG: &[&Def] = &[
     &ERRORS,
     &DEAD_LETTERED,
     &LATE,
+    &REPLAYED,
     &PROCESSING,
     &END_TO_END,
     &WATERMARK_LAG,
@@ -511,6 +519,9 @@ pub fn render(supervisor: &Supervisor) -> Result<String, prometheus::Error> {
         }
         for (op, n) in &d.late {
             f.value(&LATE, &[p, op.as_str()], *n as f64);
+        }
+        for (op, n) in &d.replayed {
+            f.value(&REPLAYED, &[p, op.as_str()], *n as f64);
         }
         f.histogram(&PROCESSING, &[p], &d.processing);
         f.histogram(&END_TO_END, &[p], &d.end_to_end);

@@ -123,6 +123,28 @@ pub async fn run(
         stats.dead_lettered.load(Ordering::Relaxed),
         stats.late.load(Ordering::Relaxed),
     );
+    let exchanged = plan.nodes.iter().any(|n| match &n.kind {
+        planner::NodeKind::Sink(s) => s.exchange.is_some(),
+        _ => false,
+    });
+    if exchanged {
+        let (mut through, mut replayed) = (0u64, 0u64);
+        if let Ok(views) = stats.tasks.lock() {
+            for v in views.values() {
+                through += v
+                    .detail
+                    .sinks
+                    .iter()
+                    .filter(|(name, _)| name.ends_with(".repartition.write"))
+                    .map(|(_, m)| m.records)
+                    .sum::<u64>();
+                replayed += v.detail.replayed.values().sum::<u64>();
+            }
+        }
+        eprintln!(
+            "repartitions: {through} rows written between tasks, {replayed} sent again after a restart and dropped"
+        );
+    }
     let ran: Vec<String> = stats
         .tasks
         .lock()

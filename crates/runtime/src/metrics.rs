@@ -165,6 +165,9 @@ pub struct Detail {
     pub sinks: BTreeMap<String, SinkMetrics>,
     /// Late rows by transform name.
     pub late: BTreeMap<String, u64>,
+    /// Rows a repartition's reader dropped as sent again (a writer replayed after a
+    /// restart), by the reader's name.
+    pub replayed: BTreeMap<String, u64>,
     /// Seconds from reading a micro-batch to Kafka acknowledging its outputs, per record.
     pub processing: Histogram,
     /// Seconds from a record's event time to Kafka acknowledging the outputs of its
@@ -222,6 +225,9 @@ impl Detail {
             }
             for (name, n) in &d.late {
                 *out.late.entry(name.clone()).or_default() += n;
+            }
+            for (name, n) in &d.replayed {
+                *out.replayed.entry(name.clone()).or_default() += n;
             }
             out.processing.add(&d.processing);
             out.end_to_end.add(&d.end_to_end);

@@ -398,6 +398,10 @@ impl Operator for ExchangeSource {
         self.seen = crate::checkpoint::decode(state)?;
         Ok(())
     }
+
+    fn report(&self, name: &str, detail: &mut Detail) {
+        detail.replayed.insert(name.to_string(), self.replayed);
+    }
 }
 
 /// The channels of the readers of a topic of `partitions` partitions whose `read`
