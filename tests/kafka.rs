@@ -59,6 +59,56 @@ fn late_from_summary(stderr: &str) -> u64 {
         .expect("late count")
 }
 
+/// Runs `pipectl` with `args` and `env` and SIGKILLs it, twice, each time once `group` has
+/// committed 20,000 more offsets of `input` (of `total` events) and so has committed state
+/// at least once; the input is not read to its end.
+fn killed_twice(
+    bootstrap: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    group: &str,
+    input: &str,
+    total: i64,
+) {
+    // While a killed run's transactions are settled, the committed offsets cannot be read
+    // (they are not stable yet): asked again until they can.
+    let committed = || -> i64 {
+        for _ in 0..20 {
+            match connectors::committed_total(bootstrap, group, input) {
+                Ok(n) => return n,
+                Err(e) => println!("committed offsets not known yet: {e}"),
+            }
+        }
+        panic!("the committed offsets stayed unknown");
+    };
+    let mut last = 0;
+    for _ in 0..2 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pipectl"))
+            .args(args)
+            .envs(env.iter().copied())
+            .current_dir(root())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("pipectl starts");
+        let started = std::time::Instant::now();
+        while committed() < last + 20_000 && started.elapsed() < Duration::from_secs(120) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        child.kill().expect("SIGKILL");
+        let out = child.wait_with_output().expect("reaped");
+        let now = committed();
+        assert!(
+            now > last,
+            "the run committed nothing before it was killed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        println!("killed after {now} committed input offsets");
+        last = now;
+    }
+    assert!(last < total, "the runs were killed before the end ({last})");
+}
+
 #[test]
 fn tumbling_windows_equal_duckdb_and_dead_letters_hold_exactly_the_malformed_records() {
     let Some(bootstrap) = bootstrap() else { return };
@@ -1059,47 +1109,9 @@ fn a_repartitioned_window_with_state_in_kafka_counts_each_order_once_through_sig
         }
         a
     };
-    let committed = |bootstrap: &str| -> i64 {
-        for _ in 0..20 {
-            match connectors::committed_total(bootstrap, &group, &input) {
-                Ok(n) => return n,
-                Err(e) => println!("committed offsets not known yet: {e}"),
-            }
-        }
-        panic!("the committed offsets stayed unknown");
-    };
-    // Killed twice, each time once the input offsets have moved on: what the writers had
-    // sent to the repartition topic since their last commit is sent again on restart.
-    let mut last = 0;
-    for _ in 0..2 {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pipectl"))
-            .args(args(false))
-            .envs(env.iter().copied())
-            .current_dir(root())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("pipectl starts");
-        let started = std::time::Instant::now();
-        while committed(&bootstrap) < last + 20_000 && started.elapsed() < Duration::from_secs(120)
-        {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        child.kill().expect("SIGKILL");
-        let out = child.wait_with_output().expect("reaped");
-        let now = committed(&bootstrap);
-        assert!(
-            now > last,
-            "the run committed nothing before it was killed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        println!("killed after {now} committed input offsets");
-        last = now;
-    }
-    assert!(
-        last < 100_000,
-        "the runs were killed before the end ({last})"
-    );
+    // Killed twice, each time once it has committed state at least once and read part of
+    // the input; what was written since the last commit is done again on restart.
+    killed_twice(&bootstrap, &args(false), &env, &group, &input, 100_000);
     let run = pipectl(&args(true), &env);
     let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
     assert!(run.status.success(), "{stderr}");
@@ -1180,51 +1192,9 @@ fn state_in_kafka_survives_sigkill_and_every_event_is_learnt_once() {
         }
         a
     };
-    // Killed twice: each time once it has committed state at least once and read part of
-    // the input (the group's committed offsets have moved).
-    // While a killed run's transactions are settled, the committed offsets cannot be read
-    // (they are not stable yet): asked again until they can.
-    let committed = |bootstrap: &str| -> i64 {
-        for _ in 0..20 {
-            match connectors::committed_total(bootstrap, &group, &input) {
-                Ok(n) => return n,
-                Err(e) => println!("committed offsets not known yet: {e}"),
-            }
-        }
-        panic!("the committed offsets stayed unknown");
-    };
-    let mut kills = 0;
-    let mut last = 0;
-    for _ in 0..2 {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pipectl"))
-            .args(args(false))
-            .envs(env.iter().copied())
-            .current_dir(root())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("pipectl starts");
-        let started = std::time::Instant::now();
-        while committed(&bootstrap) < last + 20_000 && started.elapsed() < Duration::from_secs(120)
-        {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        child.kill().expect("SIGKILL");
-        let out = child.wait_with_output().expect("reaped");
-        let now = committed(&bootstrap);
-        assert!(
-            now > last,
-            "the run committed nothing before it was killed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        println!("killed after {now} committed input offsets");
-        last = now;
-        kills += 1;
-    }
-    assert!(
-        last < 200_000,
-        "the runs were killed before the end ({last})"
-    );
+    // Killed twice, each time once it has committed state at least once and read part of
+    // the input; what was written since the last commit is done again on restart.
+    killed_twice(&bootstrap, &args(false), &env, &group, &input, 200_000);
     let run = pipectl(&args(true), &env);
     let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
     assert!(
@@ -1232,13 +1202,7 @@ fn state_in_kafka_survives_sigkill_and_every_event_is_learnt_once() {
         "{stderr}"
     );
 
-    assert_scale_out_results(
-        &bootstrap,
-        &input,
-        &output,
-        &snapshots,
-        &format!("{kills} kills"),
-    );
+    assert_scale_out_results(&bootstrap, &input, &output, &snapshots, "2 kills");
 }
 
 /// Several instances share a pipeline through its consumer group. 200,000 readings fed at

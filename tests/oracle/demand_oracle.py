@@ -9,7 +9,7 @@ Lateness follows the engine's documented rule, applied where the rows were read,
 repartition: a row is late for its window when the window's end is at or before the largest
 event time seen earlier in the same input partition (in offset order) minus max_out_of_order.
 
-Output: --windows gets one JSON object per window row; the first also has late_total.
+Output: --out gets one JSON object per window row; the first also has late_total.
 """
 
 import argparse
@@ -26,7 +26,7 @@ def main():
     ap.add_argument("--input", required=True)
     ap.add_argument("--size-ms", type=int, required=True)
     ap.add_argument("--allowed-ms", type=int, required=True)
-    ap.add_argument("--windows", required=True)
+    ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as tmp:
@@ -70,7 +70,7 @@ def main():
         {"size": args.size_ms, "allowed": args.allowed_ms},
     )
     names = [d[0] for d in result.description]
-    with open(args.windows, "w") as out:
+    with open(args.out, "w") as out:
         for row in result.fetchall():
             out.write(json.dumps(dict(zip(names, row))) + "\n")
 

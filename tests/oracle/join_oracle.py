@@ -3,7 +3,7 @@ topics A and B with the same machine and event times at most --within-ms apart, 
 with DuckDB from the raw Kafka messages of both topics (JSON lines of
 {"partition", "offset", "payload_b64"}; every message is a valid reading, none late).
 
-Output: --pairs gets one JSON object per pair, sorted.
+Output: --out gets one JSON object per pair, sorted.
 """
 
 import argparse
@@ -36,7 +36,7 @@ def main():
     ap.add_argument("--a", required=True)
     ap.add_argument("--b", required=True)
     ap.add_argument("--within-ms", type=int, required=True)
-    ap.add_argument("--pairs", required=True)
+    ap.add_argument("--out", required=True)
     args = ap.parse_args()
     con = duckdb.connect()
     load(con, "a", args.a)
@@ -52,7 +52,7 @@ def main():
         {"within": args.within_ms},
     )
     names = [d[0] for d in result.description]
-    with open(args.pairs, "w") as out:
+    with open(args.out, "w") as out:
         for row in result.fetchall():
             out.write(json.dumps(dict(zip(names, row))) + "\n")
 

@@ -299,34 +299,48 @@ pub fn assert_scale_out_results(
     messages
 }
 
-/// Runs the DuckDB oracle of demand per SKU and region (per-minute windows, 3 s of allowed
-/// disorder, lateness decided in the input partitions) over what the broker holds in
-/// `input`: the expected window rows, the first with `late_total`.
-pub fn demand_oracle(bootstrap: &str, input: &str) -> Vec<Value> {
-    let messages = read(bootstrap, input);
+/// Runs oracle `script` (under tests/oracle) on the messages of each input (its flag and
+/// messages, written as raw JSON lines) with `args`; returns the JSON lines it writes to
+/// the file of flag `--out`.
+fn run_oracle(script: &str, inputs: &[(&str, Vec<StoredMessage>)], args: &[&str]) -> Vec<Value> {
     let dir = std::env::temp_dir().join(unique("oracle"));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let raw_path = write_raw(&dir, &messages);
-    let windows_path = dir.join("windows.jsonl");
-    let out = Command::new(test_python())
-        .arg(root().join("tests/oracle/demand_oracle.py"))
-        .args(["--input", raw_path.to_str().expect("utf-8")])
-        .args(["--size-ms", "60000", "--allowed-ms", "3000"])
-        .args(["--windows", windows_path.to_str().expect("utf-8")])
+    let mut command = Command::new(test_python());
+    command.arg(root().join("tests/oracle").join(script));
+    for (i, (flag, messages)) in inputs.iter().enumerate() {
+        let input_dir = dir.join(i.to_string());
+        std::fs::create_dir_all(&input_dir).expect("temp dir");
+        let path = write_raw(&input_dir, messages);
+        command.args([*flag, path.to_str().expect("utf-8")]);
+    }
+    let out_path = dir.join("out.jsonl");
+    let out = command
+        .args(args)
+        .args(["--out", out_path.to_str().expect("utf-8")])
         .output()
         .expect("oracle runs");
     assert!(
         out.status.success(),
-        "oracle: {}",
+        "oracle {script}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let expected = std::fs::read_to_string(&windows_path)
-        .expect("windows")
+    let rows = std::fs::read_to_string(&out_path)
+        .expect("oracle output")
         .lines()
         .map(|l| serde_json::from_str(l).expect("json"))
         .collect();
     std::fs::remove_dir_all(&dir).ok();
-    expected
+    rows
+}
+
+/// Runs the DuckDB oracle of demand per SKU and region (per-minute windows, 3 s of allowed
+/// disorder, lateness decided in the input partitions) over what the broker holds in
+/// `input`: the expected window rows, the first with `late_total`.
+pub fn demand_oracle(bootstrap: &str, input: &str) -> Vec<Value> {
+    run_oracle(
+        "demand_oracle.py",
+        &[("--input", read(bootstrap, input))],
+        &["--size-ms", "60000", "--allowed-ms", "3000"],
+    )
 }
 
 /// The distinct demand rows of `written` (at least once: a row written again after a restore
@@ -396,35 +410,14 @@ pub fn assert_same_demand(got: &[Value], expected: &[Value]) {
 /// topics `a` and `b` (pairs of one machine at most 10 s apart): the expected pairs as
 /// (machine, a_ts, b_ts, a_temperature bits, b_temperature bits), sorted.
 pub fn join_oracle(bootstrap: &str, a: &str, b: &str) -> Vec<(String, i64, i64, u64, u64)> {
-    let dir = std::env::temp_dir().join(unique("oracle"));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let a_dir = dir.join("a");
-    let b_dir = dir.join("b");
-    std::fs::create_dir_all(&a_dir).expect("temp dir");
-    std::fs::create_dir_all(&b_dir).expect("temp dir");
-    let a_path = write_raw(&a_dir, &read(bootstrap, a));
-    let b_path = write_raw(&b_dir, &read(bootstrap, b));
-    let pairs_path = dir.join("pairs.jsonl");
-    let out = Command::new(test_python())
-        .arg(root().join("tests/oracle/join_oracle.py"))
-        .args(["--a", a_path.to_str().expect("utf-8")])
-        .args(["--b", b_path.to_str().expect("utf-8")])
-        .args(["--within-ms", "10000"])
-        .args(["--pairs", pairs_path.to_str().expect("utf-8")])
-        .output()
-        .expect("oracle runs");
-    assert!(
-        out.status.success(),
-        "oracle: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let pairs = std::fs::read_to_string(&pairs_path)
-        .expect("pairs")
-        .lines()
-        .map(|l| join_pair(&serde_json::from_str(l).expect("json")))
-        .collect();
-    std::fs::remove_dir_all(&dir).ok();
-    pairs
+    run_oracle(
+        "join_oracle.py",
+        &[("--a", read(bootstrap, a)), ("--b", read(bootstrap, b))],
+        &["--within-ms", "10000"],
+    )
+    .iter()
+    .map(join_pair)
+    .collect()
 }
 
 /// A pair of the join (engine output or oracle row) as comparable values.

@@ -232,6 +232,16 @@ fn merge_into(into: &mut Accs, from: Accs) -> Result<(), RuntimeError> {
     Ok(())
 }
 
+/// How many key columns a snapshot batch has (after its start and end).
+fn key_columns(batch: &RecordBatch) -> usize {
+    batch
+        .schema()
+        .fields()
+        .iter()
+        .filter(|f| f.name().starts_with("__key"))
+        .count()
+}
+
 /// The changelog key of a window key's entry.
 fn entry_key(key: &OwnedRow) -> Vec<u8> {
     let mut k = b"k".to_vec();
@@ -605,12 +615,7 @@ impl WindowOp {
             self.stream_time.insert(*p, *t);
         }
         let batch = &snapshot.state;
-        let key_count = batch
-            .schema()
-            .fields()
-            .iter()
-            .filter(|f| f.name().starts_with("__key"))
-            .count();
+        let key_count = key_columns(batch);
         let starts = ms_values(batch.column(0))?;
         let ends = ms_values(batch.column(1))?;
         let keys = self
@@ -670,15 +675,9 @@ impl WindowOp {
             out.push((Vec::new(), None));
         }
         let batch = &snapshot.state;
-        let key_count = batch
-            .schema()
-            .fields()
-            .iter()
-            .filter(|f| f.name().starts_with("__key"))
-            .count();
         let keys = self
             .converter
-            .convert_columns(&batch.columns()[2..2 + key_count])
+            .convert_columns(&batch.columns()[2..2 + key_columns(batch)])
             .map_err(internal)?;
         let rows = row_converter(&batch.schema())?
             .convert_columns(batch.columns())
