@@ -980,8 +980,9 @@ spec:
 fn an_interval_join_keyed_otherwise_is_repartitioned_on_both_sides_as_duckdb() {
     let Some(bootstrap) = bootstrap() else { return };
     let (a, b) = (unique("join.a"), unique("join.b"));
-    // Two topics keyed by line, 8 partitions each, joined on the machine: both sides go
-    // through repartitions by machine_id. Readings 1 s apart, none late.
+    // Two topics of 8 partitions keyed by event time (spread evenly: every writer has rows),
+    // joined on the machine: both sides go through repartitions by machine_id. Readings
+    // 1 s apart, none late.
     for (topic, seed) in [(&a, "21"), (&b, "22")] {
         pipectl(
             &[
@@ -1000,6 +1001,8 @@ fn an_interval_join_keyed_otherwise_is_repartitioned_on_both_sides_as_duckdb() {
                 "8",
                 "--interval-ms",
                 "1000",
+                "--key",
+                "ts",
             ],
             &[],
         );
