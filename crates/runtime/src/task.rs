@@ -521,14 +521,17 @@ impl<C: Connect> Task<C> {
                     .map(|p| p.idle.clone())
                     .unwrap_or_default(),
                 // A partition that has sent nothing yet is measured from the start of the
-                // run: its backlog may simply not have been fetched yet.
+                // run: its backlog may simply not have been fetched yet. One known to hold
+                // unread messages (its last measured lag) is behind, not idle, however long
+                // its fetch takes (a loaded machine).
                 Some(timeout) => s
                     .conn
                     .partitions()
                     .iter()
                     .filter(|p| {
                         let since = s.last_seen.get(p).copied().unwrap_or(started);
-                        now.duration_since(since) >= timeout
+                        let behind = s.metrics.lag.get(p).is_some_and(|l| *l > 0);
+                        now.duration_since(since) >= timeout && !behind
                     })
                     .copied()
                     .collect(),
