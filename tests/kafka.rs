@@ -59,6 +59,27 @@ fn late_from_summary(stderr: &str) -> u64 {
         .expect("late count")
 }
 
+/// The arguments of a `pipectl run` of `pipeline` with state in Kafka, committing every
+/// 500 ms in micro-batches of 500; `until_idle`: a bounded run (5 s).
+fn kafka_state_run<'a>(pipeline: &'a str, bootstrap: &'a str, until_idle: bool) -> Vec<&'a str> {
+    let mut a = vec![
+        "run",
+        pipeline,
+        "--bootstrap",
+        bootstrap,
+        "--kafka-state",
+        "--checkpoint-interval",
+        "500ms",
+        "--max-batch",
+        "500",
+        "--quiet",
+    ];
+    if until_idle {
+        a.extend(["--until-idle", "5s"]);
+    }
+    a
+}
+
 /// Runs `pipectl` with `args` and `env` and SIGKILLs it, twice, each time once `group` has
 /// committed 20,000 more offsets of `input` (of `total` events) and so has committed state
 /// at least once; the input is not read to its end.
@@ -1094,23 +1115,12 @@ fn a_repartitioned_window_with_state_in_kafka_counts_each_order_once_through_sig
         ("TEST_OUTPUT_TOPIC", output.as_str()),
         ("TEST_GROUP", group.as_str()),
     ];
-    let args = |until_idle: bool| {
-        let mut a = vec![
-            "run",
+    let args = |until_idle| {
+        kafka_state_run(
             "tests/pipelines/demand-repartition.yaml",
-            "--bootstrap",
-            bootstrap.as_str(),
-            "--kafka-state",
-            "--checkpoint-interval",
-            "500ms",
-            "--max-batch",
-            "500",
-            "--quiet",
-        ];
-        if until_idle {
-            a.extend(["--until-idle", "5s"]);
-        }
-        a
+            &bootstrap,
+            until_idle,
+        )
     };
     // Killed twice, each time once it has committed state at least once and read part of
     // the input; what was written since the last commit is done again on restart.
@@ -1177,24 +1187,8 @@ fn state_in_kafka_survives_sigkill_and_every_event_is_learnt_once() {
         ("TEST_SNAPSHOT_TOPIC", snapshots.as_str()),
         ("TEST_GROUP", group.as_str()),
     ];
-    let args = |until_idle: bool| {
-        let mut a = vec![
-            "run",
-            "tests/pipelines/scale-out.yaml",
-            "--bootstrap",
-            bootstrap.as_str(),
-            "--kafka-state",
-            "--checkpoint-interval",
-            "500ms",
-            "--max-batch",
-            "500",
-            "--quiet",
-        ];
-        if until_idle {
-            a.extend(["--until-idle", "5s"]);
-        }
-        a
-    };
+    let args =
+        |until_idle| kafka_state_run("tests/pipelines/scale-out.yaml", &bootstrap, until_idle);
     // Killed twice, each time once it has committed state at least once and read part of
     // the input; what was written since the last commit is done again on restart.
     killed_twice(&bootstrap, &args(false), &env, &group, &input, 200_000);
