@@ -688,6 +688,143 @@ fn clustering_on_the_broker_finds_the_generators_customer_segments() {
     );
 }
 
+/// A global clustering learnt by 4 tasks with state in Kafka, each from its own customers,
+/// merged: the clusters line up across tasks (one numbering: the assignments of every task
+/// together still find the generator's segments), and the merged model learnt every row
+/// once. Its final snapshot's weights add up to the rows the model was given, and its
+/// centres weighted by their clusters' weights add up to the sums of the features over
+/// those rows (summed here from the predictions, which carry the features): k-means
+/// statistics merged exactly.
+#[test]
+fn a_global_clustering_learnt_by_four_tasks_merges_into_one_model_of_every_row() {
+    let Some(bootstrap) = bootstrap() else { return };
+    let input = unique("shared-segments.in");
+    let output = unique("shared-segments.out");
+    let snapshots = unique("shared-segments.snapshots");
+    let group = unique("group");
+    let seed = 21;
+    pipectl(
+        &[
+            "gen",
+            "--bootstrap",
+            &bootstrap,
+            "--kind",
+            "customer/activity",
+            "--count",
+            "200000",
+            "--seed",
+            &seed.to_string(),
+            "--topic",
+            &input,
+            "--partitions",
+            "4",
+        ],
+        &[],
+    );
+    let mut args = kafka_state_run("tests/pipelines/segments-shared.yaml", &bootstrap, true);
+    args.extend(["--workers", "4"]);
+    let run = pipectl(
+        &args,
+        &[
+            ("TEST_INPUT_TOPIC", &input),
+            ("TEST_OUTPUT_TOPIC", &output),
+            ("TEST_SNAPSHOT_TOPIC", &snapshots),
+            ("TEST_GROUP", &group),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("running as 4 tasks"),
+        "the model runs in every task:\n{stderr}"
+    );
+    let truth = generator::Generator::new(generator::Settings::new("customer/activity", seed))
+        .expect("kind");
+    let features = [
+        "page_view_share",
+        "search_share",
+        "purchase_share",
+        "support_share",
+        "avg_duration_s",
+    ];
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let mut sums = [0.0f64; 5];
+    let rows = read(&bootstrap, &output);
+    for m in &rows {
+        let v: Value = serde_json::from_slice(&m.payload).expect("json");
+        for (s, f) in sums.iter_mut().zip(features) {
+            *s += v[f].as_f64().expect("a feature");
+        }
+        // Rows seen before the model was seeded have no cluster.
+        let Some(cluster) = v["cluster_id"].as_u64() else {
+            continue;
+        };
+        let customer = v["customer_id"].as_str().expect("customer");
+        ours.push(cluster as usize);
+        theirs.push(truth.segment_of(customer).expect("a generated customer"));
+    }
+    let ari = adjusted_rand_index(&ours, &theirs);
+    println!(
+        "ARI {ari} over {} assigned customer-hours of {} (4 tasks)",
+        ours.len(),
+        rows.len()
+    );
+    assert!(ours.len() > 2000, "{} assigned", ours.len());
+    assert!(
+        ari >= 0.85,
+        "ARI {ari} between clusters and the generator's segments"
+    );
+    // Each task writes the merge it ends with: the one with the most samples has every
+    // task's last share.
+    let last = read(&bootstrap, &snapshots)
+        .iter()
+        .map(|m| serde_json::from_slice::<Value>(&m.payload).expect("json"))
+        .max_by_key(|v| v["samples"].as_u64().unwrap_or(0))
+        .expect("a snapshot");
+    assert_eq!(
+        last["samples"].as_u64(),
+        Some(rows.len() as u64),
+        "every row learnt once"
+    );
+    let centroids = last["centroids"].as_array().expect("centroids");
+    let weight: f64 = centroids
+        .iter()
+        .map(|c| c["weight"].as_f64().expect("weight"))
+        .sum();
+    assert!(
+        (weight - rows.len() as f64).abs() < 1e-6,
+        "cluster weights {weight} for {} rows",
+        rows.len()
+    );
+    let rel = |a: f64, b: f64| (a - b).abs() / b.abs().max(1e-300);
+    for (j, f) in features.iter().enumerate() {
+        let merged: f64 = centroids
+            .iter()
+            .map(|c| c["weight"].as_f64().expect("weight") * centre(&c["center"], f))
+            .sum();
+        assert!(
+            rel(merged, sums[j]) < 1e-9,
+            "{f}: Σ weight·centre {merged} vs Σ over the rows {}",
+            sums[j]
+        );
+    }
+    println!(
+        "the merged model holds {} rows once each: weights and weighted centres equal the rows' counts and sums",
+        rows.len()
+    );
+}
+
+/// Feature `name` of a snapshot's centre (a JSON map, written as an object or as entries).
+fn centre(center: &Value, name: &str) -> f64 {
+    if let Some(v) = center.get(name) {
+        return v.as_f64().expect("a number");
+    }
+    center
+        .as_array()
+        .and_then(|entries| entries.iter().find(|e| e["key"] == name))
+        .and_then(|e| e["value"].as_f64())
+        .unwrap_or_else(|| panic!("{name} in {center}"))
+}
+
 #[test]
 fn a_run_stopped_and_resumed_from_checkpoints_equals_one_uninterrupted_run() {
     let Some(bootstrap) = bootstrap() else { return };

@@ -45,7 +45,7 @@ pub struct KMeansConfig {
 }
 
 /// One cluster.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Centroid {
     /// Total (decayed) weight of its points.
     pub weight: f64,
@@ -53,6 +53,23 @@ pub struct Centroid {
     pub center: Vec<f64>,
     /// Weighted sum of squared distances of its points to the centre.
     pub sse: f64,
+}
+
+impl Clone for Centroid {
+    fn clone(&self) -> Self {
+        Self {
+            weight: self.weight,
+            center: self.center.clone(),
+            sse: self.sse,
+        }
+    }
+
+    /// Reuses the centre's allocation (a merged model is rebuilt per row).
+    fn clone_from(&mut self, other: &Self) {
+        self.weight = other.weight;
+        self.center.clone_from(&other.center);
+        self.sse = other.sse;
+    }
 }
 
 impl Centroid {
@@ -74,6 +91,30 @@ impl Centroid {
             *c += delta * w / total;
         }
         self.sse += w * self.weight / total * dist2;
+        self.weight = total;
+    }
+
+    /// Merges `other`, the statistics of other points, its weight and SSE scaled by `f`
+    /// (decay): weights and SSEs add, centres average by weight (Chan et al.).
+    fn merge(&mut self, other: &Centroid, f: f64) {
+        let wb = other.weight * f;
+        let total = self.weight + wb;
+        if wb <= 0.0 {
+            return;
+        }
+        if self.weight <= 0.0 {
+            self.weight = wb;
+            self.center.clone_from(&other.center);
+            self.sse = other.sse * f;
+            return;
+        }
+        let mut dist2 = 0.0;
+        for (c, v) in self.center.iter_mut().zip(&other.center) {
+            let delta = v - *c;
+            dist2 += delta * delta;
+            *c += delta * wb / total;
+        }
+        self.sse += other.sse * f + self.weight * wb / total * dist2;
         self.weight = total;
     }
 }
@@ -101,6 +142,14 @@ pub struct KMeans {
     clock: Option<i64>,
     samples: u64,
     reseeds: u64,
+    /// Per cluster, how often it was (re)seeded: statistics of a cluster from different
+    /// seedings never merge (a global model learnt by several tasks).
+    #[serde(default)]
+    generations: Vec<u64>,
+    /// Rows not learnt: a task of a global model whose wait for the seed outlasted its
+    /// buffer.
+    #[serde(default)]
+    unlearnt: u64,
 }
 
 /// A small deterministic generator (SplitMix64): same seed, same clusters, on every platform.
@@ -122,12 +171,13 @@ impl SplitMix64 {
     }
 }
 
-/// `points` without the `fraction` of them farthest from their `m`-th nearest neighbour.
-fn trim(points: Vec<Vec<f64>>, fraction: f64, m: usize) -> Vec<Vec<f64>> {
+/// The indices of `points` without the `fraction` of them farthest from their `m`-th nearest
+/// neighbour.
+fn kept(points: &[Vec<f64>], fraction: f64, m: usize) -> Vec<usize> {
     let n = points.len();
     let drop = (n as f64 * fraction).floor() as usize;
     if drop == 0 || n <= m {
-        return points;
+        return (0..n).collect();
     }
     let mut isolation: Vec<(f64, usize)> = (0..n)
         .map(|i| {
@@ -144,11 +194,7 @@ fn trim(points: Vec<Vec<f64>>, fraction: f64, m: usize) -> Vec<Vec<f64>> {
     for (_, i) in isolation.iter().take(drop) {
         dropped[*i] = true;
     }
-    points
-        .into_iter()
-        .zip(dropped)
-        .filter_map(|(p, d)| (!d).then_some(p))
-        .collect()
+    (0..n).filter(|i| !dropped[*i]).collect()
 }
 
 fn dist2(a: &[f64], b: &[f64]) -> f64 {
@@ -179,6 +225,8 @@ impl KMeans {
             clock: None,
             samples: 0,
             reseeds: 0,
+            generations: Vec::new(),
+            unlearnt: 0,
         }
     }
 
@@ -190,6 +238,11 @@ impl KMeans {
     /// The clusters (empty until seeded).
     pub fn centroids(&self) -> &[Centroid] {
         &self.centroids
+    }
+
+    /// Number of features.
+    pub fn dims(&self) -> usize {
+        self.d
     }
 
     /// Rows learnt from.
@@ -262,7 +315,7 @@ impl KMeans {
             let room = self.config.seed_sample.saturating_sub(self.buffer.len());
             self.buffer.extend(rows.iter().take(room).cloned());
             if self.buffer.len() >= self.config.seed_sample.max(self.config.k) {
-                self.seed();
+                self.seed(&[]);
                 // Rows past the seed sample in this batch are learnt as a mini-batch.
                 let rest: Vec<Vec<f64>> = rows.iter().skip(room).cloned().collect();
                 self.clock = Some(now_ms);
@@ -270,6 +323,222 @@ impl KMeans {
             }
             return;
         }
+        self.decay_to(now_ms);
+        self.fold(rows);
+    }
+
+    /// Counts a reseeding of cluster `i`: a new generation of it.
+    fn reseeded(&mut self, i: usize) {
+        self.reseeds += 1;
+        self.generations.resize(self.centroids.len(), 1);
+        self.generations[i] += 1;
+    }
+
+    /// The generation of cluster `i` (1 for a model written before generations were kept).
+    fn generation(&self, i: usize) -> u64 {
+        self.generations.get(i).copied().unwrap_or(1)
+    }
+
+    /// Rows a task of a global model keeps while it waits for the seed: the seed sample, or
+    /// about 400 kB of features if that is more (the buffer is part of its committed state).
+    fn wait_cap(&self) -> usize {
+        self.config
+            .seed_sample
+            .max(400_000 / (9 * self.d.max(1) + 2))
+    }
+
+    /// Rows not learnt because a task's wait for the seed outlasted its buffer.
+    pub fn unlearnt(&self) -> u64 {
+        self.unlearnt
+    }
+
+    /// Merges `other`, a share of the same global model learnt from other rows, into this
+    /// one, exactly: with forgetting both are first decayed to the later clock; per cluster
+    /// of the same generation, weights and SSEs add and centres average by weight (Chan et
+    /// al.'s pairwise update); a newer generation of a cluster (a reseeding) replaces an
+    /// older one. An unseeded share adds its rows and its buffer (up to the seed sample).
+    pub fn merge(&mut self, other: &KMeans) {
+        self.samples += other.samples;
+        self.unlearnt += other.unlearnt;
+        self.reseeds += other.reseeds;
+        let room = self.config.seed_sample.saturating_sub(self.buffer.len());
+        self.buffer.extend(other.buffer.iter().take(room).cloned());
+        if !other.is_seeded() {
+            return;
+        }
+        if !self.is_seeded() {
+            self.scaler.clone_from(&other.scaler);
+            self.centroids.clone_from(&other.centroids);
+            self.generations.clone_from(&other.generations);
+            self.clock = other.clock;
+            return;
+        }
+        let (mut f_self, mut f_other) = (1.0, 1.0);
+        if let Some(h) = self.config.half_life_ms {
+            let t = self.clock.max(other.clock);
+            let age = |c: Option<i64>| match (t, c) {
+                (Some(t), Some(c)) => 0.5f64.powf((t - c) as f64 / h),
+                _ => 1.0,
+            };
+            (f_self, f_other) = (age(self.clock), age(other.clock));
+            self.clock = t;
+        }
+        for i in 0..self.centroids.len().min(other.centroids.len()) {
+            let (mine, theirs) = (self.generation(i), other.generation(i));
+            let c = &mut self.centroids[i];
+            if theirs > mine {
+                c.clone_from(&other.centroids[i]);
+                c.weight *= f_other;
+                c.sse *= f_other;
+                self.generations.resize(self.centroids.len(), 1);
+                self.generations[i] = theirs;
+            } else {
+                c.weight *= f_self;
+                c.sse *= f_self;
+                if theirs == mine {
+                    c.merge(&other.centroids[i], f_other);
+                }
+            }
+        }
+    }
+
+    /// Makes this model `base` merged with `own` (`base` absent: `own`), reusing this
+    /// model's allocations: the model a task of a global model assigns with.
+    pub fn set_to_merge(&mut self, base: Option<&KMeans>, own: &KMeans) {
+        let first = base.unwrap_or(own);
+        self.d = first.d;
+        self.config.clone_from(&first.config);
+        self.buffer.clear();
+        self.scaler.clone_from(&first.scaler);
+        self.centroids.clone_from(&first.centroids);
+        self.generations.clone_from(&first.generations);
+        self.clock = first.clock;
+        self.samples = first.samples;
+        self.unlearnt = first.unlearnt;
+        self.reseeds = first.reseeds;
+        if base.is_some() {
+            self.merge(own);
+        }
+    }
+
+    /// Learns row `x` (event time `now_ms`) as this task's share of a global model learnt
+    /// by several tasks. `base` is the merge of the other tasks' latest shares; `merged` is
+    /// scratch space for `base` merged with this share, the model that assigns. `leads`:
+    /// this share seeds the model, from its own buffered rows topped up with the others'
+    /// (they place the centres; each row is learnt by its own task), and alone reseeds
+    /// dying clusters; the other shares keep their rows (up to a cap, counted past it)
+    /// until the seed reaches them in `base`, then learn them. Returns the row's assignment
+    /// by the model as it was (`None` before the seed) and whether the row was learnt.
+    pub fn learn_shared(
+        &mut self,
+        x: &[f64],
+        now_ms: i64,
+        base: Option<&KMeans>,
+        merged: &mut KMeans,
+        leads: bool,
+    ) -> (Option<Assignment>, bool) {
+        if !self.is_seeded() {
+            if leads {
+                self.samples += 1;
+                self.buffer.push(x.to_vec());
+                self.seed_with(base, now_ms);
+                return (None, true);
+            }
+            match base.filter(|b| b.is_seeded()) {
+                Some(b) => self.adopt(b, merged, now_ms),
+                None if self.buffer.len() < self.wait_cap() => {
+                    self.samples += 1;
+                    self.buffer.push(x.to_vec());
+                    return (None, true);
+                }
+                None => {
+                    self.unlearnt += 1;
+                    return (None, false);
+                }
+            }
+        }
+        // A cluster the leader reseeded starts again here too.
+        if let Some(b) = base {
+            for i in 0..self.centroids.len().min(b.centroids.len()) {
+                if b.generation(i) > self.generation(i) {
+                    self.centroids[i].weight = 0.0;
+                    self.centroids[i].sse = 0.0;
+                    self.generations.resize(self.centroids.len(), 1);
+                    self.generations[i] = b.generation(i);
+                }
+            }
+        }
+        self.decay_to(now_ms);
+        merged.set_to_merge(base, self);
+        let Some(a) = merged.assign(x) else {
+            return (None, false);
+        };
+        let z = self.scale(x);
+        self.centroids[a.cluster].add(&z, 1.0);
+        self.samples += 1;
+        // Only once every share that has committed learns with the seed: before that, a
+        // cluster placed by another task's rows has no weight yet.
+        let settled = base.is_some_and(|b| b.buffer.is_empty());
+        if leads && settled && self.config.reseed_below > 0.0 {
+            let total: f64 = merged.centroids.iter().map(|c| c.weight).sum::<f64>() + 1.0;
+            let dying = (0..merged.centroids.len()).find(|i| {
+                let w = merged.centroids[*i].weight + if *i == a.cluster { 1.0 } else { 0.0 };
+                w / total < self.config.reseed_below
+            });
+            if let Some(i) = dying {
+                self.centroids[i] = Centroid {
+                    weight: 1.0,
+                    center: z,
+                    sse: 0.0,
+                };
+                self.reseeded(i);
+            }
+        }
+        (Some(a), true)
+    }
+
+    /// Seeds the leader's share of a global model once its buffered rows and the others'
+    /// (in `base`) fill the seed sample; returns whether it did.
+    pub fn seed_with(&mut self, base: Option<&KMeans>, now_ms: i64) -> bool {
+        let extra = base.map_or(&[][..], |b| &b.buffer[..]);
+        if self.is_seeded()
+            || self.buffer.len() + extra.len() < self.config.seed_sample.max(self.config.k)
+        {
+            return false;
+        }
+        self.seed(extra);
+        self.clock = Some(now_ms);
+        true
+    }
+
+    /// Takes the leader's seed (`seed`: its scaler and clusters), with no weight of its own
+    /// yet, and learns the rows kept while waiting for it.
+    fn adopt(&mut self, seed: &KMeans, merged: &mut KMeans, now_ms: i64) {
+        self.scaler.clone_from(&seed.scaler);
+        self.centroids = seed
+            .centroids
+            .iter()
+            .map(|c| Centroid {
+                weight: 0.0,
+                center: c.center.clone(),
+                sse: 0.0,
+            })
+            .collect();
+        self.generations = (0..seed.centroids.len())
+            .map(|i| seed.generation(i))
+            .collect();
+        self.clock = Some(now_ms);
+        for row in std::mem::take(&mut self.buffer) {
+            merged.set_to_merge(Some(seed), self);
+            if let Some(a) = merged.assign(&row) {
+                let z = self.scale(&row);
+                self.centroids[a.cluster].add(&z, 1.0);
+            }
+        }
+    }
+
+    /// Decays the clusters to event time `now_ms` (with a half-life).
+    fn decay_to(&mut self, now_ms: i64) {
         if let (Some(h), Some(t)) = (self.config.half_life_ms, self.clock)
             && now_ms > t
         {
@@ -280,7 +549,6 @@ impl KMeans {
             }
         }
         self.clock = Some(self.clock.map_or(now_ms, |t| t.max(now_ms)));
-        self.fold(rows);
     }
 
     fn fold(&mut self, rows: &[Vec<f64>]) {
@@ -309,19 +577,24 @@ impl KMeans {
                         center: scaled[p].clone(),
                         sse: 0.0,
                     };
-                    self.reseeds += 1;
+                    self.reseeded(i);
                 }
             }
         }
     }
 
-    /// k-means++ and Lloyd on the buffered sample, best of `seed_tries`.
-    fn seed(&mut self) {
-        let sample = std::mem::take(&mut self.buffer);
+    /// k-means++ and Lloyd on the buffered sample, topped up to `seed_sample` rows from
+    /// `extra` (rows other tasks of a global model buffered: they place the centres, and
+    /// their own tasks learn them), best of `seed_tries`; the buffered rows are folded in by
+    /// their labels.
+    fn seed(&mut self, extra: &[Vec<f64>]) {
+        let own = std::mem::take(&mut self.buffer);
+        let room = self.config.seed_sample.saturating_sub(own.len());
+        let sample: Vec<&Vec<f64>> = own.iter().chain(extra.iter().take(room)).collect();
         if self.config.standardize {
             let mut stats = vec![Welford::default(); self.d];
             for row in &sample {
-                for (s, v) in stats.iter_mut().zip(row) {
+                for (s, v) in stats.iter_mut().zip(row.iter()) {
                     s.update(*v, 1.0);
                 }
             }
@@ -337,8 +610,9 @@ impl KMeans {
                     .collect(),
             );
         }
-        let points: Vec<Vec<f64>> = sample.iter().map(|r| self.scale(r)).collect();
-        let points = trim(points, self.config.seed_trim, 5);
+        let scaled: Vec<Vec<f64>> = sample.iter().map(|r| self.scale(r)).collect();
+        let keep = kept(&scaled, self.config.seed_trim, 5);
+        let points: Vec<Vec<f64>> = keep.iter().map(|i| scaled[*i].clone()).collect();
         let k = self.config.k.min(points.len());
         let mut best: Option<(f64, Vec<usize>)> = None;
         for _ in 0..self.config.seed_tries.max(1) {
@@ -356,8 +630,11 @@ impl KMeans {
                 sse: 0.0,
             })
             .collect();
-        for (p, l) in points.iter().zip(&labels) {
-            self.centroids[*l].add(p, 1.0);
+        self.generations = vec![1; k];
+        for ((p, l), i) in points.iter().zip(&labels).zip(&keep) {
+            if *i < own.len() {
+                self.centroids[*l].add(p, 1.0);
+            }
         }
     }
 
@@ -445,6 +722,169 @@ mod tests {
         assert!((c.center[0] - 3.0).abs() < 1e-12 && (c.center[1] - 2.0).abs() < 1e-12);
         // SSE = (4+0) + (0+4) + (4+4) = 16.
         assert!((c.sse - 16.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn merged_centroids_equal_the_centroid_of_all_their_points() {
+        let (a_pts, b_pts) = (
+            [[1.0, 2.0], [3.0, 4.0]],
+            [[5.0, 0.0], [7.0, 2.0], [9.0, 4.0]],
+        );
+        let fresh = || Centroid {
+            weight: 0.0,
+            center: vec![0.0, 0.0],
+            sse: 0.0,
+        };
+        let (mut a, mut b) = (fresh(), fresh());
+        a_pts.iter().for_each(|p| a.add(p, 1.0));
+        b_pts.iter().for_each(|p| b.add(p, 1.0));
+        a.merge(&b, 1.0);
+        // All five points: mean (5, 2.4); SSE = Σ|p - mean|² = (16+0.16) + (4+2.56) + (0+5.76)
+        // + (4+0.16) + (16+2.56) = 51.2.
+        assert_eq!(a.weight, 5.0);
+        assert!((a.center[0] - 5.0).abs() < 1e-12 && (a.center[1] - 2.4).abs() < 1e-12);
+        assert!((a.sse - 51.2).abs() < 1e-9, "{}", a.sse);
+        // Decayed by a half: the other's weight and SSE count half.
+        let (mut c, mut d) = (fresh(), fresh());
+        c.add(&[0.0, 0.0], 1.0);
+        d.add(&[3.0, 0.0], 1.0);
+        d.add(&[3.0, 0.0], 1.0);
+        c.merge(&d, 0.5);
+        // weights 1 and 1: mean 1.5, SSE 0 + 0 + 1·1/2·9 = 4.5.
+        assert_eq!(c.weight, 2.0);
+        assert!((c.center[0] - 1.5).abs() < 1e-12 && (c.sse - 4.5).abs() < 1e-12);
+    }
+
+    /// Three tasks learn one global model of three far-apart groups, each from its own
+    /// third of the rows, seeing the others' shares only as of their last "commit" (every
+    /// 25 rows): the leader seeds from its rows topped up with the others' buffered ones,
+    /// all three assign with the same cluster numbers, and the merged model has, per group,
+    /// exactly its points' count and mean (computed here from the points), every row learnt
+    /// once.
+    #[test]
+    fn tasks_sharing_a_global_model_learn_every_row_once_with_the_same_clusters() {
+        let config = KMeansConfig {
+            k: 3,
+            seed_sample: 30,
+            seed_tries: 3,
+            seed_trim: 0.0,
+            half_life_ms: None,
+            reseed_below: 0.001,
+            standardize: true,
+            random_seed: 5,
+        };
+        let mut rng = SplitMix64(3);
+        let groups = [[0.0, 0.0], [50.0, 0.0], [0.0, 80.0]];
+        let rows: Vec<(usize, Vec<f64>)> = (0..3000)
+            .map(|i| {
+                let g = (i * 7 + i / 5) % 3;
+                let p = groups[g];
+                (
+                    g,
+                    vec![p[0] + rng.next_f64() * 4.0, p[1] + rng.next_f64() * 4.0],
+                )
+            })
+            .collect();
+        let mut shares: Vec<KMeans> = (0..3).map(|_| KMeans::new(2, config.clone())).collect();
+        let mut committed: Vec<Option<KMeans>> = vec![None; 3];
+        let mut scratch = KMeans::new(2, config.clone());
+        // (group, cluster) of every assigned row.
+        let mut pairs = std::collections::BTreeSet::new();
+        let mut learnt = 0;
+        for (i, (g, x)) in rows.iter().enumerate() {
+            let task = i % 3;
+            let mut base: Option<KMeans> = None;
+            for (t, c) in committed.iter().enumerate() {
+                if let (true, Some(c)) = (t != task, c) {
+                    match &mut base {
+                        Some(b) => b.merge(c),
+                        None => {
+                            let mut b = KMeans::new(2, config.clone());
+                            b.merge(c);
+                            base = Some(b);
+                        }
+                    }
+                }
+            }
+            let (a, ok) =
+                shares[task].learn_shared(x, i as i64, base.as_ref(), &mut scratch, task == 0);
+            learnt += usize::from(ok);
+            if let Some(a) = a {
+                pairs.insert((*g, a.cluster));
+            }
+            if i % 25 == 24 {
+                committed = shares.iter().cloned().map(Some).collect();
+            }
+        }
+        assert_eq!(learnt, rows.len());
+        assert_eq!(
+            pairs.len(),
+            3,
+            "each group in one cluster, the same on every task: {pairs:?}"
+        );
+        let mut all = KMeans::new(2, config.clone());
+        for s in &shares {
+            all.merge(s);
+        }
+        assert_eq!(all.samples(), 3000);
+        assert_eq!(all.reseeds(), 0);
+        for (g, c) in &pairs {
+            let points: Vec<&Vec<f64>> = rows
+                .iter()
+                .filter(|(h, _)| h == g)
+                .map(|(_, x)| x)
+                .collect();
+            let n = points.len() as f64;
+            let centre = all.center_in_input_units(*c);
+            assert!((all.centroids()[*c].weight - n).abs() < 1e-9);
+            for (j, v) in centre.iter().enumerate() {
+                let mean = points.iter().map(|p| p[j]).sum::<f64>() / n;
+                assert!((v - mean).abs() < 1e-9, "group {g}: {v} vs {mean}");
+            }
+        }
+    }
+
+    /// A cluster the leader reseeds starts again on every task: the others' statistics of
+    /// its old generation no longer count.
+    #[test]
+    fn a_newer_generation_of_a_cluster_replaces_the_older() {
+        let config = KMeansConfig {
+            k: 2,
+            seed_sample: 4,
+            seed_tries: 1,
+            seed_trim: 0.0,
+            half_life_ms: None,
+            reseed_below: 0.0,
+            standardize: false,
+            random_seed: 1,
+        };
+        let mut leader = KMeans::new(1, config.clone());
+        leader.update(&[vec![0.0], vec![0.0], vec![10.0], vec![10.0]], 0);
+        let mut other = KMeans::new(1, config.clone());
+        let mut scratch = KMeans::new(1, config.clone());
+        other.learn_shared(&[0.0], 1, Some(&leader), &mut scratch, false);
+        other.learn_shared(&[10.0], 1, Some(&leader), &mut scratch, false);
+        let low = leader.assign(&[0.0]).expect("seeded").cluster;
+        leader.centroids[low] = Centroid {
+            weight: 1.0,
+            center: vec![5.0],
+            sse: 0.0,
+        };
+        leader.reseeded(low);
+        let mut merged = leader.clone();
+        merged.merge(&other);
+        assert_eq!(
+            merged.centroids()[low].weight,
+            1.0,
+            "the old generation left out"
+        );
+        assert_eq!(merged.centroids()[1 - low].weight, 3.0);
+        other.learn_shared(&[5.0], 2, Some(&leader), &mut scratch, false);
+        assert_eq!(
+            other.centroids()[low].weight,
+            1.0,
+            "restarted, then learnt 5"
+        );
     }
 
     #[test]

@@ -99,12 +99,8 @@ pub(crate) fn divide(nodes: Vec<PlannedNode>) -> (Vec<PlannedNode>, Parallelism)
                     _ => BTreeSet::new(),
                 };
                 let why = match &m.key {
-                    // A global regression is learnt by every task and merged exactly.
-                    None if matches!(m.kind, crate::ModelKind::Regression(_)) => None,
-                    None => Some(format!(
-                        "model `{}` is one global clustering: its clusters would not line up across tasks, so one task learns it",
-                        node.name
-                    )),
+                    // A global model is learnt by every task and merged exactly.
+                    None => None,
                     Some(key) if input.contains(key) => None,
                     Some(key) => Some(format!(
                         "model `{}` is keyed by `{key}`, but {}",

@@ -175,7 +175,7 @@ async fn models_not_keyed_by_the_partition_key_are_repartitioned() {
         "{}",
         x.why
     );
-    // A global regression merges across tasks.
+    // A global model, regression or clustering, merges across tasks.
     let global = format!("{}{}", keyed("line_id"), MODEL.replace("      KEY\n", ""));
     assert_eq!(parallelism(&global).await, Parallelism::PerPartition);
     assert!(no_repartition(&global).await);
@@ -187,14 +187,8 @@ async fn models_not_keyed_by_the_partition_key_are_repartitioned() {
 ",
         keyed("line_id")
     );
-    // Its clusters would not line up across tasks: one task learns them.
-    let x = repartition(&clustering, "c").await;
-    assert!(x.by.is_empty());
-    assert!(
-        x.why.contains("model `c` is one global clustering"),
-        "{}",
-        x.why
-    );
+    assert_eq!(parallelism(&clustering).await, Parallelism::PerPartition);
+    assert!(no_repartition(&clustering).await);
 }
 
 #[tokio::test]

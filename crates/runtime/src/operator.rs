@@ -161,9 +161,10 @@ pub trait Operator: Send {
         }
     }
 
-    /// Told that its task is one of several of the pipeline: returns whether it merges
-    /// with theirs (a global model whose state merges exactly), and then does.
-    fn merges(&mut self) -> bool {
+    /// Told that its task (`task`, the task of partition `task`) is one of several of the
+    /// pipeline: returns whether it merges with theirs (a global model whose state merges
+    /// exactly), and then does.
+    fn merges(&mut self, _task: i32) -> bool {
         false
     }
 

@@ -102,7 +102,7 @@ pub fn single_task_reason(plan: &PipelinePlan, kafka_state: bool) -> Option<Stri
     }
     plan.nodes.iter().find_map(|n| match &n.kind {
         NodeKind::Model(m)
-            if m.key.is_none() && matches!(m.kind, planner::ModelKind::Regression(_)) =>
+            if m.key.is_none() =>
         {
             Some(format!(
             "model `{}` is global: its tasks merge what they learn through state in Kafka (--kafka-state)",

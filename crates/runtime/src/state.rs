@@ -137,7 +137,7 @@ impl<C: Connect> StateLog<C> {
             return;
         }
         for i in self.topics.keys() {
-            if nodes[*i].op.merges() {
+            if nodes[*i].op.merges(self.partition) {
                 self.merging.push(*i);
             }
         }

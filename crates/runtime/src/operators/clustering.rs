@@ -31,6 +31,18 @@ pub struct Clustering {
     config: KMeansConfig,
     /// The one-row mini-batch each row is learnt as (kept to reuse its allocation).
     one: Vec<Vec<f64>>,
+    /// A global model learnt by several tasks: this task's part in it.
+    shared: Option<Shared>,
+}
+
+/// A task's part in a global clustering learnt by several tasks.
+#[derive(Debug)]
+struct Shared {
+    /// The task of partition 0 seeds and reseeds the clusters; the others take its seed.
+    leads: bool,
+    /// The model that assigns, this task's share merged with the others' (rebuilt per row
+    /// in the same allocation).
+    merged: KMeans,
 }
 
 impl Clustering {
@@ -48,8 +60,17 @@ impl Clustering {
                 random_seed: c.random_seed,
             },
             one: vec![Vec::new()],
+            shared: None,
         })
     }
+}
+
+/// Appends an assignment (nulls without one) to the prediction builders.
+fn append(out: &mut Out, a: Option<ml::Assignment>) {
+    out.cluster.append_option(a.map(|a| a.cluster as u32));
+    out.distance.append_option(a.map(|a| a.distance));
+    out.score
+        .append_option(a.map(|a| a.outlier_score).filter(|s| s.is_finite()));
 }
 
 /// Prediction builders: cluster, distance, outlier score.
@@ -86,22 +107,59 @@ impl Learner for Clustering {
     fn step(
         &mut self,
         ks: &mut State,
-        _base: Option<&State>,
+        base: Option<&State>,
         x: &[f64],
         _row: usize,
         ms: i64,
         _cols: &(),
         out: &mut Out,
     ) -> bool {
+        if let Some(sh) = &mut self.shared {
+            let (a, learnt) =
+                ks.model
+                    .learn_shared(x, ms, base.map(|b| &b.model), &mut sh.merged, sh.leads);
+            append(out, a);
+            return learnt;
+        }
         let a = ks.model.assign(x);
-        out.cluster.append_option(a.map(|a| a.cluster as u32));
-        out.distance.append_option(a.map(|a| a.distance));
-        out.score
-            .append_option(a.map(|a| a.outlier_score).filter(|s| s.is_finite()));
+        append(out, a);
         self.one[0].clear();
         self.one[0].extend_from_slice(x);
         ks.model.update(&self.one, ms);
         true
+    }
+
+    fn mergeable(&self) -> bool {
+        true
+    }
+
+    fn share(&mut self, task: i32) {
+        self.shared = Some(Shared {
+            leads: task == 0,
+            merged: KMeans::new(0, self.config.clone()),
+        });
+    }
+
+    /// Cluster statistics merge exactly (weights and SSEs add, centres average by weight;
+    /// with forgetting, aged to the latest clock first), cluster by cluster of the same
+    /// seeding.
+    fn combine(&self, parts: &[&State]) -> Option<State> {
+        let mut model = KMeans::new(parts.first()?.model.dims(), self.config.clone());
+        for p in parts {
+            model.merge(&p.model);
+        }
+        Some(State { model })
+    }
+
+    fn with_base(&self, own: &State, base: &State) -> Option<State> {
+        let mut model = KMeans::new(0, self.config.clone());
+        model.set_to_merge(Some(&base.model), &own.model);
+        Some(State { model })
+    }
+
+    /// The leader seeds once the others' kept rows fill its seed sample.
+    fn rebase(&mut self, own: &mut State, base: &State, ms: i64) -> bool {
+        self.shared.as_ref().is_some_and(|s| s.leads) && own.model.seed_with(Some(&base.model), ms)
     }
 
     fn finish(&self, mut out: Out) -> Vec<ArrayRef> {
@@ -210,6 +268,7 @@ impl Learner for Clustering {
         }
         ModelSummary {
             kind: "clustering",
+            skipped: keys.values().map(|k| k.learnt.model.unlearnt()).sum(),
             samples: keys.values().map(|k| k.learnt.model.samples()).sum(),
             inertia: (!seeded.is_empty()).then(|| seeded.iter().map(|m| m.inertia()).sum()),
             cluster_sizes: if seeded.is_empty() { Vec::new() } else { sizes },

@@ -71,6 +71,13 @@ pub trait Learner: std::fmt::Debug + Send + 'static {
     fn combine(&self, _parts: &[&Self::State]) -> Option<Self::State> {
         None
     }
+    /// Told that it learns one global model with other tasks, as task `task`.
+    fn share(&mut self, _task: i32) {}
+    /// The other tasks' merge changed to `base` (the latest of their event times: `ms`):
+    /// updates `own` where that completes it; returns whether it changed.
+    fn rebase(&mut self, _own: &mut Self::State, _base: &Self::State, _ms: i64) -> bool {
+        false
+    }
     /// `own` with `base` merged in (what a snapshot shows), when the learner merges.
     fn with_base(&self, _own: &Self::State, _base: &Self::State) -> Option<Self::State> {
         None
@@ -308,7 +315,7 @@ impl<L: Learner> KeyedModel<L> {
             .learner
             .summary(&self.keys, &self.features.names, self.per_key);
         s.keys = self.keys.len() as u64;
-        s.skipped = self.skipped;
+        s.skipped += self.skipped;
         s
     }
 
@@ -396,8 +403,11 @@ impl<L: Learner> Operator for KeyedModel<L> {
         Ok(())
     }
 
-    fn merges(&mut self) -> bool {
+    fn merges(&mut self, task: i32) -> bool {
         self.merging = self.key.is_none() && self.learner.mergeable();
+        if self.merging {
+            self.learner.share(task);
+        }
         self.merging
     }
 
@@ -409,6 +419,25 @@ impl<L: Learner> Operator for KeyedModel<L> {
         self.peers.insert(task, crate::checkpoint::decode(value)?);
         let parts: Vec<&L::State> = self.peers.values().map(|k| &k.learnt).collect();
         self.base = self.learner.combine(&parts);
+        // What the others committed may complete this task's state (a leader's seed from
+        // the rows the others keep), even on a task without rows of its own.
+        if let Some(base) = &self.base {
+            let last_ms = self.peers.values().map(|k| k.last_ms).max().unwrap_or(0);
+            let had = self.keys.remove("");
+            let existed = had.is_some();
+            let mut own = had.unwrap_or_else(|| KeyState {
+                learnt: self.learner.fresh(self.features.names.len()),
+                version: 0,
+                snapshot: SnapshotClock::default(),
+                last_ms,
+                dirty: false,
+            });
+            let changed = self.learner.rebase(&mut own.learnt, base, last_ms);
+            own.dirty |= changed;
+            if changed || existed {
+                self.keys.insert(String::new(), own);
+            }
+        }
         Ok(())
     }
 
