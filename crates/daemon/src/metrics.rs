@@ -221,7 +221,7 @@ pub const MODEL_SAMPLES: Def = def(
 pub const MODEL_SKIPPED: Def = def(
     "model_skipped_rows_total",
     COUNTER,
-    "Rows skipped for a null or non-finite feature.",
+    "Rows skipped: a null or non-finite feature, or past a global clustering task's wait for the seed.",
     MODEL,
 );
 /// MAE.

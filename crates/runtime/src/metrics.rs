@@ -99,7 +99,8 @@ pub struct ModelSummary {
     pub keys: u64,
     /// Rows learnt.
     pub samples: u64,
-    /// Rows skipped for a null or non-finite feature.
+    /// Rows skipped: a null or non-finite feature, or (a task of a global clustering) past
+    /// its wait for the seed.
     pub skipped: u64,
     /// Prequential mean absolute error, cumulative (regression).
     pub mae: Option<f64>,
