@@ -7,6 +7,13 @@
 //! there a side's stream time is the smallest over its channels (each the largest of the
 //! stream time its rows carry and its writer's marks; idle channels left out), so that a
 //! writer running behind still finds the rows it can match.
+//!
+//! In a changelog the state is incremental: each buffered batch is one entry (`b`, the
+//! side, its number), written once after it arrives and tombstoned once every row of it
+//! has been dropped; the entry `t` holds the stream times and, per batch still held, the
+//! highest eviction threshold it has been filtered by, so that a restore drops exactly the
+//! rows that had been dropped (eviction is a filter by time: a batch's rows held are those
+//! at or after its highest threshold).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -23,8 +30,30 @@ use planner::sql::InputTable;
 use super::SavedTransform;
 use crate::checkpoint::{decode, encode, read_rows, write_rows};
 use crate::error::{RuntimeError, internal};
-use crate::operator::{Context, Operator};
+use crate::operator::{Context, Operator, StateEntry};
 use crate::slot::Slot;
+
+/// A batch of one side, held for rows of the other.
+#[derive(Debug, Clone)]
+struct Held {
+    /// Its number (per operator, increasing).
+    id: u64,
+    rows: RecordBatch,
+    /// The highest eviction threshold it was filtered by.
+    floor: Option<i64>,
+    /// Written to the changelog.
+    written: bool,
+}
+
+/// The changelog entry `t` of an interval join.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Clocks {
+    stream_time: [Option<i64>; 2],
+    channels: [Vec<(i32, Option<i64>)>; 2],
+    next: u64,
+    /// Per side, each held batch's number and highest threshold.
+    floors: [Vec<(u64, Option<i64>)>; 2],
+}
 
 /// State of an interval join.
 #[derive(Debug)]
@@ -32,7 +61,13 @@ pub struct IntervalJoin {
     slots: [Slot; 2],
     plan: Arc<dyn ExecutionPlan>,
     task: Arc<TaskContext>,
-    buffers: [Vec<RecordBatch>; 2],
+    buffers: [Vec<Held>; 2],
+    /// The number of the next batch held.
+    next: u64,
+    /// Batches written to the changelog and since dropped: tombstones due.
+    gone: Vec<(usize, u64)>,
+    /// Whether `changes` has been called (the first call replaces a whole-state entry).
+    tracking: bool,
     schemas: [SchemaRef; 2],
     time_cols: [usize; 2],
     stream_time: [Option<i64>; 2],
@@ -41,6 +76,23 @@ pub struct IntervalJoin {
     channels: Option<[BTreeMap<i32, Option<i64>>; 2]>,
     /// Per side, channels whose writer is idle.
     idle: [BTreeSet<i32>; 2],
+}
+
+/// The rows of `batch` whose time (column `col`) is at or after `threshold`.
+fn at_or_after(
+    batch: &RecordBatch,
+    col: usize,
+    threshold: i64,
+) -> Result<RecordBatch, RuntimeError> {
+    let ts = times(batch, col)?;
+    if ts.iter().all(|t| t.is_some_and(|t| t >= threshold)) {
+        return Ok(batch.clone());
+    }
+    let mask: BooleanArray = ts
+        .iter()
+        .map(|t| Some(t.is_some_and(|t| t >= threshold)))
+        .collect();
+    filter_record_batch(batch, &mask).map_err(internal)
 }
 
 pub(crate) fn times(batch: &RecordBatch, col: usize) -> Result<Vec<Option<i64>>, RuntimeError> {
@@ -84,6 +136,9 @@ impl IntervalJoin {
             plan,
             task,
             buffers: [Vec::new(), Vec::new()],
+            next: 0,
+            gone: Vec::new(),
+            tracking: false,
             schemas: [inputs[0].arrow.clone(), inputs[1].arrow.clone()],
             time_cols: [time_col(0)?, time_col(1)?],
             stream_time: [None, None],
@@ -129,19 +184,14 @@ impl IntervalJoin {
             };
             let threshold = other_time - self.keep;
             let mut kept = Vec::with_capacity(self.buffers[side].len());
-            for b in self.buffers[side].drain(..) {
-                let ts = times(&b, self.time_cols[side])?;
-                if ts.iter().all(|t| t.is_some_and(|t| t >= threshold)) {
+            for mut b in std::mem::take(&mut self.buffers[side]) {
+                b.floor = Some(b.floor.map_or(threshold, |f| f.max(threshold)));
+                let rows = at_or_after(&b.rows, self.time_cols[side], threshold)?;
+                if rows.num_rows() > 0 {
+                    b.rows = rows;
                     kept.push(b);
-                    continue;
-                }
-                let mask: BooleanArray = ts
-                    .iter()
-                    .map(|t| Some(t.is_some_and(|t| t >= threshold)))
-                    .collect();
-                let b = filter_record_batch(&b, &mask).map_err(internal)?;
-                if b.num_rows() > 0 {
-                    kept.push(b);
+                } else if b.written {
+                    self.gone.push((side, b.id));
                 }
             }
             self.buffers[side] = kept;
@@ -177,7 +227,7 @@ impl Operator for IntervalJoin {
             Err(_) => batch,
         };
         self.slots[side].set(vec![batch.clone()]);
-        self.slots[other].set(self.buffers[other].clone());
+        self.slots[other].set(self.buffers[other].iter().map(|b| b.rows.clone()).collect());
         for rows in super::run(&self.plan, &self.task).await? {
             ctx.emit(0, partition, rows);
         }
@@ -189,7 +239,7 @@ impl Operator for IntervalJoin {
             self.stream_time[side] = Some(self.stream_time[side].map_or(max, |t| t.max(max)));
             self.advance_channel(side, partition, Some(max));
         }
-        self.buffers[side].push(batch);
+        self.hold(side, batch);
         self.evict()
     }
 
@@ -211,17 +261,11 @@ impl Operator for IntervalJoin {
     }
 
     fn save(&mut self) -> Result<Option<Vec<u8>>, RuntimeError> {
-        let channels = |side: usize| {
-            self.channels
-                .as_ref()
-                .map(|c| c[side].iter().map(|(k, v)| (*k, *v)).collect())
-                .unwrap_or_default()
-        };
         encode(&SavedTransform::IntervalJoin {
             stream_time: self.stream_time,
-            channels: [channels(0), channels(1)],
-            left: write_rows(&self.schemas[0], &self.buffers[0])?,
-            right: write_rows(&self.schemas[1], &self.buffers[1])?,
+            channels: [self.channel_times(0), self.channel_times(1)],
+            left: write_rows(&self.schemas[0], &self.rows(0))?,
+            right: write_rows(&self.schemas[1], &self.rows(1))?,
         })
         .map(Some)
     }
@@ -242,7 +286,139 @@ impl Operator for IntervalJoin {
                 mine[side].extend(saved);
             }
         }
-        self.buffers = [read_rows(&left)?, read_rows(&right)?];
+        self.buffers = [Vec::new(), Vec::new()];
+        for (side, bytes) in [left, right].iter().enumerate() {
+            for rows in read_rows(bytes)? {
+                self.hold(side, rows);
+            }
+        }
         Ok(())
+    }
+
+    /// Batches that arrived since the last call, batches dropped since (tombstones), and
+    /// the clocks (`t`).
+    fn changes(&mut self) -> Result<Vec<StateEntry>, RuntimeError> {
+        let mut out = Vec::new();
+        if !self.tracking {
+            // The whole state under the empty key, as changelogs held it before they were
+            // per batch, is replaced by the entries per batch.
+            self.tracking = true;
+            out.push((Vec::new(), None));
+        }
+        for (side, id) in std::mem::take(&mut self.gone) {
+            out.push((batch_key(side, id), None));
+        }
+        for side in 0..2 {
+            for b in &mut self.buffers[side] {
+                if !b.written {
+                    out.push((
+                        batch_key(side, b.id),
+                        Some(write_rows(
+                            &self.schemas[side],
+                            std::slice::from_ref(&b.rows),
+                        )?),
+                    ));
+                    b.written = true;
+                }
+            }
+        }
+        let floors = |side: usize| self.buffers[side].iter().map(|b| (b.id, b.floor)).collect();
+        let clocks = Clocks {
+            stream_time: self.stream_time,
+            channels: [self.channel_times(0), self.channel_times(1)],
+            next: self.next,
+            floors: [floors(0), floors(1)],
+        };
+        out.push((b"t".to_vec(), Some(encode(&clocks)?)));
+        Ok(out)
+    }
+
+    fn restore(&mut self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), RuntimeError> {
+        let mut clocks: Option<Clocks> = None;
+        let mut held: [BTreeMap<u64, RecordBatch>; 2] = [BTreeMap::new(), BTreeMap::new()];
+        for (k, v) in entries {
+            match k.split_first() {
+                // A changelog written before it was per batch.
+                None => self.load(&v)?,
+                Some((b't', [])) => clocks = Some(decode(&v)?),
+                Some((b'b', rest)) if rest.len() == 9 => {
+                    let side = usize::from(rest[0] == 1);
+                    let id = u64::from_be_bytes(rest[1..].try_into().map_err(internal)?);
+                    let rows = read_rows(&v)?.into_iter().next();
+                    if let Some(rows) = rows {
+                        held[side].insert(id, rows);
+                    }
+                }
+                _ => return Err(internal("an unknown entry in an interval join's changelog")),
+            }
+        }
+        let Some(clocks) = clocks else {
+            return Ok(());
+        };
+        self.stream_time = clocks.stream_time;
+        if let Some(mine) = &mut self.channels {
+            for (side, saved) in clocks.channels.into_iter().enumerate() {
+                mine[side].extend(saved);
+            }
+        }
+        self.next = clocks.next;
+        self.buffers = [Vec::new(), Vec::new()];
+        for (side, floors) in clocks.floors.into_iter().enumerate() {
+            for (id, floor) in floors {
+                let Some(rows) = held[side].remove(&id) else {
+                    return Err(internal("an interval join's changelog lacks a held batch"));
+                };
+                let rows = match floor {
+                    Some(f) => at_or_after(&rows, self.time_cols[side], f)?,
+                    None => rows,
+                };
+                self.buffers[side].push(Held {
+                    id,
+                    rows,
+                    floor,
+                    written: true,
+                });
+            }
+        }
+        // Batches dropped after their tombstone was due but before it was compacted away.
+        for (side, rest) in held.iter().enumerate() {
+            self.gone.extend(rest.keys().map(|id| (side, *id)));
+        }
+        Ok(())
+    }
+}
+
+/// The changelog key of batch `id` of `side`.
+fn batch_key(side: usize, id: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(10);
+    k.push(b'b');
+    k.push(side as u8);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+impl IntervalJoin {
+    /// The rows held of `side`.
+    fn rows(&self, side: usize) -> Vec<RecordBatch> {
+        self.buffers[side].iter().map(|b| b.rows.clone()).collect()
+    }
+
+    /// Holds `rows` of `side` as a new batch.
+    fn hold(&mut self, side: usize, rows: RecordBatch) {
+        self.buffers[side].push(Held {
+            id: self.next,
+            rows,
+            floor: None,
+            written: false,
+        });
+        self.next += 1;
+    }
+
+    /// Each channel's stream time of `side` (inputs read back from repartitions).
+    fn channel_times(&self, side: usize) -> Vec<(i32, Option<i64>)> {
+        self.channels
+            .as_ref()
+            .map(|c| c[side].iter().map(|(k, v)| (*k, *v)).collect())
+            .unwrap_or_default()
     }
 }
