@@ -1536,7 +1536,7 @@ fn daemons_keep_state_in_kafka_and_a_run_resumes_after_their_state_dirs_are_dele
         "the run restored the daemons' state: {stderr}"
     );
 
-    let messages =
+    let (messages, _) =
         oracles::assert_scale_out_results(&bootstrap, &input, &output, &snapshots, "resumed");
     assert_eq!(messages.len(), 100_000);
     std::fs::remove_dir_all(&dir).ok();

@@ -280,7 +280,7 @@ pub fn assert_scale_out_results(
     output: &str,
     snapshots: &str,
     what: &str,
-) -> Vec<StoredMessage> {
+) -> (Vec<StoredMessage>, usize) {
     let (messages, expected, _) = window_oracle(bootstrap, input);
     let written: Vec<Value> = read(bootstrap, output)
         .iter()
@@ -296,7 +296,7 @@ pub fn assert_scale_out_results(
     );
     assert_same_windows(&distinct, &expected);
     assert_models_are_least_squares(bootstrap, snapshots, &messages);
-    messages
+    (messages, written.len() - distinct.len())
 }
 
 /// Runs oracle `script` (under tests/oracle) on the messages of each input (its flag and

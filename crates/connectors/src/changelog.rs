@@ -37,6 +37,20 @@ pub struct StateRecord {
     pub fingerprint: u64,
 }
 
+/// A record of an exactly-once sink, written in the transaction of the commit that also
+/// holds the source offsets past the inputs it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputRecord {
+    /// The sink's topic.
+    pub topic: String,
+    /// Message key (the producer's partitioner chooses the partition by it).
+    pub key: Option<Vec<u8>>,
+    /// Message value.
+    pub value: Vec<u8>,
+    /// Message headers.
+    pub headers: crate::RecordHeaders,
+}
+
 /// Source offsets committed with the state: (consumer group, topic, next offset per
 /// partition).
 pub type GroupOffsets = (String, String, BTreeMap<i32, i64>);
@@ -54,11 +68,12 @@ pub type Restored = BTreeMap<Vec<u8>, (Vec<u8>, u64)>;
 
 /// Where a task's state is kept.
 pub trait Changelog: Send + Sync + 'static {
-    /// Writes `records` and commits `offsets`, atomically: after a crash either both are
-    /// visible or neither.
+    /// Writes `records` and `outputs` and commits `offsets`, atomically: after a crash
+    /// either all are visible (to `read_committed` readers) or none.
     fn commit(
         &self,
         records: &[StateRecord],
+        outputs: &[OutputRecord],
         offsets: &[GroupOffsets],
     ) -> impl std::future::Future<Output = Result<(), ConnectorError>> + Send;
     /// The latest committed entry per key of `partition` of `topic` (tombstones applied),
@@ -210,9 +225,26 @@ impl KafkaChangelog {
     async fn send(
         &self,
         records: &[StateRecord],
+        outputs: &[OutputRecord],
         offsets: &[GroupOffsets],
     ) -> Result<(), ConnectorError> {
-        let mut deliveries = Vec::with_capacity(records.len());
+        let mut deliveries = Vec::with_capacity(records.len() + outputs.len());
+        for o in outputs {
+            let mut headers = OwnedHeaders::new_with_capacity(o.headers.len());
+            for (k, v) in &o.headers {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(v.as_slice()),
+                });
+            }
+            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&o.topic)
+                .payload(o.value.as_slice())
+                .headers(headers);
+            if let Some(k) = &o.key {
+                record = record.key(k.as_slice());
+            }
+            deliveries.push(self.enqueue(record, "writing an output").await?);
+        }
         for r in records {
             let fingerprint = r.fingerprint.to_string();
             let headers = OwnedHeaders::new().insert(Header {
@@ -226,22 +258,7 @@ impl KafkaChangelog {
             if let Some(v) = &r.value {
                 record = record.payload(v.as_slice());
             }
-            loop {
-                match self.producer.send_result(record) {
-                    Ok(delivery) => {
-                        deliveries.push(delivery);
-                        break;
-                    }
-                    Err((
-                        KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
-                        back,
-                    )) => {
-                        record = back;
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                    Err((e, _)) => return Err(kafka("writing state")(e)),
-                }
-            }
+            deliveries.push(self.enqueue(record, "writing state").await?);
         }
         for (group, topic, next) in offsets {
             if next.is_empty() {
@@ -277,12 +294,34 @@ impl KafkaChangelog {
         }
         Ok(())
     }
+
+    /// Queues `record` in the open transaction, waiting while the producer's queue is full.
+    async fn enqueue<'a>(
+        &self,
+        mut record: FutureRecord<'a, [u8], [u8]>,
+        what: &str,
+    ) -> Result<rdkafka::producer::DeliveryFuture, ConnectorError> {
+        loop {
+            match self.producer.send_result(record) {
+                Ok(delivery) => return Ok(delivery),
+                Err((
+                    KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    back,
+                )) => {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => return Err(kafka(what.to_string())(e)),
+            }
+        }
+    }
 }
 
 impl Changelog for KafkaChangelog {
     async fn commit(
         &self,
         records: &[StateRecord],
+        outputs: &[OutputRecord],
         offsets: &[GroupOffsets],
     ) -> Result<(), ConnectorError> {
         let started = Instant::now();
@@ -290,7 +329,7 @@ impl Changelog for KafkaChangelog {
             self.producer
                 .begin_transaction()
                 .map_err(kafka("beginning a state transaction"))?;
-            match self.send(records, offsets).await {
+            match self.send(records, outputs, offsets).await {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     // Whatever happened, the transaction is not assumed to have landed.

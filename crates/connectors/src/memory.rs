@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::changelog::{Changelog, GroupOffsets, PeerEntry, Restored, StateRecord};
+use crate::changelog::{Changelog, GroupOffsets, OutputRecord, PeerEntry, Restored, StateRecord};
 use crate::{
     Connect, ConnectorError, OutRecord, RawBatch, RecordHeaders, Sink, Source, SourceConfig, Start,
     StoredMessage,
@@ -329,9 +329,26 @@ impl Changelog for MemoryChangelog {
     async fn commit(
         &self,
         records: &[StateRecord],
+        outputs: &[OutputRecord],
         offsets: &[GroupOffsets],
     ) -> Result<(), ConnectorError> {
         let mut state = self.broker.lock();
+        for o in outputs {
+            let parts = state
+                .topics
+                .entry(o.topic.clone())
+                .or_insert_with(|| vec![Vec::new()]);
+            let p = o
+                .key
+                .as_deref()
+                .map_or(0, |k| fnv1a(k) as usize % parts.len());
+            parts[p].push(Message {
+                key: o.key.clone(),
+                value: Some(o.value.clone()),
+                timestamp: 0,
+                headers: o.headers.clone(),
+            });
+        }
         for r in records {
             let part = state
                 .topics

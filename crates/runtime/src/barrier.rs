@@ -70,7 +70,9 @@ impl<C: Connect> Task<C> {
         }
         if let Some(state) = &self.state {
             let offsets = crate::state::positions(&self.sources);
-            return state.commit(&mut self.nodes, offsets, &self.stats).await;
+            return state
+                .commit(&mut self.nodes, offsets, &self.headers, &self.stats)
+                .await;
         }
         let Some(store) = self.checkpoints.clone() else {
             return Ok(());

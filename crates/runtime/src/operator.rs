@@ -123,6 +123,16 @@ pub trait Operator: Send {
         Ok(Flushed::default())
     }
 
+    /// Takes the records an exactly-once sink holds for the task's next transaction.
+    fn transactional(&mut self) -> Vec<connectors::changelog::OutputRecord> {
+        Vec::new()
+    }
+
+    /// Bytes held for the next transaction (an exactly-once sink's records).
+    fn pending_bytes(&self) -> u64 {
+        0
+    }
+
     /// Whether rows read are held without output yet (open windows): without checkpoints,
     /// offsets are committed only once such an operator has emitted everything.
     fn holds_rows(&self) -> bool {

@@ -167,6 +167,16 @@ impl<C: Connect> Runner<C> {
         stats: Arc<Stats>,
         connect: C,
     ) -> Result<Self, RuntimeError> {
+        if !config.kafka_state
+            && let Some(n) = plan.nodes.iter().find(|n| {
+                matches!(&n.kind, NodeKind::Sink(s) if s.delivery == planner::Delivery::ExactlyOnce)
+            })
+        {
+            return Err(RuntimeError::Unsupported(format!(
+                "sink `{}`: `delivery: exactly_once` writes its records in the Kafka transaction that commits the pipeline's state and offsets: run it with state in Kafka (`pipectl run --kafka-state`, `pipelined --kafka-state`), or use `at_least_once`",
+                n.name
+            )));
+        }
         let layout = layout(plan, &connect, config.kafka_state).await?;
         // A restarted run's stats may hold the tasks of the run before.
         if let Ok(mut views) = stats.tasks.lock() {

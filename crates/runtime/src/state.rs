@@ -230,14 +230,27 @@ impl<C: Connect> StateLog<C> {
         Ok(())
     }
 
-    /// Writes what changed in every stateful node and commits `offsets` (the stream
-    /// sources' positions), in one transaction (call at a barrier).
+    /// Writes what changed in every stateful node and the records exactly-once sinks hold
+    /// (with the task's `headers`), and commits `offsets` (the stream sources' positions),
+    /// in one transaction (call at a barrier).
     pub async fn commit(
         &self,
         nodes: &mut [Node],
         offsets: Vec<GroupOffsets>,
+        headers: &[(String, String)],
         stats: &Stats,
     ) -> Result<(), RuntimeError> {
+        let mut outputs = Vec::new();
+        for node in nodes.iter_mut() {
+            outputs.extend(node.op.transactional());
+        }
+        for o in &mut outputs {
+            o.headers.extend(
+                headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_bytes().to_vec())),
+            );
+        }
         let mut records = Vec::new();
         let mut bytes = 0;
         for (i, topic) in &self.topics {
@@ -253,7 +266,10 @@ impl<C: Connect> StateLog<C> {
                 });
             }
         }
-        self.log.commit(&records, &offsets).await?;
+        self.log.commit(&records, &outputs, &offsets).await?;
+        stats
+            .events_out
+            .fetch_add(outputs.len() as u64, Ordering::Relaxed);
         stats.state_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         stats.checkpoints.fetch_add(1, Ordering::Relaxed);
         Ok(())

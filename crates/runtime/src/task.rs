@@ -39,6 +39,9 @@ use crate::operators;
 use crate::source::{Rows, SourceTask};
 use crate::{checkpoint, metrics};
 
+/// Bytes of exactly-once outputs a task holds before it commits early.
+const PENDING_OUTPUT_BYTES: u64 = 16 << 20;
+
 /// A node of the running graph.
 pub(crate) struct Node {
     pub name: String,
@@ -311,7 +314,13 @@ impl<C: Connect> Task<C> {
                 state.poll_peers(&mut self.nodes, false)?;
             }
             self.publish(false);
-            if self.keeps_state() && last_checkpoint.elapsed() >= self.config.checkpoint_interval {
+            // Exactly-once sinks hold their records until the commit: a commit comes early
+            // rather than let them grow past a bound.
+            let held: u64 = self.nodes.iter().map(|n| n.op.pending_bytes()).sum();
+            if self.keeps_state()
+                && (last_checkpoint.elapsed() >= self.config.checkpoint_interval
+                    || held > PENDING_OUTPUT_BYTES)
+            {
                 self.checkpoint().await?;
                 last_checkpoint = Instant::now();
             }
@@ -448,6 +457,10 @@ impl<C: Connect> Task<C> {
                 self.flush_outputs().await?;
             }
             self.state = Some(state);
+            // Exactly-once records of the last snapshots go in one more transaction.
+            if self.nodes.iter().any(|n| n.op.pending_bytes() > 0) {
+                self.checkpoint().await?;
+            }
         }
         self.publish(true);
         Ok(self.summary)

@@ -9,8 +9,8 @@ use crate::diag::{Diagnostic, one_of, suggestion};
 use crate::kafka::{self, Client};
 use crate::load::Document;
 use crate::model::{
-    Clustering, Delivery, Feature, Model, OnDrift, OnError, Pipeline, Regression, Sink, Source,
-    StartFrom, Transform, Window,
+    Clustering, Feature, Model, OnDrift, OnError, Pipeline, Regression, Sink, Source, StartFrom,
+    Transform, Window,
 };
 
 /// What a name in the pipeline refers to.
@@ -736,12 +736,6 @@ fn check_sink(
 ) {
     let path = format!("spec.sinks[{}]", s.index);
     check_topic(&s.kafka.topic, format!("{path}.kafka.topic"), out);
-    if s.delivery == Delivery::ExactlyOnce {
-        out.push(Diagnostic::at_path(
-            format!("{path}.delivery"),
-            "`exactly_once` needs transactional sinks, which this version does not have yet; use `at_least_once` (outputs may repeat after a crash, never go missing)",
-        ));
-    }
     if s.subject_strategy != crate::model::SubjectStrategy::TopicName
         && s.format != crate::model::Format::AvroConfluent
     {

@@ -1,5 +1,7 @@
 //! A sink: encodes rows as they arrive, and at the barrier writes them and waits for the
-//! acknowledgement of every record.
+//! acknowledgement of every record. An exactly-once sink instead hands its records to the
+//! task's next state commit, which writes them in its Kafka transaction with the state and
+//! the source offsets past their inputs ([`crate::state`]).
 
 use async_trait::async_trait;
 use connectors::registry::{Registry, RegistryError};
@@ -40,6 +42,10 @@ pub struct SinkOp<K> {
     key: Option<usize>,
     buffer: Vec<(Option<Vec<u8>>, Vec<u8>)>,
     metrics: SinkMetrics,
+    /// Written in the task's transaction (`delivery: exactly_once`).
+    exactly_once: bool,
+    /// Value bytes in `buffer`.
+    buffered: u64,
 }
 
 impl<K: Sink> SinkOp<K> {
@@ -52,11 +58,6 @@ impl<K: Sink> SinkOp<K> {
         sink: K,
         registry: Option<&Registry>,
     ) -> Result<Self, RuntimeError> {
-        if plan.delivery == Delivery::ExactlyOnce {
-            return Err(RuntimeError::Unsupported(format!(
-                "sink `{name}`: `delivery: exactly_once` needs transactional sinks, which are not built yet; use `at_least_once`"
-            )));
-        }
         let codec = |f| {
             AvroCodec::for_arrow(plan.schema.clone(), name, f)
                 .map_err(|e| RuntimeError::Unsupported(format!("sink `{name}`: {e}")))
@@ -86,6 +87,8 @@ impl<K: Sink> SinkOp<K> {
                 topic: plan.topic.clone(),
                 ..Default::default()
             },
+            exactly_once: plan.delivery == Delivery::ExactlyOnce,
+            buffered: 0,
         })
     }
 }
@@ -122,13 +125,14 @@ impl<K: Sink> Operator for SinkOp<K> {
         };
         for (row, value) in values.into_iter().enumerate() {
             let k = keys.as_ref().and_then(|ks| ks[row].clone());
+            self.buffered += value.len() as u64;
             self.buffer.push((k, value));
         }
         Ok(())
     }
 
     async fn flush(&mut self) -> Result<Flushed, RuntimeError> {
-        if self.buffer.is_empty() {
+        if self.buffer.is_empty() || self.exactly_once {
             return Ok(Flushed::default());
         }
         let records: Vec<OutRecord<'_>> = self
@@ -147,9 +151,32 @@ impl<K: Sink> Operator for SinkOp<K> {
             bytes: records.iter().map(|r| r.value.len() as u64).sum(),
         };
         self.buffer.clear();
+        self.buffered = 0;
         self.metrics.records += flushed.records;
         self.metrics.bytes += flushed.bytes;
         Ok(flushed)
+    }
+
+    fn transactional(&mut self) -> Vec<connectors::changelog::OutputRecord> {
+        if !self.exactly_once {
+            return Vec::new();
+        }
+        self.metrics.records += self.buffer.len() as u64;
+        self.metrics.bytes += self.buffered;
+        self.buffered = 0;
+        std::mem::take(&mut self.buffer)
+            .into_iter()
+            .map(|(key, value)| connectors::changelog::OutputRecord {
+                topic: self.metrics.topic.clone(),
+                key,
+                value,
+                headers: Vec::new(),
+            })
+            .collect()
+    }
+
+    fn pending_bytes(&self) -> u64 {
+        if self.exactly_once { self.buffered } else { 0 }
     }
 
     fn report(&self, name: &str, detail: &mut Detail) {
