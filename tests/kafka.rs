@@ -80,9 +80,8 @@ fn kafka_state_run<'a>(pipeline: &'a str, bootstrap: &'a str, until_idle: bool) 
     a
 }
 
-/// Runs `pipectl` with `args` and `env` and SIGKILLs it, twice, each time once `group` has
-/// committed 20,000 more offsets of `input` (of `total` events) and so has committed state
-/// at least once; the input is not read to its end.
+/// Runs `pipectl` with `args` and `env` and SIGKILLs it, twice (see
+/// [`support::interrupted`]).
 fn killed_twice(
     bootstrap: &str,
     args: &[&str],
@@ -91,43 +90,15 @@ fn killed_twice(
     input: &str,
     total: i64,
 ) {
-    // While a killed run's transactions are settled, the committed offsets cannot be read
-    // (they are not stable yet): asked again until they can.
-    let committed = || -> i64 {
-        for _ in 0..20 {
-            match connectors::committed_total(bootstrap, group, input) {
-                Ok(n) => return n,
-                Err(e) => println!("committed offsets not known yet: {e}"),
-            }
-        }
-        panic!("the committed offsets stayed unknown");
+    let run = support::Interrupted {
+        binary: env!("CARGO_BIN_EXE_pipectl"),
+        bootstrap,
+        args,
+        env,
+        group,
+        input,
     };
-    let mut last = 0;
-    for _ in 0..2 {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pipectl"))
-            .args(args)
-            .envs(env.iter().copied())
-            .current_dir(root())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("pipectl starts");
-        let started = std::time::Instant::now();
-        while committed() < last + 20_000 && started.elapsed() < Duration::from_secs(120) {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        child.kill().expect("SIGKILL");
-        let out = child.wait_with_output().expect("reaped");
-        let now = committed();
-        assert!(
-            now > last,
-            "the run committed nothing before it was killed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        println!("killed after {now} committed input offsets");
-        last = now;
-    }
-    assert!(last < total, "the runs were killed before the end ({last})");
+    run.times(2, "KILL", 20_000, total);
 }
 
 #[test]

@@ -108,3 +108,82 @@ pub fn registry_url() -> Option<String> {
         }
     }
 }
+
+/// A run of `binary` (`pipectl`) with `args` and `env` that is interrupted, reading
+/// `input` as consumer group `group`.
+pub struct Interrupted<'a> {
+    pub binary: &'a str,
+    pub bootstrap: &'a str,
+    pub args: &'a [&'a str],
+    pub env: &'a [(&'a str, &'a str)],
+    pub group: &'a str,
+    pub input: &'a str,
+}
+
+impl Interrupted<'_> {
+    /// The sum of the group's committed offsets of the input. While a killed run's
+    /// transactions are settled, the committed offsets cannot be read (they are not stable
+    /// yet): asked again until they can.
+    pub fn committed(&self) -> i64 {
+        for _ in 0..20 {
+            match connectors::committed_total(self.bootstrap, self.group, self.input) {
+                Ok(n) => return n,
+                Err(e) => println!("committed offsets not known yet: {e}"),
+            }
+        }
+        panic!("the committed offsets stayed unknown");
+    }
+
+    /// Starts the run and sends it `signal` (`KILL`, `TERM`), `times` times, each time once
+    /// the group has committed `every` more offsets of the input (of `total`), so that it
+    /// has committed state at least once; the input is not read to its end. Returns the
+    /// seconds each restarted run took to commit anything past where it started.
+    pub fn times(&self, times: usize, signal: &str, every: i64, total: i64) -> Vec<f64> {
+        let mut last = 0;
+        let mut resumed = Vec::new();
+        for _ in 0..times {
+            let mut child = std::process::Command::new(self.binary)
+                .args(self.args)
+                .envs(self.env.iter().copied())
+                .current_dir(root())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("pipectl starts");
+            let started = std::time::Instant::now();
+            let mut first = None;
+            loop {
+                let now = self.committed();
+                if first.is_none() && now > last {
+                    first = Some(started.elapsed().as_secs_f64());
+                }
+                if now >= last + every || started.elapsed() > std::time::Duration::from_secs(120) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            let _ = std::process::Command::new("kill")
+                .args([format!("-{signal}"), child.id().to_string()])
+                .status();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while child.try_wait().expect("wait").is_none() {
+                if std::time::Instant::now() > deadline {
+                    let _ = child.kill();
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            let out = child.wait_with_output().expect("reaped");
+            let now = self.committed();
+            assert!(
+                now > last,
+                "the run committed nothing before it was stopped:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            println!("SIG{signal} after {now} committed input offsets");
+            resumed.extend(first);
+            last = now;
+        }
+        assert!(last < total, "the runs were stopped after the end ({last})");
+        resumed
+    }
+}

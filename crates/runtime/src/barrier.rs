@@ -22,7 +22,7 @@ impl<C: Connect> Task<C> {
                 .fetch_add(flushed.records, Ordering::Relaxed);
         }
         for s in &mut self.sources {
-            if s.letters.is_empty() {
+            if s.letters.is_empty() || self.transactional_letters {
                 continue;
             }
             // Late rows of a source whose own bad records are not dead-lettered open its
@@ -61,6 +61,43 @@ impl<C: Connect> Task<C> {
         Ok(())
     }
 
+    /// Bytes held for the next state transaction: exactly-once sinks' records and, with
+    /// them, dead letters.
+    pub(crate) fn pending_bytes(&self) -> u64 {
+        let letters: usize = match self.transactional_letters {
+            true => self
+                .sources
+                .iter()
+                .flat_map(|s| &s.letters)
+                .map(|(v, _)| v.len())
+                .sum(),
+            false => 0,
+        };
+        letters as u64 + self.nodes.iter().map(|n| n.op.pending_bytes()).sum::<u64>()
+    }
+
+    /// Takes the dead letters that go in the next state transaction.
+    fn transactional_letters(&mut self) -> Vec<connectors::changelog::OutputRecord> {
+        if !self.transactional_letters {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for s in &mut self.sources {
+            let n = s.letters.len() as u64;
+            self.stats.dead_lettered.fetch_add(n, Ordering::Relaxed);
+            s.metrics.dead_lettered += n;
+            out.extend(s.letters.drain(..).map(|(value, headers)| {
+                connectors::changelog::OutputRecord {
+                    topic: s.dead_letter_topic.clone(),
+                    key: None,
+                    value,
+                    headers,
+                }
+            }));
+        }
+        out
+    }
+
     /// Writes a checkpoint (at a barrier: call only with every output flushed), then commits
     /// its offsets to the consumer groups (for lag monitoring and for runs without it); with
     /// state in Kafka, commits the changed state and the offsets in one transaction.
@@ -68,10 +105,20 @@ impl<C: Connect> Task<C> {
         if self.config.discard.load(Ordering::Relaxed) {
             return Ok(());
         }
-        if let Some(state) = &self.state {
+        if self.state.is_some() {
             let offsets = crate::state::positions(&self.sources);
+            let letters = self.transactional_letters();
+            let Some(state) = &self.state else {
+                return Ok(());
+            };
             return state
-                .commit(&mut self.nodes, offsets, &self.headers, &self.stats)
+                .commit(
+                    &mut self.nodes,
+                    letters,
+                    offsets,
+                    &self.headers,
+                    &self.stats,
+                )
                 .await;
         }
         let Some(store) = self.checkpoints.clone() else {

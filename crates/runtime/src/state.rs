@@ -230,17 +230,19 @@ impl<C: Connect> StateLog<C> {
         Ok(())
     }
 
-    /// Writes what changed in every stateful node and the records exactly-once sinks hold
-    /// (with the task's `headers`), and commits `offsets` (the stream sources' positions),
-    /// in one transaction (call at a barrier).
+    /// Writes what changed in every stateful node, the records exactly-once sinks hold and
+    /// `letters` (dead letters), all with the task's `headers`, and commits `offsets` (the
+    /// stream sources' positions), in one transaction (call at a barrier).
     pub async fn commit(
         &self,
         nodes: &mut [Node],
+        letters: Vec<connectors::changelog::OutputRecord>,
         offsets: Vec<GroupOffsets>,
         headers: &[(String, String)],
         stats: &Stats,
     ) -> Result<(), RuntimeError> {
-        let mut outputs = Vec::new();
+        let letters_written = letters.len() as u64;
+        let mut outputs = letters;
         for node in nodes.iter_mut() {
             outputs.extend(node.op.transactional());
         }
@@ -269,7 +271,7 @@ impl<C: Connect> StateLog<C> {
         self.log.commit(&records, &outputs, &offsets).await?;
         stats
             .events_out
-            .fetch_add(outputs.len() as u64, Ordering::Relaxed);
+            .fetch_add(outputs.len() as u64 - letters_written, Ordering::Relaxed);
         stats.state_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         stats.checkpoints.fetch_add(1, Ordering::Relaxed);
         Ok(())

@@ -70,6 +70,8 @@ pub struct Task<C: Connect = Kafka> {
     pub(crate) stats: Arc<Stats>,
     /// Some operator holds rows until the end of input (see the module's doc).
     pub(crate) holds_rows: bool,
+    /// Dead letters go in the state transaction (a pipeline with an exactly-once sink).
+    pub(crate) transactional_letters: bool,
     pub(crate) checkpoints: Option<checkpoint::Store>,
     /// Its changelogs, when state is kept in Kafka.
     pub(crate) state: Option<crate::state::StateLog<C>>,
@@ -205,6 +207,10 @@ impl<C: Connect> Task<C> {
             level: 0,
             pipeline: plan.name.clone(),
             holds_rows: nodes.iter().any(|n| n.op.holds_rows()),
+            transactional_letters: state.is_some()
+                && plan.nodes.iter().any(|n| {
+                    matches!(&n.kind, planner::NodeKind::Sink(s) if s.delivery == planner::Delivery::ExactlyOnce)
+                }),
             nodes,
             sources,
             connect,
@@ -316,7 +322,7 @@ impl<C: Connect> Task<C> {
             self.publish(false);
             // Exactly-once sinks hold their records until the commit: a commit comes early
             // rather than let them grow past a bound.
-            let held: u64 = self.nodes.iter().map(|n| n.op.pending_bytes()).sum();
+            let held = self.pending_bytes();
             if self.keeps_state()
                 && (last_checkpoint.elapsed() >= self.config.checkpoint_interval
                     || held > PENDING_OUTPUT_BYTES)
@@ -458,7 +464,7 @@ impl<C: Connect> Task<C> {
             }
             self.state = Some(state);
             // Exactly-once records of the last snapshots go in one more transaction.
-            if self.nodes.iter().any(|n| n.op.pending_bytes() > 0) {
+            if self.pending_bytes() > 0 {
                 self.checkpoint().await?;
             }
         }
