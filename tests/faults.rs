@@ -40,79 +40,186 @@ struct Row {
     windows: (Vec<Value>, Vec<Value>),
 }
 
-/// 100,000 readings through `tests/pipelines/sensor-window.yaml` with `delivery`, sent
-/// `signal` three times, then run to the end.
-fn scenario(bootstrap: &str, test: &'static str, delivery: &str, signal: &str, seed: u64) -> Row {
-    let input = unique("faults.in");
-    let output = unique("faults.out");
-    let dlq = unique("faults.dlq");
-    let group = unique("group");
-    // Fed at 5,000 events/s while the engine runs, so that each interruption lands in the
-    // middle of the input.
-    let mut feed = Command::new(env!("CARGO_BIN_EXE_pipectl"))
-        .args([
-            "gen",
+/// A run's topics and group, and the arguments of a `pipectl run` of it.
+struct Setup {
+    input: String,
+    output: String,
+    dlq: String,
+    group: String,
+    delivery: &'static str,
+    feed: std::process::Child,
+}
+
+impl Setup {
+    /// New topics, fed with 100,000 readings at 5,000 events/s while the engine runs (so
+    /// that each interruption lands in the middle of the input).
+    fn new(bootstrap: &str, delivery: &'static str, seed: u64) -> Self {
+        let input = unique("faults.in");
+        let feed = Command::new(env!("CARGO_BIN_EXE_pipectl"))
+            .args([
+                "gen",
+                "--bootstrap",
+                bootstrap,
+                "--kind",
+                "production/sensor_reading",
+            ])
+            .args(["--count", &EVENTS.to_string(), "--seed", &seed.to_string()])
+            .args(["--topic", &input, "--partitions", "4", "--rate", "5000"])
+            .args(["--malformed", "0.01", "--late", "0.01"])
+            .current_dir(root())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("gen starts");
+        // The topic exists before the engine starts.
+        while connectors::committed_total(bootstrap, "none", &input).is_err() {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Self {
+            input,
+            output: unique("faults.out"),
+            dlq: unique("faults.dlq"),
+            group: unique("group"),
+            delivery,
+            feed,
+        }
+    }
+
+    fn env(&self) -> [(&str, &str); 5] {
+        [
+            ("TEST_INPUT_TOPIC", self.input.as_str()),
+            ("TEST_OUTPUT_TOPIC", self.output.as_str()),
+            ("TEST_DEAD_LETTER_TOPIC", self.dlq.as_str()),
+            ("TEST_GROUP", self.group.as_str()),
+            ("TEST_DELIVERY", self.delivery),
+        ]
+    }
+
+    /// A run with state in Kafka, committing every 500 ms.
+    fn args<'a>(&self, bootstrap: &'a str) -> Vec<&'a str> {
+        vec![
+            "run",
+            "tests/pipelines/sensor-window.yaml",
             "--bootstrap",
             bootstrap,
-            "--kind",
-            "production/sensor_reading",
-        ])
-        .args(["--count", &EVENTS.to_string(), "--seed", &seed.to_string()])
-        .args(["--topic", &input, "--partitions", "4", "--rate", "5000"])
-        .args(["--malformed", "0.01", "--late", "0.01"])
-        .current_dir(root())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("gen starts");
-    // The topic exists before the engine starts.
-    while connectors::committed_total(bootstrap, "none", &input).is_err() {
-        std::thread::sleep(std::time::Duration::from_millis(100));
+            "--kafka-state",
+            "--checkpoint-interval",
+            "500ms",
+            "--max-batch",
+            "500",
+            "--quiet",
+        ]
     }
-    let env = [
-        ("TEST_INPUT_TOPIC", input.as_str()),
-        ("TEST_OUTPUT_TOPIC", output.as_str()),
-        ("TEST_DEAD_LETTER_TOPIC", dlq.as_str()),
-        ("TEST_GROUP", group.as_str()),
-        ("TEST_DELIVERY", delivery),
-    ];
-    let mut args = vec![
-        "run",
-        "tests/pipelines/sensor-window.yaml",
-        "--bootstrap",
-        bootstrap,
-        "--kafka-state",
-        "--checkpoint-interval",
-        "500ms",
-        "--max-batch",
-        "500",
-        "--quiet",
-    ];
+
+    /// Waits for the feed, runs the pipeline to the end of its input and checks it.
+    fn finish(mut self, bootstrap: &str, test: &'static str, resumed: Vec<f64>) -> Row {
+        assert!(self.feed.wait().expect("gen ends").success(), "gen failed");
+        let mut args = self.args(bootstrap);
+        args.extend(["--until-idle", "5s"]);
+        let last = Command::new(env!("CARGO_BIN_EXE_pipectl"))
+            .args(&args)
+            .envs(self.env())
+            .current_dir(root())
+            .output()
+            .expect("pipectl runs");
+        assert!(
+            last.status.success(),
+            "{test}: the last run failed:\n{}",
+            String::from_utf8_lossy(&last.stderr)
+        );
+        check(
+            bootstrap,
+            test,
+            self.delivery,
+            (&self.input, &self.output, &self.dlq),
+            resumed,
+        )
+    }
+}
+
+/// The engine sent `signal` three times, then run to the end.
+fn interrupted(
+    bootstrap: &str,
+    test: &'static str,
+    delivery: &'static str,
+    signal: &str,
+    seed: u64,
+) -> Row {
+    let setup = Setup::new(bootstrap, delivery, seed);
+    let (args, env) = (setup.args(bootstrap), setup.env());
     let run = Interrupted {
         binary: env!("CARGO_BIN_EXE_pipectl"),
         bootstrap,
         args: &args,
         env: &env,
-        group: &group,
-        input: &input,
+        group: &setup.group,
+        input: &setup.input,
     };
     let resumed = run.times(3, signal, 12_000, EVENTS);
-    assert!(feed.wait().expect("gen ends").success(), "gen failed");
-    args.extend(["--until-idle", "5s"]);
-    let last = Command::new(env!("CARGO_BIN_EXE_pipectl"))
-        .args(&args)
-        .envs(env.iter().copied())
-        .current_dir(root())
-        .output()
-        .expect("pipectl runs");
-    assert!(
-        last.status.success(),
-        "{test}: the last run failed:\n{}",
-        String::from_utf8_lossy(&last.stderr)
-    );
+    setup.finish(bootstrap, test, resumed)
+}
 
-    let (messages, expected, malformed) = window_oracle(bootstrap, &input);
-    let written: Vec<Value> = read(bootstrap, &output)
+/// Two instances; one is stopped (SIGSTOP) for 30 s, long enough for the group to give its
+/// partitions to the other, whose tasks take over their transactional ids (fencing the
+/// stopped one's producers); then it runs on (SIGCONT): a zombie whose commits must fail.
+fn zombie(bootstrap: &str, seed: u64) -> Row {
+    let setup = Setup::new(bootstrap, "exactly_once", seed);
+    let (args, env) = (setup.args(bootstrap), setup.env());
+    let start = |name: &str| {
+        let log = std::env::temp_dir().join(unique(name));
+        let child = Command::new(env!("CARGO_BIN_EXE_pipectl"))
+            .args(&args)
+            .envs(env)
+            .current_dir(root())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("pipectl starts");
+        (child, log)
+    };
+    let committed =
+        || connectors::committed_total(bootstrap, &setup.group, &setup.input).unwrap_or(0);
+    let sleep = |s: u64| std::thread::sleep(std::time::Duration::from_secs(s));
+    let (mut a, a_log) = start("zombie-a");
+    while committed() < 10_000 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (mut b, b_log) = start("zombie-b");
+    sleep(5);
+    let signal = |child: &std::process::Child, s: &str| {
+        let _ = Command::new("kill")
+            .args([format!("-{s}"), child.id().to_string()])
+            .status();
+    };
+    signal(&a, "STOP");
+    println!("instance A stopped at {} committed offsets", committed());
+    sleep(30);
+    signal(&a, "CONT");
+    println!("instance A continued at {} committed offsets", committed());
+    sleep(5);
+    for (name, child, log) in [("A", &mut a, &a_log), ("B", &mut b, &b_log)] {
+        signal(child, "TERM");
+        let status = child.wait().expect("reaped");
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let fenced = text
+            .lines()
+            .filter(|l| l.contains("fenced") || l.contains("Fenced"))
+            .count();
+        println!("instance {name}: {status}, {fenced} lines about fencing");
+    }
+    setup.finish(bootstrap, "zombie (SIGSTOP 30 s)", Vec::new())
+}
+
+/// The matrix row of a run over `input` that wrote `output` and `dead letters`.
+fn check(
+    bootstrap: &str,
+    test: &'static str,
+    delivery: &str,
+    (input, output, dlq): (&str, &str, &str),
+    resumed: Vec<f64>,
+) -> Row {
+    let (messages, expected, malformed) = window_oracle(bootstrap, input);
+    let written: Vec<Value> = read(bootstrap, output)
         .iter()
         .map(|m| serde_json::from_slice(&m.payload).expect("output is JSON"))
         .collect();
@@ -126,7 +233,7 @@ fn scenario(bootstrap: &str, test: &'static str, delivery: &str, signal: &str, s
     };
     let got: BTreeSet<_> = distinct.iter().map(key).collect();
     let missing = expected.iter().filter(|e| !got.contains(&key(e))).count();
-    let letters = read(bootstrap, &dlq);
+    let letters = read(bootstrap, dlq);
     let origins: BTreeSet<(i32, i64)> = letters
         .iter()
         .map(|m| {
@@ -161,21 +268,22 @@ fn scenario(bootstrap: &str, test: &'static str, delivery: &str, signal: &str, s
 fn the_fault_matrix_loses_nothing_and_exactly_once_doubles_nothing() {
     let Some(bootstrap) = bootstrap() else { return };
     let rows = [
-        scenario(
+        interrupted(
             &bootstrap,
             "engine SIGKILLed 3 times",
             "exactly_once",
             "KILL",
             31,
         ),
-        scenario(
+        interrupted(
             &bootstrap,
             "engine SIGTERMed 3 times",
             "exactly_once",
             "TERM",
             32,
         ),
-        scenario(
+        zombie(&bootstrap, 34),
+        interrupted(
             &bootstrap,
             "engine SIGKILLed 3 times",
             "at_least_once",

@@ -82,8 +82,8 @@ spec:
       key: line_id
       regression: { target: failure_rate, features: [temperature, humidity, pressure, speed, vibration] }
   sinks:
-    - { name: windows, from: per_minute, kafka: { topic: "${BENCH_TOPIC:-keyed}.windows" }, format: json }
-    - { name: predictions, from: failure.predictions, kafka: { topic: "${BENCH_TOPIC:-keyed}.predictions" }, format: json }
+    - { name: windows, from: per_minute, kafka: { topic: "${BENCH_TOPIC:-keyed}.windows" }, format: json, delivery: "${BENCH_DELIVERY:-at_least_once}" }
+    - { name: predictions, from: failure.predictions, kafka: { topic: "${BENCH_TOPIC:-keyed}.predictions" }, format: json, delivery: "${BENCH_DELIVERY:-at_least_once}" }
 "#;
 
 /// The incremental-state benchmark's pipeline: a regression per key, state in changelogs.
@@ -266,14 +266,16 @@ async fn plan_of(yaml: &str, env: &[(&str, String)]) -> Result<PipelinePlan, Ben
 }
 
 /// Runs `plan` to `events` input events on a runtime of its own with `workers` threads (on
-/// a thread of its own, since the caller's runtime cannot block): (events read, time to
-/// read and process them, tasks).
+/// a thread of its own, since the caller's runtime cannot block), with state in Kafka
+/// committed every second if `kafka_state`: (events read, time to read and process them,
+/// tasks).
 fn run_on_workers<C: connectors::Connect>(
     workers: usize,
     plan: &PipelinePlan,
     bootstrap: &str,
     connect: C,
     events: usize,
+    kafka_state: bool,
 ) -> Result<(usize, Duration, usize), String> {
     std::thread::scope(|scope| {
         scope
@@ -287,6 +289,8 @@ fn run_on_workers<C: connectors::Connect>(
                     let stats = Arc::new(runtime::Stats::default());
                     let mut config = runtime::RunConfig::new(bootstrap);
                     config.max_events = Some(events as u64);
+                    config.kafka_state = kafka_state;
+                    config.checkpoint_interval = Duration::from_secs(1);
                     let runner = runtime::Runner::connect(plan, config, stats.clone(), connect)
                         .await
                         .map_err(|e| e.to_string())?;
@@ -332,7 +336,7 @@ async fn scale<C: connectors::Connect>(
         )
         .await?;
         let (n, elapsed, tasks) =
-            run_on_workers(workers, &plan, bootstrap, connect.clone(), events)?;
+            run_on_workers(workers, &plan, bootstrap, connect.clone(), events, false)?;
         report(
             &format!("window + regression per line, {place}, {workers} worker(s)"),
             n,
@@ -343,6 +347,42 @@ async fn scale<C: connectors::Connect>(
     }
     println!(
         "{:<44} 2 workers / 1 worker: {:.2}",
+        "",
+        rates[1] / rates[0]
+    );
+    Ok(())
+}
+
+/// The cost of exactly-once delivery: the keyed pipeline on 2 workers with state in Kafka
+/// committed every second, its sinks at least once, then exactly once.
+async fn delivery_cost<C: connectors::Connect>(
+    place: &str,
+    topic: &str,
+    bootstrap: &str,
+    connect: C,
+    events: usize,
+) -> Result<(), BenchError> {
+    let mut rates = Vec::new();
+    for delivery in ["at_least_once", "exactly_once"] {
+        let plan = plan_of(
+            KEYED,
+            &[
+                ("BENCH_TOPIC", topic.to_string()),
+                ("BENCH_GROUP", format!("{topic}-{delivery}")),
+                ("BENCH_DELIVERY", delivery.to_string()),
+            ],
+        )
+        .await?;
+        let (n, elapsed, _) = run_on_workers(2, &plan, bootstrap, connect.clone(), events, true)?;
+        report(
+            &format!("window + regression, {place}, {delivery}"),
+            n,
+            elapsed,
+        );
+        rates.push(n as f64 / elapsed.as_secs_f64());
+    }
+    println!(
+        "{:<44} exactly once / at least once: {:.2} (state in Kafka, commit every 1 s, 2 workers)",
         "",
         rates[1] / rates[0]
     );
@@ -458,6 +498,14 @@ async fn main() -> Result<(), BenchError> {
         events,
     )
     .await?;
+    delivery_cost(
+        "in-memory broker",
+        "keyed",
+        "memory",
+        broker.clone(),
+        events,
+    )
+    .await?;
     incremental_state().await?;
 
     let Some(bootstrap) = arg("--bootstrap") else {
@@ -533,7 +581,7 @@ async fn main() -> Result<(), BenchError> {
         ("engine: filter -> sink, via Kafka", "clean"),
         ("engine: filter + 1m window, via Kafka", "per_minute"),
     ] {
-        let group = format!("{what}-{nanos}").replace([' ', ':', '>', '+'], "_");
+        let group = format!("{what}-{nanos}").replace([' ', ':', '>', '+', ','], "_");
         let plan = plan_with(&[
             ("BENCH_TOPIC", topic.clone()),
             ("BENCH_GROUP", group),
@@ -583,6 +631,7 @@ async fn main() -> Result<(), BenchError> {
         sink.send_all(&records, &[]).await?;
     }
     let kafka = connectors::Kafka::new(bootstrap.clone());
-    scale("via Kafka", &keyed, &bootstrap, kafka, events).await?;
+    scale("via Kafka", &keyed, &bootstrap, kafka.clone(), events).await?;
+    delivery_cost("via Kafka", &keyed, &bootstrap, kafka, events).await?;
     Ok(())
 }
