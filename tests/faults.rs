@@ -36,6 +36,9 @@ struct Row {
     malformed: usize,
     /// Seconds each restarted run took to commit past where it started.
     resumed: Vec<f64>,
+    /// Partitions of the output and dead-letter topics whose last transaction is still
+    /// open (their last stable offset short of their end).
+    open: usize,
     /// The distinct window rows and DuckDB's.
     windows: (Vec<Value>, Vec<Value>),
 }
@@ -250,7 +253,12 @@ fn check(
             )
         })
         .collect();
+    let open = [output, dlq]
+        .iter()
+        .map(|t| open_transactions(bootstrap, t))
+        .sum();
     Row {
+        open,
         test,
         exactly_once: delivery == "exactly_once",
         events: messages.len(),
@@ -262,6 +270,90 @@ fn check(
         resumed,
         windows: (distinct, expected),
     }
+}
+
+/// Partitions of `topic` whose last stable offset is short of their end: a
+/// `read_committed` reader at the end of the partition stands before the high watermark.
+fn open_transactions(bootstrap: &str, topic: &str) -> usize {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("lso"))
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .create()
+        .expect("consumer");
+    let timeout = std::time::Duration::from_secs(10);
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .expect("metadata");
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in &partitions {
+        tpl.add_partition_offset(topic, *p, rdkafka::Offset::Beginning)
+            .expect("partition");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut ended = BTreeSet::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while ended.len() < partitions.len() && std::time::Instant::now() < deadline {
+        if let Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) =
+            consumer.poll(std::time::Duration::from_millis(100))
+        {
+            ended.insert(p);
+        }
+    }
+    let position = consumer.position().expect("position");
+    partitions
+        .iter()
+        .filter(|p| {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, **p, timeout)
+                .expect("watermarks");
+            let at = match position.find_partition(topic, **p).map(|e| e.offset()) {
+                Some(rdkafka::Offset::Offset(o)) => o,
+                _ => 0,
+            };
+            !ended.contains(*p) || (high > 0 && at < high)
+        })
+        .count()
+}
+
+/// The engine aborted three times between a transaction's last send and its commit (a
+/// test-only crash point), then run to the end.
+fn crashed_before_commit(bootstrap: &str, seed: u64) -> Row {
+    let setup = Setup::new(bootstrap, "exactly_once", seed);
+    let mut args = setup.args(bootstrap);
+    // Bounded in case the crash point never comes.
+    args.extend(["--until-idle", "20s"]);
+    let mut env = setup.env().to_vec();
+    env.extend([
+        ("PIPELINE_FAILPOINT", "before-commit"),
+        ("PIPELINE_FAILPOINT_AFTER", "8"),
+    ]);
+    for _ in 0..3 {
+        let out = Command::new(env!("CARGO_BIN_EXE_pipectl"))
+            .args(&args)
+            .envs(env.iter().copied())
+            .current_dir(root())
+            .output()
+            .expect("pipectl runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("failpoint before-commit: aborting"),
+            "the run crashed at the crash point ({}):\n{stderr}",
+            out.status
+        );
+        println!(
+            "aborted before a commit at {} committed offsets",
+            connectors::committed_total(bootstrap, &setup.group, &setup.input).unwrap_or(-1)
+        );
+    }
+    setup.finish(bootstrap, "crash before a commit", Vec::new())
 }
 
 #[test]
@@ -282,6 +374,7 @@ fn the_fault_matrix_loses_nothing_and_exactly_once_doubles_nothing() {
             "TERM",
             32,
         ),
+        crashed_before_commit(&bootstrap, 35),
         zombie(&bootstrap, 34),
         interrupted(
             &bootstrap,
@@ -292,13 +385,20 @@ fn the_fault_matrix_loses_nothing_and_exactly_once_doubles_nothing() {
         ),
     ];
     println!(
-        "\n{:<28} {:<14} {:>7} {:>7} {:>10} {:>13} {:>9}  resumed (s)",
-        "test", "delivery", "events", "missing", "duplicated", "dead-lettered", "malformed"
+        "\n{:<28} {:<14} {:>7} {:>7} {:>10} {:>13} {:>9} {:>9}  resumed (s)",
+        "test",
+        "delivery",
+        "events",
+        "missing",
+        "duplicated",
+        "dead-lettered",
+        "malformed",
+        "open txns"
     );
     for r in &rows {
         let resumed: Vec<String> = r.resumed.iter().map(|s| format!("{s:.1}")).collect();
         println!(
-            "{:<28} {:<14} {:>7} {:>7} {:>10} {:>13} {:>9}  {}",
+            "{:<28} {:<14} {:>7} {:>7} {:>10} {:>13} {:>9} {:>9}  {}",
             r.test,
             if r.exactly_once {
                 "exactly_once"
@@ -310,6 +410,7 @@ fn the_fault_matrix_loses_nothing_and_exactly_once_doubles_nothing() {
             r.duplicated,
             r.dead_lettered,
             r.malformed,
+            r.open,
             resumed.join(", ")
         );
     }
@@ -333,6 +434,7 @@ fn the_fault_matrix_loses_nothing_and_exactly_once_doubles_nothing() {
             r.wrong_letters, 0,
             "{what}: dead letters are the malformed records"
         );
+        assert_eq!(r.open, 0, "{what}: transactions left open");
         if r.exactly_once {
             assert_eq!(r.duplicated, 0, "{what}: window rows written twice");
             assert_eq!(

@@ -88,6 +88,28 @@ pub trait Changelog: Send + Sync + 'static {
     fn caught_up(&self, group: &str, topic: &str) -> Result<bool, ConnectorError>;
 }
 
+/// A crash point of the fault tests: with the `failpoints` feature (test builds only), the
+/// process aborts at the `PIPELINE_FAILPOINT_AFTER`-th (default first) pass through the
+/// point named by `PIPELINE_FAILPOINT`.
+#[cfg(feature = "failpoints")]
+fn failpoint(name: &str) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static PASSES: AtomicU64 = AtomicU64::new(0);
+    if std::env::var("PIPELINE_FAILPOINT").is_ok_and(|f| f == name) {
+        let after: u64 = std::env::var("PIPELINE_FAILPOINT_AFTER")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        if PASSES.fetch_add(1, Ordering::Relaxed) + 1 >= after {
+            eprintln!("failpoint {name}: aborting");
+            std::process::abort();
+        }
+    }
+}
+
+#[cfg(not(feature = "failpoints"))]
+fn failpoint(_name: &str) {}
+
 /// Header naming the fingerprint of the operator that wrote an entry.
 const FINGERPRINT: &str = "fingerprint";
 
@@ -282,6 +304,8 @@ impl KafkaChangelog {
                     "adding offsets of `{topic}` to the transaction"
                 )))?;
         }
+        // Every record and the offsets are sent; the commit has not been asked for.
+        failpoint("before-commit");
         self.producer
             .commit_transaction(TXN_TIMEOUT)
             .map_err(kafka("committing the transaction"))?;
