@@ -323,6 +323,113 @@ fn open_transactions(bootstrap: &str, topic: &str) -> usize {
         .count()
 }
 
+/// A broker of this test's own (the shared one serves other tests meanwhile), stopped with
+/// the test.
+struct OwnBroker {
+    port: String,
+    dir: String,
+}
+
+impl OwnBroker {
+    fn start() -> Self {
+        let port = std::env::var("FAULTS_KAFKA_PORT").unwrap_or_else(|_| "19192".into());
+        let dir = std::env::temp_dir()
+            .join(format!("pipeline-faults-kafka-{port}"))
+            .display()
+            .to_string();
+        let broker = Self { port, dir };
+        broker.script("start");
+        broker
+    }
+
+    fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn script(&self, what: &str) {
+        let out = Command::new(root().join("scripts/kafka"))
+            .arg(what)
+            .env("KAFKA_PORT", &self.port)
+            .env("KAFKA_RUN_DIR", &self.dir)
+            .output()
+            .expect("scripts/kafka runs");
+        assert!(
+            out.status.success(),
+            "scripts/kafka {what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Kills the broker (SIGKILL) and starts it again on the same log dir.
+    fn restart(&self) {
+        let pid = std::fs::read_to_string(format!("{}/kafka.pid", self.dir)).expect("pid file");
+        let _ = Command::new("kill").args(["-KILL", pid.trim()]).status();
+        while Command::new("kill")
+            .args(["-0", pid.trim()])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        self.script("resume");
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let _ = Command::new(root().join("scripts/kafka"))
+            .arg("stop")
+            .env("KAFKA_PORT", &self.port)
+            .env("KAFKA_RUN_DIR", &self.dir)
+            .output();
+    }
+}
+
+/// The broker SIGKILLed and started again on its log dir three times while the engine
+/// runs; an engine run that fails meanwhile is started again, as a supervisor would.
+fn broker_restarted(seed: u64) -> Row {
+    let broker = OwnBroker::start();
+    let bootstrap = broker.bootstrap();
+    let setup = Setup::new(&bootstrap, "exactly_once", seed);
+    let (args, env) = (setup.args(&bootstrap), setup.env());
+    let start = || {
+        Command::new(env!("CARGO_BIN_EXE_pipectl"))
+            .args(&args)
+            .envs(env)
+            .current_dir(root())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("pipectl starts")
+    };
+    let committed = || connectors::committed_total(&bootstrap, &setup.group, &setup.input).ok();
+    let mut engine = start();
+    let mut restarts = 0;
+    let mut last = 0;
+    for _ in 0..3 {
+        let began = std::time::Instant::now();
+        while committed().unwrap_or(last) < last + 12_000
+            && began.elapsed() < std::time::Duration::from_secs(120)
+        {
+            if engine.try_wait().expect("wait").is_some() {
+                restarts += 1;
+                engine = start();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        last = committed().unwrap_or(last);
+        broker.restart();
+        println!("broker restarted at {last} committed offsets");
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &engine.id().to_string()])
+        .status();
+    let status = engine.wait().expect("reaped");
+    println!("engine runs started again after failing: {restarts}; the last ended {status}");
+    setup.finish(&bootstrap, "broker restarted 3 times", Vec::new())
+}
+
 /// The engine aborted three times between a transaction's last send and its commit (a
 /// test-only crash point), then run to the end.
 fn crashed_before_commit(bootstrap: &str, seed: u64) -> Row {
@@ -356,34 +463,40 @@ fn crashed_before_commit(bootstrap: &str, seed: u64) -> Row {
     setup.finish(bootstrap, "crash before a commit", Vec::new())
 }
 
+/// A row of the matrix by name, and how to run it.
+type Scenario<'a> = (&'a str, Box<dyn Fn() -> Row + 'a>);
+
 #[test]
 fn the_fault_matrix_loses_nothing_and_exactly_once_doubles_nothing() {
     let Some(bootstrap) = bootstrap() else { return };
-    let rows = [
-        interrupted(
-            &bootstrap,
-            "engine SIGKILLed 3 times",
-            "exactly_once",
-            "KILL",
-            31,
+    let b = bootstrap.as_str();
+    let scenarios: Vec<Scenario<'_>> = vec![
+        (
+            "kill",
+            Box::new(|| interrupted(b, "engine SIGKILLed 3 times", "exactly_once", "KILL", 31)),
         ),
-        interrupted(
-            &bootstrap,
-            "engine SIGTERMed 3 times",
-            "exactly_once",
-            "TERM",
-            32,
+        (
+            "term",
+            Box::new(|| interrupted(b, "engine SIGTERMed 3 times", "exactly_once", "TERM", 32)),
         ),
-        crashed_before_commit(&bootstrap, 35),
-        zombie(&bootstrap, 34),
-        interrupted(
-            &bootstrap,
-            "engine SIGKILLed 3 times",
-            "at_least_once",
-            "KILL",
-            33,
+        ("crash", Box::new(|| crashed_before_commit(b, 35))),
+        ("broker", Box::new(|| broker_restarted(36))),
+        ("zombie", Box::new(|| zombie(b, 34))),
+        (
+            "at-least-once",
+            Box::new(|| interrupted(b, "engine SIGKILLed 3 times", "at_least_once", "KILL", 33)),
         ),
     ];
+    // FAULTS_ONLY=zombie,broker runs only those rows (while working on one).
+    let only = std::env::var("FAULTS_ONLY").ok();
+    let rows: Vec<Row> = scenarios
+        .iter()
+        .filter(|(name, _)| {
+            only.as_ref()
+                .is_none_or(|o| o.split(',').any(|x| x == *name))
+        })
+        .map(|(_, run)| run())
+        .collect();
     println!(
         "\n{:<28} {:<14} {:>7} {:>7} {:>10} {:>13} {:>9} {:>9}  resumed (s)",
         "test",
