@@ -88,6 +88,8 @@ pub struct SinkMetrics {
     pub records: u64,
     /// Payload bytes written.
     pub bytes: u64,
+    /// Records larger than its `message.max.bytes`, dead-lettered instead.
+    pub oversize: u64,
 }
 
 /// A model's quality over all its keys.

@@ -2,6 +2,11 @@
 //! acknowledgement of every record. An exactly-once sink instead hands its records to the
 //! task's next state commit, which writes them in its Kafka transaction with the state and
 //! the source offsets past their inputs ([`crate::state`]).
+//!
+//! A record larger than the sink's `message.max.bytes` (librdkafka's default, 1,000,000,
+//! unless its `kafka.properties` say otherwise) would fail the write of every record with
+//! it: it goes to the dead-letter topic of the source its rows came from instead, with the
+//! reason (header `error`) and the sink (header `sink`).
 
 use async_trait::async_trait;
 use connectors::registry::{Registry, RegistryError};
@@ -34,6 +39,13 @@ pub(crate) fn framing(format: Format) -> Option<Framing> {
     }
 }
 
+/// librdkafka's default `message.max.bytes`.
+const DEFAULT_MAX_BYTES: usize = 1_000_000;
+
+/// Room a record needs beyond its key and value (librdkafka counts the record's framing
+/// and headers against `message.max.bytes`).
+const RECORD_OVERHEAD: usize = 512;
+
 /// A sink writing to `K`.
 #[derive(Debug)]
 pub struct SinkOp<K> {
@@ -46,6 +58,10 @@ pub struct SinkOp<K> {
     exactly_once: bool,
     /// Value bytes in `buffer`.
     buffered: u64,
+    /// The largest record it writes (key and value); larger ones are dead-lettered.
+    max_bytes: usize,
+    /// Its name, for the dead letters' headers.
+    name: String,
 }
 
 impl<K: Sink> SinkOp<K> {
@@ -89,6 +105,12 @@ impl<K: Sink> SinkOp<K> {
             },
             exactly_once: plan.delivery == Delivery::ExactlyOnce,
             buffered: 0,
+            max_bytes: plan
+                .properties
+                .get("message.max.bytes")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(DEFAULT_MAX_BYTES),
+            name: name.to_string(),
         })
     }
 }
@@ -112,7 +134,7 @@ impl<K: Sink> Operator for SinkOp<K> {
         _port: usize,
         _partition: i32,
         batch: RecordBatch,
-        _ctx: &mut Context,
+        ctx: &mut Context,
     ) -> Result<(), RuntimeError> {
         let values = match &self.encoder {
             Encoder::Json => encode_rows(&batch),
@@ -125,6 +147,26 @@ impl<K: Sink> Operator for SinkOp<K> {
         };
         for (row, value) in values.into_iter().enumerate() {
             let k = keys.as_ref().and_then(|ks| ks[row].clone());
+            let size = value.len() + k.as_ref().map_or(0, Vec::len);
+            if size + RECORD_OVERHEAD > self.max_bytes {
+                let error = format!(
+                    "a record of {size} bytes for sink `{}` exceeds its message.max.bytes ({}) with its framing",
+                    self.name, self.max_bytes
+                );
+                self.metrics.oversize += 1;
+                ctx.dead_letter(
+                    value,
+                    vec![
+                        ("error".to_string(), error.into_bytes()),
+                        ("sink".to_string(), self.name.clone().into_bytes()),
+                        (
+                            "sink-topic".to_string(),
+                            self.metrics.topic.clone().into_bytes(),
+                        ),
+                    ],
+                );
+                continue;
+            }
             self.buffered += value.len() as u64;
             self.buffer.push((k, value));
         }
