@@ -614,6 +614,9 @@ impl KafkaSource {
     /// Connects to `bootstrap` and positions the consumer as `config.start` says.
     pub fn connect(bootstrap: &str, config: &SourceConfig) -> Result<Self, ConnectorError> {
         let mut client = ClientConfig::new();
+        // Only committed records of transactional writers (another pipeline's exactly-once
+        // sinks): librdkafka's default, said here; a source's properties may say otherwise.
+        client.set("isolation.level", "read_committed");
         for (k, v) in &config.properties {
             client.set(k, v);
         }
