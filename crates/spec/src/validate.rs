@@ -276,6 +276,23 @@ fn is_name_path(path: &str) -> bool {
 fn check_source(s: &Source, doc: &Document, out: &mut Vec<Diagnostic>) {
     let path = format!("spec.sources[{}]", s.index);
     check_topic(&s.kafka.topic, format!("{path}.kafka.topic"), out);
+    // A stream source's group names the pipeline's internal topics
+    // (`<group>.<operator>.changelog`, `<group>.<operator>.repartition`).
+    if let (Some(group), None) = (&s.kafka.group, &s.table) {
+        let ok = !group.is_empty()
+            && group.len() <= 200
+            && group
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !ok {
+            out.push(Diagnostic::at_path(
+                format!("{path}.kafka.group"),
+                format!(
+                    "group `{group}` cannot name the pipeline's internal topics (`<group>.<operator>.changelog`, `.repartition`): use letters, digits, `.`, `_` and `-`, at most 200 characters"
+                ),
+            ));
+        }
+    }
     check_properties(
         &s.kafka.properties,
         &format!("{path}.kafka.properties"),
