@@ -17,7 +17,7 @@ use std::process::Command;
 use serde_json::Value;
 
 mod support;
-use support::{Interrupted, bootstrap, epoch_ms, root, unique};
+use support::{Interrupted, bootstrap, epoch_ms, kafka_state_run, root, unique};
 #[path = "support/oracles.rs"]
 mod oracles;
 use oracles::{assert_same_windows, distinct_windows, read, same_json, window_oracle};
@@ -103,25 +103,13 @@ impl Setup {
 
     /// A run with state in Kafka, committing every 500 ms.
     fn args<'a>(&self, bootstrap: &'a str) -> Vec<&'a str> {
-        vec![
-            "run",
-            "tests/pipelines/sensor-window.yaml",
-            "--bootstrap",
-            bootstrap,
-            "--kafka-state",
-            "--checkpoint-interval",
-            "500ms",
-            "--max-batch",
-            "500",
-            "--quiet",
-        ]
+        kafka_state_run("tests/pipelines/sensor-window.yaml", bootstrap, false)
     }
 
     /// Waits for the feed, runs the pipeline to the end of its input and checks it.
     fn finish(mut self, bootstrap: &str, test: &'static str, resumed: Vec<f64>) -> Row {
         assert!(self.feed.wait().expect("gen ends").success(), "gen failed");
-        let mut args = self.args(bootstrap);
-        args.extend(["--until-idle", "5s"]);
+        let args = kafka_state_run("tests/pipelines/sensor-window.yaml", bootstrap, true);
         let last = Command::new(env!("CARGO_BIN_EXE_pipectl"))
             .args(&args)
             .envs(self.env())
@@ -634,24 +622,8 @@ fn restores_equal_one_run(bootstrap: &str, seed: u64) -> Row {
     let snapshots = [unique("restored.snapshots"), unique("whole.snapshots")];
     let whole_output = unique("whole.out");
     let whole_group = unique("group");
-    let base_args = |until_idle: bool| {
-        let mut a = vec![
-            "run",
-            "tests/pipelines/scale-out.yaml",
-            "--bootstrap",
-            bootstrap,
-            "--kafka-state",
-            "--checkpoint-interval",
-            "500ms",
-            "--max-batch",
-            "500",
-            "--quiet",
-        ];
-        if until_idle {
-            a.extend(["--until-idle", "5s"]);
-        }
-        a
-    };
+    let base_args =
+        |until_idle| kafka_state_run("tests/pipelines/scale-out.yaml", bootstrap, until_idle);
     let env = |output: &str, snapshots: &str, group: &str| -> Vec<(String, String)> {
         [
             ("TEST_INPUT_TOPIC", setup.input.as_str()),

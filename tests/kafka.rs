@@ -15,7 +15,7 @@ use connectors::{StoredMessage, read_all};
 use serde_json::Value;
 
 mod support;
-use support::{bootstrap, epoch_ms, root, unique};
+use support::{bootstrap, epoch_ms, kafka_state_run, root, unique};
 #[path = "support/oracles.rs"]
 mod oracles;
 use oracles::{
@@ -59,29 +59,8 @@ fn late_from_summary(stderr: &str) -> u64 {
         .expect("late count")
 }
 
-/// The arguments of a `pipectl run` of `pipeline` with state in Kafka, committing every
-/// 500 ms in micro-batches of 500; `until_idle`: a bounded run (5 s).
-fn kafka_state_run<'a>(pipeline: &'a str, bootstrap: &'a str, until_idle: bool) -> Vec<&'a str> {
-    let mut a = vec![
-        "run",
-        pipeline,
-        "--bootstrap",
-        bootstrap,
-        "--kafka-state",
-        "--checkpoint-interval",
-        "500ms",
-        "--max-batch",
-        "500",
-        "--quiet",
-    ];
-    if until_idle {
-        a.extend(["--until-idle", "5s"]);
-    }
-    a
-}
-
 /// Runs `pipectl` with `args` and `env` and SIGKILLs it, twice (see
-/// [`support::interrupted`]).
+/// [`support::Interrupted`]).
 fn killed_twice(
     bootstrap: &str,
     args: &[&str],
@@ -587,6 +566,24 @@ fn adjusted_rand_index(a: &[usize], b: &[usize]) -> f64 {
     (index - expected) / ((rows + cols) / 2.0 - expected)
 }
 
+/// The cluster of every assigned row of `assignments` (rows seen before the model was
+/// seeded have none), and the generator's segment (of `seed`) of its customer.
+fn segments(assignments: &[StoredMessage], seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let truth = generator::Generator::new(generator::Settings::new("customer/activity", seed))
+        .expect("kind");
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for m in assignments {
+        let v: Value = serde_json::from_slice(&m.payload).expect("json");
+        let Some(cluster) = v["cluster_id"].as_u64() else {
+            continue;
+        };
+        let customer = v["customer_id"].as_str().expect("customer");
+        ours.push(cluster as usize);
+        theirs.push(truth.segment_of(customer).expect("a generated customer"));
+    }
+    (ours, theirs)
+}
+
 #[test]
 fn clustering_on_the_broker_finds_the_generators_customer_segments() {
     let Some(bootstrap) = bootstrap() else { return };
@@ -628,20 +625,8 @@ fn clustering_on_the_broker_finds_the_generators_customer_segments() {
             ("TEST_GROUP", &group),
         ],
     );
-    let truth = generator::Generator::new(generator::Settings::new("customer/activity", seed))
-        .expect("kind");
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     let assignments = read(&bootstrap, &output);
-    for m in &assignments {
-        let v: Value = serde_json::from_slice(&m.payload).expect("json");
-        // Rows seen before the model was seeded have no cluster.
-        let Some(cluster) = v["cluster_id"].as_u64() else {
-            continue;
-        };
-        let customer = v["customer_id"].as_str().expect("customer");
-        ours.push(cluster as usize);
-        theirs.push(truth.segment_of(customer).expect("a generated customer"));
-    }
+    let (ours, theirs) = segments(&assignments, seed);
     assert!(
         ours.len() > 5000,
         "{} assigned customer-hours of {}",
@@ -708,8 +693,6 @@ fn a_global_clustering_learnt_by_four_tasks_merges_into_one_model_of_every_row()
         stderr.contains("running as 4 tasks"),
         "the model runs in every task:\n{stderr}"
     );
-    let truth = generator::Generator::new(generator::Settings::new("customer/activity", seed))
-        .expect("kind");
     let features = [
         "page_view_share",
         "search_share",
@@ -717,7 +700,6 @@ fn a_global_clustering_learnt_by_four_tasks_merges_into_one_model_of_every_row()
         "support_share",
         "avg_duration_s",
     ];
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     let mut sums = [0.0f64; 5];
     let rows = read(&bootstrap, &output);
     for m in &rows {
@@ -725,14 +707,8 @@ fn a_global_clustering_learnt_by_four_tasks_merges_into_one_model_of_every_row()
         for (s, f) in sums.iter_mut().zip(features) {
             *s += v[f].as_f64().expect("a feature");
         }
-        // Rows seen before the model was seeded have no cluster.
-        let Some(cluster) = v["cluster_id"].as_u64() else {
-            continue;
-        };
-        let customer = v["customer_id"].as_str().expect("customer");
-        ours.push(cluster as usize);
-        theirs.push(truth.segment_of(customer).expect("a generated customer"));
     }
+    let (ours, theirs) = segments(&rows, seed);
     let ari = adjusted_rand_index(&ours, &theirs);
     println!(
         "ARI {ari} over {} assigned customer-hours of {} (4 tasks)",
@@ -1262,9 +1238,13 @@ fn a_repartitioned_window_with_state_in_kafka_counts_each_order_once_through_sig
     );
 }
 
-#[test]
-fn state_in_kafka_survives_sigkill_and_every_event_is_learnt_once() {
-    let Some(bootstrap) = bootstrap() else { return };
+/// The scale-out pipeline (per-line windows, a per-line and a global regression) over
+/// 200,000 readings on 8 partitions with state in Kafka and its sinks' `delivery`, SIGKILLed
+/// twice (each time once it has committed state at least once and read part of the input),
+/// then run to the end: the windows equal DuckDB's and the models scikit-learn's. Returns
+/// the window rows written twice.
+fn scale_out_through_two_kills(delivery: &str, seed: u64, what: &str) -> Option<usize> {
+    let bootstrap = bootstrap()?;
     let input = unique("state.in");
     let output = unique("state.out");
     let snapshots = unique("state.snapshots");
@@ -1279,7 +1259,7 @@ fn state_in_kafka_survives_sigkill_and_every_event_is_learnt_once() {
             "--count",
             "200000",
             "--seed",
-            "12",
+            &seed.to_string(),
             "--topic",
             &input,
             "--partitions",
@@ -1294,11 +1274,11 @@ fn state_in_kafka_survives_sigkill_and_every_event_is_learnt_once() {
         ("TEST_OUTPUT_TOPIC", output.as_str()),
         ("TEST_SNAPSHOT_TOPIC", snapshots.as_str()),
         ("TEST_GROUP", group.as_str()),
+        ("TEST_DELIVERY", delivery),
     ];
     let args =
         |until_idle| kafka_state_run("tests/pipelines/scale-out.yaml", &bootstrap, until_idle);
-    // Killed twice, each time once it has committed state at least once and read part of
-    // the input; what was written since the last commit is done again on restart.
+    // What was written since the last commit is done again on restart.
     killed_twice(&bootstrap, &args(false), &env, &group, &input, 200_000);
     let run = pipectl(&args(true), &env);
     let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
@@ -1306,8 +1286,13 @@ fn state_in_kafka_survives_sigkill_and_every_event_is_learnt_once() {
         stderr.contains("running as 8 tasks, one per input partition"),
         "{stderr}"
     );
+    let (_, duplicated) = assert_scale_out_results(&bootstrap, &input, &output, &snapshots, what);
+    Some(duplicated)
+}
 
-    assert_scale_out_results(&bootstrap, &input, &output, &snapshots, "2 kills");
+#[test]
+fn state_in_kafka_survives_sigkill_and_every_event_is_learnt_once() {
+    scale_out_through_two_kills("at_least_once", 12, "2 kills");
 }
 
 /// The same with `delivery: exactly_once` sinks: their records go in the transaction that
@@ -1315,50 +1300,11 @@ fn state_in_kafka_survives_sigkill_and_every_event_is_learnt_once() {
 /// once through the kills (the at-least-once run above writes some twice).
 #[test]
 fn exactly_once_sinks_write_every_window_once_through_sigkills() {
-    let Some(bootstrap) = bootstrap() else { return };
-    let input = unique("once.in");
-    let output = unique("once.out");
-    let snapshots = unique("once.snapshots");
-    let group = unique("group");
-    pipectl(
-        &[
-            "gen",
-            "--bootstrap",
-            &bootstrap,
-            "--kind",
-            "production/sensor_reading",
-            "--count",
-            "200000",
-            "--seed",
-            "14",
-            "--topic",
-            &input,
-            "--partitions",
-            "8",
-            "--late",
-            "0.01",
-        ],
-        &[],
-    );
-    let env = [
-        ("TEST_INPUT_TOPIC", input.as_str()),
-        ("TEST_OUTPUT_TOPIC", output.as_str()),
-        ("TEST_SNAPSHOT_TOPIC", snapshots.as_str()),
-        ("TEST_GROUP", group.as_str()),
-        ("TEST_DELIVERY", "exactly_once"),
-    ];
-    let args =
-        |until_idle| kafka_state_run("tests/pipelines/scale-out.yaml", &bootstrap, until_idle);
-    killed_twice(&bootstrap, &args(false), &env, &group, &input, 200_000);
-    pipectl(&args(true), &env);
-    let (_, duplicated) = assert_scale_out_results(
-        &bootstrap,
-        &input,
-        &output,
-        &snapshots,
-        "exactly once, 2 kills",
-    );
-    assert_eq!(duplicated, 0, "window rows written twice");
+    if let Some(duplicated) =
+        scale_out_through_two_kills("exactly_once", 14, "exactly once, 2 kills")
+    {
+        assert_eq!(duplicated, 0, "window rows written twice");
+    }
 }
 
 /// Several instances share a pipeline through its consumer group. 200,000 readings fed at

@@ -109,6 +109,31 @@ pub fn registry_url() -> Option<String> {
     }
 }
 
+/// The arguments of a `pipectl run` of `pipeline` with state in Kafka, committing every
+/// 500 ms in micro-batches of 500; `until_idle`: a bounded run (5 s).
+pub fn kafka_state_run<'a>(
+    pipeline: &'a str,
+    bootstrap: &'a str,
+    until_idle: bool,
+) -> Vec<&'a str> {
+    let mut a = vec![
+        "run",
+        pipeline,
+        "--bootstrap",
+        bootstrap,
+        "--kafka-state",
+        "--checkpoint-interval",
+        "500ms",
+        "--max-batch",
+        "500",
+        "--quiet",
+    ];
+    if until_idle {
+        a.extend(["--until-idle", "5s"]);
+    }
+    a
+}
+
 /// A run of `binary` (`pipectl`) with `args` and `env` that is interrupted, reading
 /// `input` as consumer group `group`.
 pub struct Interrupted<'a> {
