@@ -566,6 +566,28 @@ fn adjusted_rand_index(a: &[usize], b: &[usize]) -> f64 {
     (index - expected) / ((rows + cols) / 2.0 - expected)
 }
 
+/// Writes `count` customer activity events of `seed` to `input` (`partitions` partitions).
+fn gen_activity(bootstrap: &str, input: &str, count: u32, partitions: u32, seed: u64) {
+    pipectl(
+        &[
+            "gen",
+            "--bootstrap",
+            bootstrap,
+            "--kind",
+            "customer/activity",
+            "--count",
+            &count.to_string(),
+            "--seed",
+            &seed.to_string(),
+            "--topic",
+            input,
+            "--partitions",
+            &partitions.to_string(),
+        ],
+        &[],
+    );
+}
+
 /// The cluster of every assigned row of `assignments` (rows seen before the model was
 /// seeded have none), and the generator's segment (of `seed`) of its customer.
 fn segments(assignments: &[StoredMessage], seed: u64) -> (Vec<usize>, Vec<usize>) {
@@ -591,24 +613,7 @@ fn clustering_on_the_broker_finds_the_generators_customer_segments() {
     let output = unique("segments.out");
     let group = unique("group");
     let seed = 21;
-    pipectl(
-        &[
-            "gen",
-            "--bootstrap",
-            &bootstrap,
-            "--kind",
-            "customer/activity",
-            "--count",
-            "400000",
-            "--seed",
-            &seed.to_string(),
-            "--topic",
-            &input,
-            "--partitions",
-            "2",
-        ],
-        &[],
-    );
+    gen_activity(&bootstrap, &input, 400000, 2, seed);
     pipectl(
         &[
             "run",
@@ -659,24 +664,7 @@ fn a_global_clustering_learnt_by_four_tasks_merges_into_one_model_of_every_row()
     let snapshots = unique("shared-segments.snapshots");
     let group = unique("group");
     let seed = 21;
-    pipectl(
-        &[
-            "gen",
-            "--bootstrap",
-            &bootstrap,
-            "--kind",
-            "customer/activity",
-            "--count",
-            "200000",
-            "--seed",
-            &seed.to_string(),
-            "--topic",
-            &input,
-            "--partitions",
-            "4",
-        ],
-        &[],
-    );
+    gen_activity(&bootstrap, &input, 200000, 4, seed);
     let mut args = kafka_state_run("tests/pipelines/segments-shared.yaml", &bootstrap, true);
     args.extend(["--workers", "4"]);
     let run = pipectl(

@@ -77,7 +77,7 @@ impl<C: Connect> Task<C> {
     }
 
     /// Takes the dead letters that go in the next state transaction.
-    fn transactional_letters(&mut self) -> Vec<connectors::changelog::OutputRecord> {
+    fn take_transactional_letters(&mut self) -> Vec<connectors::changelog::OutputRecord> {
         if !self.transactional_letters {
             return Vec::new();
         }
@@ -107,7 +107,7 @@ impl<C: Connect> Task<C> {
         }
         if self.state.is_some() {
             let offsets = crate::state::positions(&self.sources);
-            let letters = self.transactional_letters();
+            let letters = self.take_transactional_letters();
             let Some(state) = &self.state else {
                 return Ok(());
             };
