@@ -838,7 +838,14 @@ fn the_fault_matrix_loses_nothing_and_exactly_once_doubles_nothing() {
                 "at least once"
             }
         );
-        assert_eq!(r.events, EVENTS as usize, "{what}: events in the input");
+        // While the broker is killed, the feed's producer may write a batch again (the
+        // input then holds more than it sent; the windows are checked against what it
+        // holds): nothing acknowledged may be missing.
+        if r.test == "broker restarted 3 times" {
+            assert!(r.events >= EVENTS as usize, "{what}: events in the input");
+        } else {
+            assert_eq!(r.events, EVENTS as usize, "{what}: events in the input");
+        }
         assert_eq!(r.missing, 0, "{what}: window rows missing");
         assert!(
             r.malformed.is_none_or(|m| m > 500),
