@@ -151,7 +151,7 @@ async fn state_bytes_of_a_run(
     let mut config = runtime::RunConfig::new("memory");
     config.kafka_state = true;
     // One commit, when the run stops.
-    config.checkpoint_interval = Duration::from_secs(3600);
+    config.checkpoint_interval = Some(Duration::from_secs(3600));
     config.max_events = Some(events as u64);
     let runner = runtime::Runner::connect(&plan, config, stats.clone(), broker.clone()).await?;
     runner.run(std::future::pending()).await?;
@@ -290,7 +290,7 @@ fn run_on_workers<C: connectors::Connect>(
                     let mut config = runtime::RunConfig::new(bootstrap);
                     config.max_events = Some(events as u64);
                     config.kafka_state = kafka_state;
-                    config.checkpoint_interval = Duration::from_secs(1);
+                    config.checkpoint_interval = Some(Duration::from_secs(1));
                     let runner = runtime::Runner::connect(plan, config, stats.clone(), connect)
                         .await
                         .map_err(|e| e.to_string())?;

@@ -36,9 +36,10 @@ struct Args {
     /// Run without a token: only on a loopback address.
     #[arg(long)]
     insecure: bool,
-    /// Time between checkpoints of each pipeline.
-    #[arg(long, value_parser = parse_duration, default_value = "10s")]
-    checkpoint_interval: Duration,
+    /// Time between checkpoints (commits) of each pipeline without `commit_every`;
+    /// default: 1s with an exactly_once sink, else 10s.
+    #[arg(long, value_parser = parse_duration)]
+    checkpoint_interval: Option<Duration>,
     /// Keep pipelines' state in Kafka (changelog topics committed with the offsets in one
     /// transaction) instead of checkpoint files in the state dir; several daemons then share
     /// a pipeline through its consumer group (docs/scaling.md).

@@ -28,8 +28,9 @@ pub struct Settings {
     pub state_dir: PathBuf,
     /// Event schemas.
     pub schemas: PathBuf,
-    /// Time between checkpoints.
-    pub checkpoint_interval: Duration,
+    /// Time between checkpoints of a pipeline without `commit_every` (none: the engine's
+    /// default).
+    pub checkpoint_interval: Option<Duration>,
     /// The variables pipelines may use.
     pub env: PipelineEnv,
     /// Longest wait for a pipeline to stop; past it, it is abandoned (it ends at its next
@@ -486,10 +487,12 @@ async fn attempt(run: Run) -> Result<(), Failure> {
     };
     let mut config = RunConfig::new(settings.bootstrap.clone());
     config.version = version.to_string();
+    // What the consumer group does, for a pipeline with state in Kafka (asked for, or
+    // implied by an exactly-once sink).
+    let who = name.clone();
+    config.notify = runtime::Notify::to(move |line| log(&format!("pipeline {who}: {line}")));
     if settings.kafka_state {
         config.kafka_state = true;
-        let who = name.clone();
-        config.notify = runtime::Notify::to(move |line| log(&format!("pipeline {who}: {line}")));
     } else {
         config.checkpoint_dir = Some(settings.checkpoint_dir(&name));
     }

@@ -106,6 +106,9 @@ pub async fn demo(dir: &Path, args: &DemoArgs) -> Result<(), DemoError> {
             kinds.entry(kind).or_default().insert(topic);
         }
         all_topics.extend(outputs);
+        // A pipeline with state in Kafka (one with an exactly_once sink) makes its changelogs
+        // through the admin API, which the in-process broker does not serve.
+        all_topics.extend(runtime::changelog_topics(plan).into_values());
     }
     for topic in &all_topics {
         cluster.create_topic(topic, 4, 1)?;

@@ -246,9 +246,10 @@ enum Command {
         /// checkpoint interval; a restart restores from there (docs/scaling.md).
         #[arg(long, conflicts_with = "checkpoint_dir")]
         kafka_state: bool,
-        /// Time between checkpoints.
-        #[arg(long, value_parser = parse_duration, default_value = "10s")]
-        checkpoint_interval: Duration,
+        /// Time between checkpoints (commits) for a pipeline without `commit_every`;
+        /// default: 1s with an exactly_once sink, else 10s.
+        #[arg(long, value_parser = parse_duration)]
+        checkpoint_interval: Option<Duration>,
         /// Threads that run the pipeline's tasks (one task per input partition when the
         /// plan allows); default: one per core.
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]

@@ -25,7 +25,7 @@ pub async fn run(
     quiet: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let stats = Arc::new(Stats::default());
-    let config_kafka_state = config.kafka_state;
+    let config_kafka_state = runtime::state_in_kafka(plan, &config);
     let runner = Runner::new(plan, config, stats.clone()).await?;
     for w in runner.warnings() {
         eprintln!("warning: {w}");

@@ -35,6 +35,33 @@ pub(crate) fn explain(plan: &PipelinePlan) -> String {
             let _ = writeln!(out, "tasks: one for every partition: {why}");
         }
     }
+    let exactly_once: Vec<&str> = plan
+        .nodes
+        .iter()
+        .filter(
+            |n| matches!(&n.kind, NodeKind::Sink(s) if s.delivery == crate::Delivery::ExactlyOnce),
+        )
+        .map(|n| n.name.as_str())
+        .collect();
+    let every = plan
+        .commit_every
+        .map(|d| format!("every {} (commit_every)", spec::duration::Duration(d)));
+    match (exactly_once.is_empty(), every) {
+        (true, None) => {}
+        (true, Some(every)) => {
+            let _ = writeln!(out, "commits: {every}");
+        }
+        (false, every) => {
+            let every = every.unwrap_or_else(|| {
+                "every 1s unless the runner's --checkpoint-interval says otherwise".into()
+            });
+            let _ = writeln!(
+                out,
+                "commits: {every}, with state in Kafka: the records of exactly_once sink {} commit in one transaction with the state and the source offsets",
+                exactly_once.join(", ")
+            );
+        }
+    }
     for node in &plan.nodes {
         let exchange = match &node.kind {
             NodeKind::Source(s) => s.exchange.as_ref(),

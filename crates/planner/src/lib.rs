@@ -50,6 +50,8 @@ pub struct PipelinePlan {
     pub nodes: Vec<PlannedNode>,
     /// Whether it runs as a task per partition.
     pub parallelism: Parallelism,
+    /// Its `commit_every`, if it sets one.
+    pub commit_every: Option<std::time::Duration>,
 }
 
 /// One planned node.
@@ -120,6 +122,7 @@ pub async fn plan(doc: &mut Document, registry: &SchemaRegistry) -> Option<Pipel
             name: pipeline.metadata.name.clone(),
             parallelism,
             nodes,
+            commit_every: pipeline.spec.commit_every.map(|d| d.0),
         })
     } else {
         None

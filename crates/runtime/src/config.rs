@@ -25,8 +25,10 @@ pub struct RunConfig {
     pub version: String,
     /// Where checkpoints are kept; none: no checkpoints.
     pub checkpoint_dir: Option<std::path::PathBuf>,
-    /// Time between checkpoints (and state commits).
-    pub checkpoint_interval: Duration,
+    /// Time between checkpoints (and state commits) of a pipeline that sets no
+    /// `commit_every`; none: 1 s with an exactly-once sink, else 10 s (see
+    /// [`crate::commit_interval`]).
+    pub checkpoint_interval: Option<Duration>,
     /// Keep state in Kafka (changelog topics, committed with the offsets in one
     /// transaction every `checkpoint_interval`) rather than in `checkpoint_dir`.
     pub kafka_state: bool,
@@ -83,7 +85,7 @@ impl RunConfig {
             max_events: None,
             version: "1".into(),
             checkpoint_dir: None,
-            checkpoint_interval: Duration::from_secs(10),
+            checkpoint_interval: None,
             kafka_state: false,
             discard: Arc::new(AtomicBool::new(false)),
             registry: None,

@@ -31,5 +31,6 @@ pub use config::{Notify, RunConfig, Stats, Summary};
 pub use error::{Blame, RuntimeError};
 pub use metrics::ModelSummary;
 pub use operator::{Context, Operator};
-pub use runner::{Runner, single_task_reason};
+pub use runner::{Runner, commit_interval, single_task_reason, state_in_kafka};
+pub use state::changelog_topics;
 pub use task::stop_signal;

@@ -91,6 +91,33 @@ fn keyed_state(plan: &PipelinePlan) -> bool {
     })
 }
 
+/// Whether `plan` keeps its state in Kafka: when asked to (`--kafka-state`), and always when
+/// a sink is `exactly_once`, whose records commit in the state's transaction (as Kafka
+/// Streams' `exactly_once_v2` always keeps state in changelogs).
+pub fn state_in_kafka(plan: &PipelinePlan, config: &RunConfig) -> bool {
+    config.kafka_state || exactly_once(plan)
+}
+
+/// How often `plan` commits: its `commit_every`, else the runner's checkpoint interval, else
+/// 1 s with an exactly-once sink (its records wait for the commit to be seen) and 10 s
+/// without.
+pub fn commit_interval(plan: &PipelinePlan, config: &RunConfig) -> Duration {
+    plan.commit_every
+        .or(config.checkpoint_interval)
+        .unwrap_or(if exactly_once(plan) {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(10)
+        })
+}
+
+/// Whether a sink of `plan` is `exactly_once`.
+fn exactly_once(plan: &PipelinePlan) -> bool {
+    plan.nodes.iter().any(
+        |n| matches!(&n.kind, NodeKind::Sink(s) if s.delivery == planner::Delivery::ExactlyOnce),
+    )
+}
+
 /// Why `plan` runs as one task here although its plan allows one per partition: a global
 /// model merges across tasks only through state in Kafka.
 pub fn single_task_reason(plan: &PipelinePlan, kafka_state: bool) -> Option<String> {
@@ -167,16 +194,8 @@ impl<C: Connect> Runner<C> {
         stats: Arc<Stats>,
         connect: C,
     ) -> Result<Self, RuntimeError> {
-        if !config.kafka_state
-            && let Some(n) = plan.nodes.iter().find(|n| {
-                matches!(&n.kind, NodeKind::Sink(s) if s.delivery == planner::Delivery::ExactlyOnce)
-            })
-        {
-            return Err(RuntimeError::Unsupported(format!(
-                "sink `{}`: `delivery: exactly_once` writes its records in the Kafka transaction that commits the pipeline's state and offsets: run it with state in Kafka (`pipectl run --kafka-state`, `pipelined --kafka-state`), or use `at_least_once`",
-                n.name
-            )));
-        }
+        let mut config = config;
+        config.kafka_state = state_in_kafka(plan, &config);
         let layout = layout(plan, &connect, config.kafka_state).await?;
         // A restarted run's stats may hold the tasks of the run before.
         if let Ok(mut views) = stats.tasks.lock() {

@@ -69,6 +69,18 @@ fn pipeline_group(plan: &PipelinePlan) -> String {
         .unwrap_or_else(|| plan.name.clone())
 }
 
+/// The changelog topic of each node that keeps state, by node index:
+/// `<group>.<node>.changelog`, with a partition per task.
+pub fn changelog_topics(plan: &PipelinePlan) -> BTreeMap<usize, String> {
+    let group = pipeline_group(plan);
+    plan.nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| logged(&n.kind))
+        .map(|(i, n)| (i, format!("{group}.{}.changelog", n.name)))
+        .collect()
+}
+
 impl<C: Connect> StateLog<C> {
     /// Opens task `index` of `tasks`' changelogs, creating their topics when missing, and
     /// fences any earlier holder of the task (its transactions abort).
@@ -94,15 +106,11 @@ impl<C: Connect> StateLog<C> {
                 }
             }
         }
-        let mut topics = BTreeMap::new();
-        for (i, n) in plan.nodes.iter().enumerate() {
-            if logged(&n.kind) {
-                let topic = format!("{group}.{}.changelog", n.name);
-                connect
-                    .internal_topic(&topic, tasks, true, &properties)
-                    .await?;
-                topics.insert(i, topic);
-            }
+        let topics = changelog_topics(plan);
+        for topic in topics.values() {
+            connect
+                .internal_topic(topic, tasks, true, &properties)
+                .await?;
         }
         let log = connect.changelog(
             &format!("{group}.task-{index}"),

@@ -90,6 +90,8 @@ pub struct Task<C: Connect = Kafka> {
     levels: Vec<u32>,
     /// The first stage not yet finished.
     level: u32,
+    /// Time between commits (checkpoints).
+    commit_every: Duration,
 }
 
 /// The stage of each node of `plan`: a repartition topic's source is one past the stage of
@@ -205,6 +207,7 @@ impl<C: Connect> Task<C> {
         let mut task = Self {
             levels: levels(plan),
             level: 0,
+            commit_every: crate::commit_interval(plan, &config),
             pipeline: plan.name.clone(),
             holds_rows: nodes.iter().any(|n| n.op.holds_rows()),
             transactional_letters: state.is_some()
@@ -324,8 +327,7 @@ impl<C: Connect> Task<C> {
             // rather than let them grow past a bound.
             let held = self.pending_bytes();
             if self.keeps_state()
-                && (last_checkpoint.elapsed() >= self.config.checkpoint_interval
-                    || held > PENDING_OUTPUT_BYTES)
+                && (last_checkpoint.elapsed() >= self.commit_every || held > PENDING_OUTPUT_BYTES)
             {
                 self.checkpoint().await?;
                 last_checkpoint = Instant::now();

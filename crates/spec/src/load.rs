@@ -13,6 +13,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 
 use crate::diag::{Diagnostic, Pos, one_of, suggestion};
+use crate::duration::Duration;
 use crate::interp::Env;
 use crate::model::{
     ApiVersion, DocumentKind, Metadata, Model, Pipeline, PipelineSpec, Sink, Source, Transform,
@@ -110,7 +111,7 @@ impl Document {
 }
 
 const TOP_FIELDS: [&str; 4] = ["apiVersion", "kind", "metadata", "spec"];
-const SPEC_FIELDS: [&str; 4] = ["sources", "transforms", "models", "sinks"];
+const SPEC_FIELDS: [&str; 5] = ["sources", "transforms", "models", "sinks", "commit_every"];
 /// Most errors reported for one component; past this the rest are likely consequences.
 const MAX_ERRORS_PER_COMPONENT: usize = 20;
 
@@ -337,6 +338,16 @@ fn read_spec(node: &Arc<Node>, doc: &mut Document) -> PipelineSpec {
     spec.transforms = read_list::<Transform>(node, "transforms", doc, |t, i| t.index = i);
     spec.models = read_list::<Model>(node, "models", doc, |m, i| m.index = i);
     spec.sinks = read_list::<Sink>(node, "sinks", doc, |s, i| s.index = i);
+    spec.commit_every = node.get("commit_every").and_then(|n| {
+        yaml::from_node::<Duration>(n, "spec.commit_every")
+            .map_err(|mut e| {
+                // A scalar's own parse error comes without a place.
+                e.pos.get_or_insert(n.pos);
+                e.path.get_or_insert_with(|| "spec.commit_every".into());
+                doc.diagnostics.push(e.into_diagnostic());
+            })
+            .ok()
+    });
     spec
 }
 

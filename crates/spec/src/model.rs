@@ -73,6 +73,14 @@ pub struct PipelineSpec {
     /// Kafka topics the pipeline writes.
     #[serde(default)]
     pub sinks: Vec<Sink>,
+    /// How often the pipeline commits: its state, the source offsets past what it has
+    /// processed and, in one Kafka transaction with them, the records of its `exactly_once`
+    /// sinks, which become visible to `read_committed` readers then. From 100ms to 1h.
+    /// Default: the runner's `--checkpoint-interval`, else 1s with an `exactly_once` sink
+    /// and 10s without (as Kafka Streams' `commit.interval.ms` is shorter under
+    /// exactly-once).
+    #[serde(default)]
+    pub commit_every: Option<Duration>,
 }
 
 /// A Kafka source: a topic decoded with an event schema.

@@ -73,7 +73,23 @@ pub fn check(p: &Pipeline, doc: &Document, out: &mut Vec<Diagnostic>) {
     for s in &p.spec.sinks {
         check_sink(s, p, &names, &known, doc, out);
     }
+    if let Some(every) = p.spec.commit_every
+        && !(COMMIT_EVERY.0..=COMMIT_EVERY.1).contains(&every.0)
+    {
+        out.push(Diagnostic::at_path(
+            "spec.commit_every",
+            format!(
+                "`commit_every` must be from 100ms to 1h (each commit is a transaction on the broker; a longer interval holds more exactly-once records in memory): `{every}` is not"
+            ),
+        ));
+    }
 }
+
+/// The bounds of `commit_every`.
+const COMMIT_EVERY: (std::time::Duration, std::time::Duration) = (
+    std::time::Duration::from_millis(100),
+    std::time::Duration::from_secs(3600),
+);
 
 fn check_pipeline_name(name: &str, out: &mut Vec<Diagnostic>) {
     let ok = !name.is_empty()
