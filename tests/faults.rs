@@ -18,6 +18,8 @@ use serde_json::Value;
 
 mod support;
 use support::{Interrupted, bootstrap, epoch_ms, kafka_state_run, root, unique};
+#[path = "support/daemon.rs"]
+mod daemon_support;
 #[path = "support/oracles.rs"]
 mod oracles;
 use oracles::{assert_same_windows, distinct_windows, read, same_json, window_oracle};
@@ -204,6 +206,195 @@ fn zombie(bootstrap: &str, seed: u64) -> Row {
     setup.finish(bootstrap, "zombie (SIGSTOP 30 s)", Vec::new())
 }
 
+/// The names of the daemon row's pipelines in the table.
+const DAEMON_ROWS: [&str; 7] = [
+    "daemon restarts: pipeline 1",
+    "daemon restarts: pipeline 2",
+    "daemon restarts: pipeline 3",
+    "daemon restarts: pipeline 4",
+    "daemon restarts: pipeline 5",
+    "daemon restarts: pipeline 6",
+    "daemon restarts: pipeline 7",
+];
+
+/// The daemon running 7 pipelines over one input (4 exactly once with state in Kafka, 3 at
+/// least once with checkpoints in its state dir), stopped (SIGTERM) and then killed
+/// (SIGKILL) while they run, each time once every pipeline has committed 12,000 more
+/// offsets; after each start every pipeline must commit past where it was. Then each is
+/// run to the end of its input from where the daemon left it (its state in Kafka, or the
+/// daemon's checkpoint), which flushes its last windows.
+fn daemon_restarted(bootstrap: &str, seed: u64) -> Vec<Row> {
+    use daemon_support::{Daemon, free_port, ok, pipectl};
+    let setup = Setup::new(bootstrap, "exactly_once", seed);
+    let template = std::fs::read_to_string(root().join("tests/pipelines/sensor-window.yaml"))
+        .expect("pipeline");
+    let dir = std::env::temp_dir().join(unique("faults-daemon"));
+    let state = dir.join("state");
+    std::fs::create_dir_all(&dir).expect("dir");
+    struct Deployed {
+        name: String,
+        group: String,
+        output: String,
+        dlq: String,
+        delivery: &'static str,
+        file: String,
+    }
+    let pipelines: Vec<Deployed> = (0..DAEMON_ROWS.len())
+        .map(|i| {
+            let delivery = if i < 4 {
+                "exactly_once"
+            } else {
+                "at_least_once"
+            };
+            let (name, group) = (format!("faults-daemon-{i}"), unique("group"));
+            let (output, dlq) = (unique("faults.out"), unique("faults.dlq"));
+            let yaml = template
+                .replace("name: sensor-window-test", &format!("name: {name}"))
+                .replace("${TEST_INPUT_TOPIC}", &setup.input)
+                .replace("${TEST_GROUP}", &group)
+                .replace("${TEST_FORMAT:-json}", "json")
+                .replace("${TEST_DEAD_LETTER_TOPIC}", &dlq)
+                .replace("${TEST_OUTPUT_TOPIC}", &output)
+                .replace("${TEST_DELIVERY:-at_least_once}", delivery);
+            let file = dir.join(format!("{name}.yaml")).display().to_string();
+            std::fs::write(&file, yaml).expect("write");
+            Deployed {
+                name,
+                group,
+                output,
+                dlq,
+                delivery,
+                file,
+            }
+        })
+        .collect();
+    let committed = |p: &Deployed| {
+        Interrupted {
+            binary: "",
+            bootstrap,
+            args: &[],
+            env: &[],
+            group: &p.group,
+            input: &setup.input,
+        }
+        .committed()
+    };
+    let port = free_port();
+    let mut daemon = Daemon::start(&state, port, bootstrap);
+    let mut deploy = vec!["deploy"];
+    deploy.extend(pipelines.iter().map(|p| p.file.as_str()));
+    ok(pipectl(&daemon.url, &deploy));
+    let mut last = vec![0i64; pipelines.len()];
+    let mut resumed = vec![Vec::new(); pipelines.len()];
+    for (round, signal) in ["TERM", "KILL", ""].into_iter().enumerate() {
+        let started = std::time::Instant::now();
+        let mut first = vec![None; pipelines.len()];
+        // The last round only waits for every pipeline to resume.
+        let every = if signal.is_empty() { 1 } else { 12_000 };
+        loop {
+            let now: Vec<i64> = pipelines.iter().map(committed).collect();
+            for (i, n) in now.iter().enumerate() {
+                if first[i].is_none() && *n > last[i] {
+                    first[i] = Some(started.elapsed().as_secs_f64());
+                }
+            }
+            if now.iter().zip(&last).all(|(n, l)| *n >= l + every) {
+                break;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(120),
+                "not every pipeline commits {every} more offsets (round {round}, {now:?} after {last:?}):\n{}",
+                daemon.logs()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        if round > 0 {
+            for (r, f) in resumed.iter_mut().zip(&first) {
+                r.extend(*f);
+            }
+        }
+        match signal {
+            "TERM" => daemon.stop(),
+            "KILL" => daemon.crash(),
+            _ => {
+                daemon.stop();
+                break;
+            }
+        }
+        last = pipelines.iter().map(committed).collect();
+        println!("daemon SIG{signal} after {last:?} committed input offsets");
+        daemon = Daemon::start(&state, port, bootstrap);
+    }
+    assert!(
+        setup
+            .feed
+            .wait_with_output()
+            .expect("gen ends")
+            .status
+            .success(),
+        "gen failed"
+    );
+    assert!(
+        last.iter().all(|l| *l < EVENTS),
+        "the daemon was stopped after the end ({last:?})"
+    );
+    // Each to the end of its input, from where the daemon left it, all at once.
+    let runs: Vec<std::process::Child> = pipelines
+        .iter()
+        .map(|p| {
+            let mut args = vec![
+                "run",
+                p.file.as_str(),
+                "--bootstrap",
+                bootstrap,
+                "--checkpoint-interval",
+                "500ms",
+                "--until-idle",
+                "5s",
+                "--quiet",
+            ];
+            let checkpoints = state.join("checkpoints").join(&p.name);
+            if p.delivery == "at_least_once" {
+                args.extend(["--checkpoint-dir", checkpoints.to_str().expect("utf-8")]);
+            }
+            Command::new(env!("CARGO_BIN_EXE_pipectl"))
+                .args(&args)
+                .current_dir(root())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("pipectl starts")
+        })
+        .collect();
+    for (run, p) in runs.into_iter().zip(&pipelines) {
+        let out = run.wait_with_output().expect("reaped");
+        assert!(
+            out.status.success(),
+            "{}: the last run failed:\n{}",
+            p.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let oracle = window_oracle(bootstrap, &setup.input);
+    let rows = pipelines
+        .iter()
+        .zip(DAEMON_ROWS)
+        .zip(resumed)
+        .map(|((p, test), resumed)| {
+            check_against(
+                &oracle,
+                bootstrap,
+                test,
+                p.delivery,
+                (&p.output, &p.dlq),
+                resumed,
+            )
+        })
+        .collect();
+    std::fs::remove_dir_all(&dir).ok();
+    rows
+}
+
 /// The matrix row of a run over `input` that wrote `output` and `dead letters`.
 fn check(
     bootstrap: &str,
@@ -212,7 +403,26 @@ fn check(
     (input, output, dlq): (&str, &str, &str),
     resumed: Vec<f64>,
 ) -> Row {
-    let (messages, expected, malformed) = window_oracle(bootstrap, input);
+    let oracle = window_oracle(bootstrap, input);
+    check_against(&oracle, bootstrap, test, delivery, (output, dlq), resumed)
+}
+
+/// What DuckDB finds in an input: its messages, the window rows and the malformed records.
+type Oracle = (
+    Vec<connectors::StoredMessage>,
+    Vec<Value>,
+    BTreeSet<(i32, i64)>,
+);
+
+/// The matrix row of a run that wrote `output` and `dead letters`, against `oracle`.
+fn check_against(
+    (messages, expected, malformed): &Oracle,
+    bootstrap: &str,
+    test: &'static str,
+    delivery: &str,
+    (output, dlq): (&str, &str),
+    resumed: Vec<f64>,
+) -> Row {
     let written: Vec<Value> = read(bootstrap, output)
         .iter()
         .map(|m| serde_json::from_slice(&m.payload).expect("output is JSON"))
@@ -256,10 +466,10 @@ fn check(
         missing,
         duplicated: written.len() - distinct.len(),
         dead_lettered: letters.len(),
-        wrong_letters: origins.symmetric_difference(&malformed).count(),
+        wrong_letters: origins.symmetric_difference(malformed).count(),
         malformed: Some(malformed.len()),
         resumed,
-        windows: (distinct, expected),
+        windows: (distinct, expected.clone()),
     }
 }
 
@@ -763,7 +973,7 @@ fn model_of(v: &Value) -> Value {
 }
 
 /// A row of the matrix by name, and how to run it.
-type Scenario<'a> = (&'a str, Box<dyn Fn() -> Row + 'a>);
+type Scenario<'a> = (&'a str, Box<dyn Fn() -> Vec<Row> + 'a>);
 
 #[test]
 fn the_fault_matrix_loses_nothing_and_exactly_once_doubles_nothing() {
@@ -772,20 +982,45 @@ fn the_fault_matrix_loses_nothing_and_exactly_once_doubles_nothing() {
     let scenarios: Vec<Scenario<'_>> = vec![
         (
             "kill",
-            Box::new(|| interrupted(b, "engine SIGKILLed 3 times", "exactly_once", "KILL", 31)),
+            Box::new(|| {
+                vec![interrupted(
+                    b,
+                    "engine SIGKILLed 3 times",
+                    "exactly_once",
+                    "KILL",
+                    31,
+                )]
+            }),
         ),
         (
             "term",
-            Box::new(|| interrupted(b, "engine SIGTERMed 3 times", "exactly_once", "TERM", 32)),
+            Box::new(|| {
+                vec![interrupted(
+                    b,
+                    "engine SIGTERMed 3 times",
+                    "exactly_once",
+                    "TERM",
+                    32,
+                )]
+            }),
         ),
-        ("crash", Box::new(|| crashed_before_commit(b, 35))),
-        ("broker", Box::new(|| broker_restarted(36))),
-        ("zombie", Box::new(|| zombie(b, 34))),
-        ("oversize", Box::new(|| oversize(b, 37))),
-        ("restores", Box::new(|| restores_equal_one_run(b, 38))),
+        ("crash", Box::new(|| vec![crashed_before_commit(b, 35)])),
+        ("broker", Box::new(|| vec![broker_restarted(36)])),
+        ("zombie", Box::new(|| vec![zombie(b, 34)])),
+        ("oversize", Box::new(|| vec![oversize(b, 37)])),
+        ("daemon", Box::new(|| daemon_restarted(b, 39))),
+        ("restores", Box::new(|| vec![restores_equal_one_run(b, 38)])),
         (
             "at-least-once",
-            Box::new(|| interrupted(b, "engine SIGKILLed 3 times", "at_least_once", "KILL", 33)),
+            Box::new(|| {
+                vec![interrupted(
+                    b,
+                    "engine SIGKILLed 3 times",
+                    "at_least_once",
+                    "KILL",
+                    33,
+                )]
+            }),
         ),
     ];
     // FAULTS_ONLY=zombie,broker runs only those rows (while working on one).
@@ -796,7 +1031,7 @@ fn the_fault_matrix_loses_nothing_and_exactly_once_doubles_nothing() {
             only.as_ref()
                 .is_none_or(|o| o.split(',').any(|x| x == *name))
         })
-        .map(|(_, run)| run())
+        .flat_map(|(_, run)| run())
         .collect();
     println!(
         "\n{:<28} {:<14} {:>7} {:>7} {:>10} {:>13} {:>9} {:>9}  resumed (s)",

@@ -11,16 +11,34 @@ use serde_json::Value;
 
 use crate::support::root;
 
+/// The daemon's binary: this package's (the daemon's tests), or the one built beside
+/// `pipectl` (pipectl's tests, after `cargo build -p daemon`).
 pub fn pipelined_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_pipelined"))
+    beside("pipelined", "daemon")
 }
 
 /// `pipectl` is built beside `pipelined` by `cargo test --workspace` (scripts/gate).
 pub fn pipectl_bin() -> PathBuf {
-    let p = pipelined_bin().with_file_name("pipectl");
+    beside("pipectl", "pipectl")
+}
+
+/// The binary `name` of package `package`: this test's own, or one built beside it.
+fn beside(name: &str, package: &str) -> PathBuf {
+    let own = [
+        ("pipelined", option_env!("CARGO_BIN_EXE_pipelined")),
+        ("pipectl", option_env!("CARGO_BIN_EXE_pipectl")),
+    ];
+    if let Some((_, Some(path))) = own.iter().find(|(n, _)| *n == name) {
+        return PathBuf::from(path);
+    }
+    let other = own
+        .iter()
+        .find_map(|(_, p)| *p)
+        .expect("a test of the daemon or of pipectl");
+    let p = Path::new(other).with_file_name(name);
     assert!(
         p.exists(),
-        "{} is missing: run the workspace's tests (scripts/gate) or `cargo build -p pipectl`",
+        "{} is missing: run the workspace's tests (scripts/gate) or `cargo build -p {package}`",
         p.display()
     );
     p
