@@ -45,6 +45,11 @@ struct Args {
     /// a pipeline through its consumer group (docs/scaling.md).
     #[arg(long, env = "PIPELINED_KAFKA_STATE")]
     kafka_state: bool,
+    /// This daemon's stable name among those sharing pipelines: pipelines with state in
+    /// Kafka join their groups as static members, so a restart within the session timeout
+    /// (10 s) takes their partitions back without a rebalance (docs/scaling.md).
+    #[arg(long, env = "PIPELINED_INSTANCE_ID", value_parser = runtime::config::instance_id)]
+    instance_id: Option<String>,
     /// Threads of each pipeline's worker pool, which runs its tasks (one per input
     /// partition when the plan allows); default: one per core.
     #[arg(long, env = "PIPELINED_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -230,6 +235,7 @@ async fn serve(args: Args, env: PipelineEnv) -> ExitCode {
         schemas: args.schemas.clone(),
         checkpoint_interval: args.checkpoint_interval,
         kafka_state: args.kafka_state,
+        instance_id: args.instance_id,
         workers: args.workers.map_or_else(
             || std::thread::available_parallelism().map_or(1, |n| n.get()),
             usize::from,

@@ -40,6 +40,8 @@ pub struct Settings {
     pub workers: usize,
     /// State in Kafka rather than in checkpoint files.
     pub kafka_state: bool,
+    /// Static group membership of pipelines with state in Kafka (`--instance-id`).
+    pub instance_id: Option<String>,
 }
 
 /// Stack of a pipeline's thread: planning and running recurse over SQL expressions.
@@ -491,6 +493,7 @@ async fn attempt(run: Run) -> Result<(), Failure> {
     // implied by an exactly-once sink).
     let who = name.clone();
     config.notify = runtime::Notify::to(move |line| log(&format!("pipeline {who}: {line}")));
+    config.instance_id.clone_from(&settings.instance_id);
     if settings.kafka_state {
         config.kafka_state = true;
     } else {

@@ -246,6 +246,11 @@ enum Command {
         /// checkpoint interval; a restart restores from there (docs/scaling.md).
         #[arg(long, conflicts_with = "checkpoint_dir")]
         kafka_state: bool,
+        /// With state in Kafka: this instance's stable name among those sharing the
+        /// pipeline. It joins the group as a static member, so a restart within the session
+        /// timeout (10 s) takes its partitions back without a rebalance (docs/scaling.md).
+        #[arg(long, value_parser = runtime::config::instance_id)]
+        instance_id: Option<String>,
         /// Time between checkpoints (commits) for a pipeline without `commit_every`;
         /// default: 1s with an exactly_once sink, else 10s.
         #[arg(long, value_parser = parse_duration)]
@@ -547,6 +552,7 @@ async fn run(cli: Cli) -> ExitCode {
             schemas,
             checkpoint_dir,
             kafka_state,
+            instance_id,
             checkpoint_interval,
             registry,
             workers: _,
@@ -570,6 +576,7 @@ async fn run(cli: Cli) -> ExitCode {
             config.max_batch = max_batch;
             config.checkpoint_dir = checkpoint_dir;
             config.kafka_state = kafka_state;
+            config.instance_id = instance_id;
             config.notify = runtime::Notify::to(|line| {
                 eprintln!("{} {line}", chrono::Utc::now().format("%H:%M:%S%.3f"));
             });

@@ -32,6 +32,11 @@ pub struct RunConfig {
     /// Keep state in Kafka (changelog topics, committed with the offsets in one
     /// transaction every `checkpoint_interval`) rather than in `checkpoint_dir`.
     pub kafka_state: bool,
+    /// This instance's stable name among those sharing a pipeline: with state in Kafka it
+    /// joins the consumer group as static member `<group>.<instance_id>` (KIP-345), so a
+    /// restart within the session timeout takes its partitions back at once. None: a
+    /// dynamic member.
+    pub instance_id: Option<String>,
     /// Once set, no checkpoint is written any more: the pipeline is being deleted, and a run
     /// that stops late must not bring its checkpoint back.
     pub discard: Arc<AtomicBool>,
@@ -41,6 +46,22 @@ pub struct RunConfig {
     /// Told what the consumer group does (partitions assigned and revoked) and when tasks
     /// start and stop, as one line each.
     pub notify: Notify,
+}
+
+/// Checks an instance id (`--instance-id`): 1 to 64 letters, digits, `.`, `_` or `-`, as it
+/// goes into `group.instance.id`.
+pub fn instance_id(text: &str) -> Result<String, String> {
+    let ok = (1..=64).contains(&text.len())
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "`{text}`: use 1 to 64 letters, digits, `.`, `_` or `-` (a name stable across restarts of this instance, such as its host name)"
+        ))
+    }
 }
 
 /// A receiver of lines.
@@ -87,6 +108,7 @@ impl RunConfig {
             checkpoint_dir: None,
             checkpoint_interval: None,
             kafka_state: false,
+            instance_id: None,
             discard: Arc::new(AtomicBool::new(false)),
             registry: None,
             notify: Notify::default(),
@@ -222,4 +244,17 @@ impl Default for Stats {
 pub struct Summary {
     /// Things of the pipeline that this run skipped, with why.
     pub warnings: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_instance_id_is_a_short_topic_safe_name() {
+        for good in ["host-1", "a", "eu_west.3", &"x".repeat(64)] {
+            assert_eq!(super::instance_id(good).as_deref(), Ok(good));
+        }
+        for bad in ["", "a b", "a,b", "über", &"x".repeat(65), "a/b"] {
+            assert!(super::instance_id(bad).is_err(), "{bad:?}");
+        }
+    }
 }

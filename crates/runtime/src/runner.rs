@@ -111,6 +111,19 @@ pub fn commit_interval(plan: &PipelinePlan, config: &RunConfig) -> Duration {
         })
 }
 
+/// The group member's client properties: the source's, and with an instance id its static
+/// membership (`group.instance.id`, which no pipeline may set: docs/security.md).
+fn member_properties(
+    source: &planner::SourcePlan,
+    config: &RunConfig,
+) -> std::collections::BTreeMap<String, String> {
+    let mut properties = source.properties.clone();
+    if let Some(id) = &config.instance_id {
+        properties.insert("group.instance.id".into(), format!("{}.{id}", source.group));
+    }
+    properties
+}
+
 /// Whether a sink of `plan` is `exactly_once`.
 fn exactly_once(plan: &PipelinePlan) -> bool {
     plan.nodes.iter().any(
@@ -212,8 +225,11 @@ impl<C: Connect> Runner<C> {
         if config.kafka_state
             && let Some(driver) = driver
         {
-            let (member, events) =
-                connect.join(&driver.group, &driver.topic, &driver.properties)?;
+            let (member, events) = connect.join(
+                &driver.group,
+                &driver.topic,
+                &member_properties(driver, &config),
+            )?;
             return Ok(Self {
                 mode: Mode::Group(Box::new(Group {
                     plan: Arc::new(plan.clone()),
