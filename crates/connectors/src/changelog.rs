@@ -208,12 +208,20 @@ impl KafkaChangelog {
         properties: &BTreeMap<String, String>,
         member: Option<&crate::membership::KafkaMembership>,
     ) -> Result<Self, ConnectorError> {
-        let producer: FutureProducer = client(bootstrap, properties)
+        // Defaults that the properties (an exactly-once sink's) may change, then what a
+        // transactional producer needs.
+        let mut config = ClientConfig::new();
+        config
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "30000");
+        for (k, v) in properties {
+            config.set(k, v);
+        }
+        let producer: FutureProducer = config
+            .set("bootstrap.servers", bootstrap)
             .set("transactional.id", transactional_id)
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("message.timeout.ms", "30000")
             .create()
             .map_err(kafka("creating the changelog producer"))?;
         producer

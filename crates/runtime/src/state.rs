@@ -69,6 +69,9 @@ fn pipeline_group(plan: &PipelinePlan) -> String {
         .unwrap_or_else(|| plan.name.clone())
 }
 
+/// librdkafka's `message.max.bytes` when not set.
+const DEFAULT_MESSAGE_MAX: u64 = 1_000_000;
+
 /// The changelog topic of each node that keeps state, by node index:
 /// `<group>.<node>.changelog`, with a partition per task.
 pub fn changelog_topics(plan: &PipelinePlan) -> BTreeMap<usize, String> {
@@ -104,6 +107,24 @@ impl<C: Connect> StateLog<C> {
                 if properties.is_empty() {
                     properties.clone_from(&s.properties);
                 }
+            }
+        }
+        // The exactly-once sinks' producer settings (validated equal) go to the
+        // transactional producer that writes their records, except a smaller
+        // `message.max.bytes`: the sink dead-letters records over its own limit, and the
+        // producer's must still fit the state entries.
+        if let Some(sink) = plan.nodes.iter().find_map(|n| match &n.kind {
+            NodeKind::Sink(s) if s.delivery == planner::Delivery::ExactlyOnce => Some(s),
+            _ => None,
+        }) {
+            for (k, v) in &sink.properties {
+                if k == "message.max.bytes" {
+                    let larger = v.parse::<u64>().is_ok_and(|n| n > DEFAULT_MESSAGE_MAX);
+                    if !larger {
+                        continue;
+                    }
+                }
+                properties.insert(k.clone(), v.clone());
             }
         }
         let topics = changelog_topics(plan);

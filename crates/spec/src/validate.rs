@@ -73,6 +73,7 @@ pub fn check(p: &Pipeline, doc: &Document, out: &mut Vec<Diagnostic>) {
     for s in &p.spec.sinks {
         check_sink(s, p, &names, &known, doc, out);
     }
+    check_exactly_once_properties(p, out);
     if let Some(every) = p.spec.commit_every
         && !(COMMIT_EVERY.0..=COMMIT_EVERY.1).contains(&every.0)
     {
@@ -80,6 +81,26 @@ pub fn check(p: &Pipeline, doc: &Document, out: &mut Vec<Diagnostic>) {
             "spec.commit_every",
             format!(
                 "`commit_every` must be from 100ms to 1h (each commit is a transaction on the broker; a longer interval holds more exactly-once records in memory): `{every}` is not"
+            ),
+        ));
+    }
+}
+
+/// The `exactly_once` sinks of a pipeline are written by one transactional producer per
+/// task (with the state and offsets), which takes their `kafka.properties`: they must agree.
+fn check_exactly_once_properties(p: &Pipeline, out: &mut Vec<Diagnostic>) {
+    let mut eo = p
+        .spec
+        .sinks
+        .iter()
+        .filter(|s| s.delivery == crate::model::Delivery::ExactlyOnce);
+    let Some(first) = eo.next() else { return };
+    for s in eo.filter(|s| s.kafka.properties != first.kafka.properties) {
+        out.push(Diagnostic::at_path(
+            format!("spec.sinks[{}].kafka.properties", s.index),
+            format!(
+                "exactly_once sinks `{}` and `{}` have different `kafka.properties`: the records of a pipeline's exactly_once sinks are written by one transactional producer per task, in the transaction of its state and offsets, so their properties must be the same; give both the same, or make one at_least_once",
+                first.name, s.name
             ),
         ));
     }
