@@ -8,6 +8,7 @@
 //! so `pipectl validate` prints one list. It does not run anything.
 
 pub mod bounded;
+pub mod exact;
 mod explain;
 pub mod node;
 pub mod outputs;

@@ -283,6 +283,7 @@ pub fn session() -> SessionContext {
     // micro-batch only. DataFusion's distinct accumulators are exact without it.
     ctx.remove_optimizer_rule("single_distinct_aggregation_to_group_by");
     crate::bounded::register(&ctx);
+    crate::exact::register(&ctx);
     ctx
 }
 

@@ -104,26 +104,6 @@ fn lines(batches: &[RecordBatch]) -> Vec<String> {
     out
 }
 
-/// Equal rows, except that floating-point cells may differ in the last bits: sums of doubles
-/// depend on the order of addition, which depends on how partitions interleave.
-fn same_rows(a: &[String], b: &[String]) -> bool {
-    a.len() == b.len()
-        && a.iter().zip(b).all(|(x, y)| {
-            let (xs, ys): (Vec<&str>, Vec<&str>) =
-                (x.split(" | ").collect(), y.split(" | ").collect());
-            xs.len() == ys.len()
-                && xs.iter().zip(&ys).all(|(p, q)| {
-                    p == q
-                        || match (p.parse::<f64>(), q.parse::<f64>()) {
-                            (Ok(u), Ok(v)) if p.contains('.') => {
-                                (u - v).abs() <= 1e-12 * u.abs().max(v.abs())
-                            }
-                            _ => false,
-                        }
-                })
-        })
-}
-
 #[tokio::test]
 async fn sessions_merge_and_close_as_derived_by_hand() {
     let plan = plan(
@@ -164,6 +144,31 @@ async fn sessions_merge_and_close_as_derived_by_hand() {
 }
 
 #[tokio::test]
+async fn window_sums_of_doubles_are_exact_then_rounded_once() {
+    // Added as they come, 1e100 + 1 - 1e100 is 0 and ten 0.1 are 0.9999999999999999.
+    let plan = plan(
+        "{ tumbling: 100ms }",
+        "SELECT user, window_start, window_end, sum(amount) AS s, avg(amount) AS a FROM clicks GROUP BY user, window_start, window_end",
+    )
+    .await;
+    let mut op = operator(&plan, &[0]).await;
+    let mut rows = vec![("big", 1, 1e100), ("big", 2, 1.0), ("big", 3, -1e100)];
+    rows.extend((0..10).map(|i| ("tenth", i, 0.1)));
+    // One micro-batch per row: an accumulator adding doubles as they come adds in order.
+    for row in rows {
+        push(&mut op, clicks(&[row]), 0).await;
+    }
+    let out = lines(&flush(&mut op).await);
+    assert_eq!(
+        out,
+        [
+            "big | 1970-01-01T00:00:00Z | 1970-01-01T00:00:00.100Z | 1.0 | 0.3333333333333333",
+            "tenth | 1970-01-01T00:00:00Z | 1970-01-01T00:00:00.100Z | 1.0 | 0.1",
+        ]
+    );
+}
+
+#[tokio::test]
 async fn results_do_not_depend_on_batch_boundaries() {
     // 3,000 clicks over 3 partitions, somewhat out of order, a few late.
     let mut rows: Vec<(String, i64, f64, i32)> = Vec::new();
@@ -195,7 +200,7 @@ async fn results_do_not_depend_on_batch_boundaries() {
         ("{ tumbling: 100ms }", "window_end"),
     ] {
         let sql = format!(
-            "SELECT user, {group}, count(*) AS n, sum(amount) AS s, min(ts) AS first FROM clicks GROUP BY user, {group}"
+            "SELECT user, {group}, count(*) AS n, sum(amount) AS s, min(ts) AS first, avg(amount * 1.1) AS a FROM clicks GROUP BY user, {group}"
         );
         let plan = plan(window, &sql).await;
         let mut outputs = Vec::new();
@@ -233,7 +238,8 @@ async fn results_do_not_depend_on_batch_boundaries() {
         let (_, first) = &outputs[0];
         assert!(first.len() > 50, "{window}: {} rows", first.len());
         for (chunk, out) in &outputs[1..] {
-            if !same_rows(out, first) {
+            // Byte for byte: sums of doubles are exact, then rounded once (planner::exact).
+            if out != first {
                 let at = out.iter().zip(first.iter()).position(|(a, b)| a != b);
                 panic!(
                     "{window} by {group}: chunks of {chunk} differ from chunks of 1 ({} vs {} rows); first difference at {at:?}: {:?} vs {:?}",
@@ -325,7 +331,7 @@ async fn a_snapshot_restored_into_a_new_operator_continues_exactly() {
         let (want, got) = (lines(&want), lines(&got));
         assert!(want.len() > 20, "{window}");
         assert!(
-            same_rows(&got, &want),
+            got == want,
             "{window}: restored run differs\n got {:?}\nwant {:?}",
             &got[..3.min(got.len())],
             &want[..3]
