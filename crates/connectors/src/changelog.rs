@@ -469,6 +469,9 @@ impl Changelog for KafkaChangelog {
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
             .set("enable.partition.eof", "true")
+            // At the end of a partition the broker holds a fetch this long for new data
+            // (500 ms by default): a restore reading to the end waits for nothing new.
+            .set("fetch.wait.max.ms", "10")
             .create()
             .map_err(kafka("creating the restore consumer"))?;
         let mut out = Restored::new();
