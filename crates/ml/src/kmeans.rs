@@ -150,6 +150,16 @@ pub struct KMeans {
     /// buffer.
     #[serde(default)]
     unlearnt: u64,
+    /// The task whose share of a global model this is (set when it first learns a row).
+    #[serde(default)]
+    task: Option<i32>,
+    /// A merge of shares: whose kept rows `buffer` holds, in order, as (task, rows).
+    #[serde(default)]
+    buffer_from: Vec<(i32, usize)>,
+    /// The leader's seed: how many of each task's first kept rows it was placed by and
+    /// learnt (their tasks do not learn them again), as (task, rows).
+    #[serde(default)]
+    seeded_from: Vec<(i32, usize)>,
 }
 
 /// A small deterministic generator (SplitMix64): same seed, same clusters, on every platform.
@@ -197,6 +207,20 @@ fn kept(points: &[Vec<f64>], fraction: f64, m: usize) -> Vec<usize> {
     (0..n).filter(|i| !dropped[*i]).collect()
 }
 
+/// The first `n` rows of runs of rows `(task, rows)`.
+fn prefix(runs: &[(i32, usize)], mut n: usize) -> Vec<(i32, usize)> {
+    let mut out = Vec::new();
+    for (t, rows) in runs {
+        if n == 0 {
+            break;
+        }
+        let m = (*rows).min(n);
+        out.push((*t, m));
+        n -= m;
+    }
+    out
+}
+
 fn dist2(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
 }
@@ -227,6 +251,9 @@ impl KMeans {
             reseeds: 0,
             generations: Vec::new(),
             unlearnt: 0,
+            task: None,
+            buffer_from: Vec::new(),
+            seeded_from: Vec::new(),
         }
     }
 
@@ -315,7 +342,7 @@ impl KMeans {
             let room = self.config.seed_sample.saturating_sub(self.buffer.len());
             self.buffer.extend(rows.iter().take(room).cloned());
             if self.buffer.len() >= self.config.seed_sample.max(self.config.k) {
-                self.seed(&[]);
+                self.seed(&[], &[]);
                 // Rows past the seed sample in this batch are learnt as a mini-batch.
                 let rest: Vec<Vec<f64>> = rows.iter().skip(room).cloned().collect();
                 self.clock = Some(now_ms);
@@ -362,7 +389,16 @@ impl KMeans {
         self.unlearnt += other.unlearnt;
         self.reseeds += other.reseeds;
         let room = self.config.seed_sample.saturating_sub(self.buffer.len());
-        self.buffer.extend(other.buffer.iter().take(room).cloned());
+        let taken = room.min(other.buffer.len());
+        self.buffer.extend(other.buffer.iter().take(taken).cloned());
+        let from = match (&other.buffer_from[..], other.task) {
+            ([], Some(t)) => vec![(t, other.buffer.len())],
+            (runs, _) => runs.to_vec(),
+        };
+        self.buffer_from.extend(prefix(&from, taken));
+        if self.seeded_from.is_empty() {
+            self.seeded_from.clone_from(&other.seeded_from);
+        }
         if !other.is_seeded() {
             return;
         }
@@ -409,6 +445,9 @@ impl KMeans {
         self.d = first.d;
         self.config.clone_from(&first.config);
         self.buffer.clear();
+        self.buffer_from.clear();
+        self.seeded_from.clone_from(&first.seeded_from);
+        self.task = first.task;
         self.scaler.clone_from(&first.scaler);
         self.centroids.clone_from(&first.centroids);
         self.generations.clone_from(&first.generations);
@@ -421,22 +460,26 @@ impl KMeans {
         }
     }
 
-    /// Learns row `x` (event time `now_ms`) as this task's share of a global model learnt
+    /// Learns row `x` (event time `now_ms`) as task `task`'s share of a global model learnt
     /// by several tasks. `base` is the merge of the other tasks' latest shares; `merged` is
-    /// scratch space for `base` merged with this share, the model that assigns. `leads`:
-    /// this share seeds the model, from its own buffered rows topped up with the others'
-    /// (they place the centres; each row is learnt by its own task), and alone reseeds
-    /// dying clusters; the other shares keep their rows (up to a cap, counted past it)
-    /// until the seed reaches them in `base`, then learn them. Returns the row's assignment
-    /// by the model as it was (`None` before the seed) and whether the row was learnt.
+    /// scratch space for `base` merged with this share, the model that assigns. Task 0
+    /// leads: it seeds the model from its own kept rows topped up with the others' (in
+    /// `base`) and learns them all, so that the seed's clusters have the weight of the rows
+    /// that placed them on every task (the others then do not learn those rows again), and
+    /// alone reseeds dying clusters; the other shares keep their rows (up to a cap, counted
+    /// past it) until the seed reaches them in `base`, then learn those the seed did not.
+    /// Returns the row's assignment by the model as it was (`None` before the seed) and
+    /// whether the row was learnt.
     pub fn learn_shared(
         &mut self,
         x: &[f64],
         now_ms: i64,
         base: Option<&KMeans>,
         merged: &mut KMeans,
-        leads: bool,
+        task: i32,
     ) -> (Option<Assignment>, bool) {
+        self.task = Some(task);
+        let leads = task == 0;
         if !self.is_seeded() {
             if leads {
                 self.samples += 1;
@@ -500,13 +543,15 @@ impl KMeans {
     /// Seeds the leader's share of a global model once its buffered rows and the others'
     /// (in `base`) fill the seed sample; returns whether it did.
     pub fn seed_with(&mut self, base: Option<&KMeans>, now_ms: i64) -> bool {
-        let extra = base.map_or(&[][..], |b| &b.buffer[..]);
+        self.task = Some(0);
+        let (extra, from) =
+            base.map_or((&[][..], &[][..]), |b| (&b.buffer[..], &b.buffer_from[..]));
         if self.is_seeded()
             || self.buffer.len() + extra.len() < self.config.seed_sample.max(self.config.k)
         {
             return false;
         }
-        self.seed(extra);
+        self.seed(extra, from);
         self.clock = Some(now_ms);
         true
     }
@@ -528,7 +573,14 @@ impl KMeans {
             .map(|i| seed.generation(i))
             .collect();
         self.clock = Some(now_ms);
-        for row in std::mem::take(&mut self.buffer) {
+        // The rows the leader's seed took from this task were learnt by it.
+        let skip: usize = seed
+            .seeded_from
+            .iter()
+            .filter(|(t, _)| Some(*t) == self.task)
+            .map(|(_, n)| n)
+            .sum();
+        for row in std::mem::take(&mut self.buffer).into_iter().skip(skip) {
             merged.set_to_merge(Some(seed), self);
             if let Some(a) = merged.assign(&row) {
                 let z = self.scale(&row);
@@ -587,10 +639,13 @@ impl KMeans {
     /// `extra` (rows other tasks of a global model buffered: they place the centres, and
     /// their own tasks learn them), best of `seed_tries`; the buffered rows are folded in by
     /// their labels.
-    fn seed(&mut self, extra: &[Vec<f64>]) {
+    fn seed(&mut self, extra: &[Vec<f64>], extra_from: &[(i32, usize)]) {
         let own = std::mem::take(&mut self.buffer);
         let room = self.config.seed_sample.saturating_sub(own.len());
         let sample: Vec<&Vec<f64>> = own.iter().chain(extra.iter().take(room)).collect();
+        // The others' rows of a known task are learnt here (and skipped by their task).
+        self.seeded_from = prefix(extra_from, room.min(extra.len()));
+        let learnt = own.len() + self.seeded_from.iter().map(|(_, n)| n).sum::<usize>();
         if self.config.standardize {
             let mut stats = vec![Welford::default(); self.d];
             for row in &sample {
@@ -632,7 +687,7 @@ impl KMeans {
             .collect();
         self.generations = vec![1; k];
         for ((p, l), i) in points.iter().zip(&labels).zip(&keep) {
-            if *i < own.len() {
+            if *i < learnt {
                 self.centroids[*l].add(p, 1.0);
             }
         }
@@ -807,7 +862,7 @@ mod tests {
                 }
             }
             let (a, ok) =
-                shares[task].learn_shared(x, i as i64, base.as_ref(), &mut scratch, task == 0);
+                shares[task].learn_shared(x, i as i64, base.as_ref(), &mut scratch, task as i32);
             learnt += usize::from(ok);
             if let Some(a) = a {
                 pairs.insert((*g, a.cluster));
@@ -844,6 +899,109 @@ mod tests {
         }
     }
 
+    /// The start the test on the broker raced into: task 1 keeps rows before the leader has
+    /// any, the leader seeds from them alone (it learns them, so the seed's clusters weigh
+    /// what placed them, on every task), task 2 adopts the seed at once and task 1 only much
+    /// later. Every row is still learnt once, and every task numbers the groups alike.
+    #[test]
+    fn a_leader_seeded_from_another_tasks_rows_gives_its_seed_their_weight() {
+        let config = KMeansConfig {
+            k: 3,
+            seed_sample: 100,
+            seed_tries: 3,
+            seed_trim: 0.0,
+            half_life_ms: None,
+            reseed_below: 0.001,
+            standardize: true,
+            random_seed: 5,
+        };
+        let mut rng = SplitMix64(11);
+        let groups = [[0.0, 0.0], [30.0, 0.0], [0.0, 40.0]];
+        let rows: Vec<(usize, Vec<f64>)> = (0..3000)
+            .map(|i| {
+                let g = (i * 7 + i / 3) % 3;
+                let p = groups[g];
+                (
+                    g,
+                    vec![p[0] + rng.next_f64() * 6.0, p[1] + rng.next_f64() * 6.0],
+                )
+            })
+            .collect();
+        let base_of = |committed: &[Option<KMeans>], task: usize| {
+            let mut base: Option<KMeans> = None;
+            for c in committed.iter().enumerate().filter(|(t, _)| *t != task) {
+                if let (_, Some(c)) = c {
+                    base.get_or_insert_with(|| KMeans::new(2, config.clone()))
+                        .merge(c);
+                }
+            }
+            base
+        };
+        let mut shares: Vec<KMeans> = (0..3).map(|_| KMeans::new(2, config.clone())).collect();
+        let mut committed: Vec<Option<KMeans>> = vec![None; 3];
+        let mut scratch = KMeans::new(2, config.clone());
+        let mut pairs = std::collections::BTreeSet::new();
+        let mut learnt = 0;
+        for (i, (g, x)) in rows.iter().enumerate() {
+            // Rows 0..300 reach task 1 only; then tasks 0 and 2 alone, task 1 stalled
+            // (reading and committing nothing) until row 2400; then all three.
+            let task = match i {
+                0..300 => 1,
+                300..2400 => [0, 2][i % 2],
+                _ => i % 3,
+            };
+            if i == 300 {
+                // The others' commit reaches the leader before a row of its own does.
+                let base = base_of(&committed, 0).expect("task 1 committed");
+                assert!(shares[0].seed_with(Some(&base), i as i64), "seeded");
+                let weight: f64 = shares[0].centroids().iter().map(|c| c.weight).sum();
+                assert_eq!(
+                    weight, 100.0,
+                    "the seed holds the 100 rows it was placed by"
+                );
+                assert_eq!(shares[0].samples(), 0, "they are task 1's samples");
+            }
+            let base = base_of(&committed, task);
+            let (a, ok) =
+                shares[task].learn_shared(x, i as i64, base.as_ref(), &mut scratch, task as i32);
+            learnt += usize::from(ok);
+            if let Some(a) = a {
+                pairs.insert((*g, a.cluster));
+            }
+            if i % 25 == 24 {
+                for t in 0..3 {
+                    if t != 1 || !(300..2400).contains(&i) {
+                        committed[t] = Some(shares[t].clone());
+                    }
+                }
+            }
+        }
+        assert_eq!(learnt, rows.len());
+        assert_eq!(pairs.len(), 3, "one numbering on every task: {pairs:?}");
+        let mut all = KMeans::new(2, config.clone());
+        for s in &shares {
+            all.merge(s);
+        }
+        assert_eq!(all.samples(), 3000);
+        for (g, c) in &pairs {
+            let points: Vec<&Vec<f64>> = rows
+                .iter()
+                .filter(|(h, _)| h == g)
+                .map(|(_, x)| x)
+                .collect();
+            let n = points.len() as f64;
+            assert!(
+                (all.centroids()[*c].weight - n).abs() < 1e-9,
+                "group {g}: weight {} for {n} rows",
+                all.centroids()[*c].weight
+            );
+            for (j, v) in all.center_in_input_units(*c).iter().enumerate() {
+                let mean = points.iter().map(|p| p[j]).sum::<f64>() / n;
+                assert!((v - mean).abs() < 1e-9, "group {g}: {v} vs {mean}");
+            }
+        }
+    }
+
     /// A cluster the leader reseeds starts again on every task: the others' statistics of
     /// its old generation no longer count.
     #[test]
@@ -862,8 +1020,8 @@ mod tests {
         leader.update(&[vec![0.0], vec![0.0], vec![10.0], vec![10.0]], 0);
         let mut other = KMeans::new(1, config.clone());
         let mut scratch = KMeans::new(1, config.clone());
-        other.learn_shared(&[0.0], 1, Some(&leader), &mut scratch, false);
-        other.learn_shared(&[10.0], 1, Some(&leader), &mut scratch, false);
+        other.learn_shared(&[0.0], 1, Some(&leader), &mut scratch, 1);
+        other.learn_shared(&[10.0], 1, Some(&leader), &mut scratch, 1);
         let low = leader.assign(&[0.0]).expect("seeded").cluster;
         leader.centroids[low] = Centroid {
             weight: 1.0,
@@ -879,7 +1037,7 @@ mod tests {
             "the old generation left out"
         );
         assert_eq!(merged.centroids()[1 - low].weight, 3.0);
-        other.learn_shared(&[5.0], 2, Some(&leader), &mut scratch, false);
+        other.learn_shared(&[5.0], 2, Some(&leader), &mut scratch, 1);
         assert_eq!(
             other.centroids()[low].weight,
             1.0,

@@ -38,8 +38,9 @@ pub struct Clustering {
 /// A task's part in a global clustering learnt by several tasks.
 #[derive(Debug)]
 struct Shared {
-    /// The task of partition 0 seeds and reseeds the clusters; the others take its seed.
-    leads: bool,
+    /// The task (of the partition of that number): task 0 seeds and reseeds the clusters;
+    /// the others take its seed.
+    task: i32,
     /// The model that assigns, this task's share merged with the others' (rebuilt per row
     /// in the same allocation).
     merged: KMeans,
@@ -117,7 +118,7 @@ impl Learner for Clustering {
         if let Some(sh) = &mut self.shared {
             let (a, learnt) =
                 ks.model
-                    .learn_shared(x, ms, base.map(|b| &b.model), &mut sh.merged, sh.leads);
+                    .learn_shared(x, ms, base.map(|b| &b.model), &mut sh.merged, sh.task);
             append(out, a);
             return learnt;
         }
@@ -135,7 +136,7 @@ impl Learner for Clustering {
 
     fn share(&mut self, task: i32) {
         self.shared = Some(Shared {
-            leads: task == 0,
+            task,
             merged: KMeans::new(0, self.config.clone()),
         });
     }
@@ -159,7 +160,8 @@ impl Learner for Clustering {
 
     /// The leader seeds once the others' kept rows fill its seed sample.
     fn rebase(&mut self, own: &mut State, base: &State, ms: i64) -> bool {
-        self.shared.as_ref().is_some_and(|s| s.leads) && own.model.seed_with(Some(&base.model), ms)
+        self.shared.as_ref().is_some_and(|s| s.task == 0)
+            && own.model.seed_with(Some(&base.model), ms)
     }
 
     fn finish(&self, mut out: Out) -> Vec<ArrayRef> {
