@@ -484,9 +484,21 @@ impl<C: Connect> Group<C> {
                                 let notify = config.notify.clone();
                                 let started = Instant::now();
                                 let owner = stats.clone();
-                                let task =
-                                    Task::connect(&plan, config, stats, connect, part, Some(&member))
-                                        .await;
+                                let connecting =
+                                    Task::connect(&plan, config, stats, connect, part, Some(&member));
+                                // Connecting makes blocking Kafka calls (fencing, reading the
+                                // changelogs to their end): on a multi-thread runtime this
+                                // worker hands its other tasks on meanwhile, so that every
+                                // assigned task restores at once.
+                                let task = match tokio::runtime::Handle::current().runtime_flavor()
+                                {
+                                    tokio::runtime::RuntimeFlavor::MultiThread => {
+                                        tokio::task::block_in_place(|| {
+                                            tokio::runtime::Handle::current().block_on(connecting)
+                                        })
+                                    }
+                                    _ => connecting.await,
+                                };
                                 let task = match task {
                                     Ok(t) => t,
                                     Err(e) => {
