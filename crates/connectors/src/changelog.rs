@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -116,6 +116,14 @@ const FINGERPRINT: &str = "fingerprint";
 /// Longest a transaction call may take.
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long the broker lets a transaction stay open before it aborts it, unless an
+/// exactly-once sink's properties say otherwise: the records' delivery timeout (librdkafka
+/// requires it to be no longer), 30 s. A transaction here lasts one commit (the records are
+/// held in memory between commits), so it bounds how long a crashed task's open
+/// transaction holds up `read_committed` readers if nothing fences it first, not the
+/// commit interval.
+const TRANSACTION_TIMEOUT_MS: &str = "30000";
+
 /// Longest a restore may read before it fails (retried by the caller's restart).
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -213,9 +221,21 @@ impl KafkaChangelog {
         let mut config = ClientConfig::new();
         config
             .set("linger.ms", "5")
-            .set("message.timeout.ms", "30000");
+            .set("message.timeout.ms", "30000")
+            .set("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS);
         for (k, v) in properties {
             config.set(k, v);
+        }
+        // librdkafka wants a record's delivery to time out within the transaction's.
+        let limit = |k: &str, default: u64| {
+            config
+                .get(k)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        let transaction_ms = limit("transaction.timeout.ms", 60_000);
+        if limit("message.timeout.ms", 300_000) > transaction_ms {
+            config.set("message.timeout.ms", transaction_ms.to_string());
         }
         let producer: FutureProducer = config
             .set("bootstrap.servers", bootstrap)
@@ -224,11 +244,18 @@ impl KafkaChangelog {
             .set("acks", "all")
             .create()
             .map_err(kafka("creating the changelog producer"))?;
-        producer
-            .init_transactions(TXN_TIMEOUT)
-            .map_err(kafka(format!(
-                "initialising transactions of `{transactional_id}`"
-            )))?;
+        producer.init_transactions(TXN_TIMEOUT).map_err(|e| {
+            let context = match e.rdkafka_error_code() {
+                Some(RDKafkaErrorCode::InvalidTransactionTimeout) => format!(
+                    "initialising transactions of `{transactional_id}`: the broker refuses transaction.timeout.ms={} (above its transaction.max.timeout.ms); lower `transaction.timeout.ms` in the exactly-once sinks' kafka.properties, or raise the broker's limit",
+                    properties
+                        .get("transaction.timeout.ms")
+                        .map_or(TRANSACTION_TIMEOUT_MS, String::as_str)
+                ),
+                _ => format!("initialising transactions of `{transactional_id}`"),
+            };
+            ConnectorError::Kafka { context, source: e }
+        })?;
         let mut by_group = BTreeMap::new();
         for g in groups {
             if let Some(m) = member.filter(|m| m.group() == g) {

@@ -101,6 +101,15 @@ impl PipelinePlan {
     pub fn explain(&self) -> String {
         explain::explain(self)
     }
+
+    /// The first `exactly_once` sink, if the pipeline has one (they all share the
+    /// transactional producer, so their Kafka properties agree: validated).
+    pub fn exactly_once_sink(&self) -> Option<&SinkPlan> {
+        self.nodes.iter().find_map(|n| match &n.kind {
+            NodeKind::Sink(s) if s.delivery == Delivery::ExactlyOnce => Some(s),
+            _ => None,
+        })
+    }
 }
 
 /// Plans the pipeline of `doc`, adding every problem found to its diagnostics. Returns a

@@ -95,20 +95,20 @@ fn keyed_state(plan: &PipelinePlan) -> bool {
 /// a sink is `exactly_once`, whose records commit in the state's transaction (as Kafka
 /// Streams' `exactly_once_v2` always keeps state in changelogs).
 pub fn state_in_kafka(plan: &PipelinePlan, config: &RunConfig) -> bool {
-    config.kafka_state || exactly_once(plan)
+    config.kafka_state || plan.exactly_once_sink().is_some()
 }
 
 /// How often `plan` commits: its `commit_every`, else the runner's checkpoint interval, else
 /// 1 s with an exactly-once sink (its records wait for the commit to be seen) and 10 s
 /// without.
 pub fn commit_interval(plan: &PipelinePlan, config: &RunConfig) -> Duration {
-    plan.commit_every
-        .or(config.checkpoint_interval)
-        .unwrap_or(if exactly_once(plan) {
+    plan.commit_every.or(config.checkpoint_interval).unwrap_or(
+        if plan.exactly_once_sink().is_some() {
             Duration::from_secs(1)
         } else {
             Duration::from_secs(10)
-        })
+        },
+    )
 }
 
 /// The group member's client properties: the source's, and with an instance id its static
@@ -122,13 +122,6 @@ fn member_properties(
         properties.insert("group.instance.id".into(), format!("{}.{id}", source.group));
     }
     properties
-}
-
-/// Whether a sink of `plan` is `exactly_once`.
-fn exactly_once(plan: &PipelinePlan) -> bool {
-    plan.nodes.iter().any(
-        |n| matches!(&n.kind, NodeKind::Sink(s) if s.delivery == planner::Delivery::ExactlyOnce),
-    )
 }
 
 /// Why `plan` runs as one task here although its plan allows one per partition: a global

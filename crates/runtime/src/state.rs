@@ -113,10 +113,7 @@ impl<C: Connect> StateLog<C> {
         // transactional producer that writes their records, except a smaller
         // `message.max.bytes`: the sink dead-letters records over its own limit, and the
         // producer's must still fit the state entries.
-        if let Some(sink) = plan.nodes.iter().find_map(|n| match &n.kind {
-            NodeKind::Sink(s) if s.delivery == planner::Delivery::ExactlyOnce => Some(s),
-            _ => None,
-        }) {
+        if let Some(sink) = plan.exactly_once_sink() {
             for (k, v) in &sink.properties {
                 if k == "message.max.bytes" {
                     let larger = v.parse::<u64>().is_ok_and(|n| n > DEFAULT_MESSAGE_MAX);

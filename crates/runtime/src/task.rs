@@ -210,10 +210,7 @@ impl<C: Connect> Task<C> {
             commit_every: crate::commit_interval(plan, &config),
             pipeline: plan.name.clone(),
             holds_rows: nodes.iter().any(|n| n.op.holds_rows()),
-            transactional_letters: state.is_some()
-                && plan.nodes.iter().any(|n| {
-                    matches!(&n.kind, planner::NodeKind::Sink(s) if s.delivery == planner::Delivery::ExactlyOnce)
-                }),
+            transactional_letters: state.is_some() && plan.exactly_once_sink().is_some(),
             nodes,
             sources,
             connect,
@@ -277,6 +274,9 @@ impl<C: Connect> Task<C> {
             vec![BTreeMap::new(); self.sources.len()];
         let mut last_lag = Instant::now();
         let mut last_checkpoint = Instant::now();
+        // The first commit comes right after the first input: a task that restarted (or
+        // took partitions over) shows its outputs again without waiting a whole interval.
+        let mut committed_once = false;
         let started = Instant::now();
         loop {
             let mut got_any = false;
@@ -327,10 +327,13 @@ impl<C: Connect> Task<C> {
             // rather than let them grow past a bound.
             let held = self.pending_bytes();
             if self.keeps_state()
-                && (last_checkpoint.elapsed() >= self.commit_every || held > PENDING_OUTPUT_BYTES)
+                && ((got_any && !committed_once)
+                    || last_checkpoint.elapsed() >= self.commit_every
+                    || held > PENDING_OUTPUT_BYTES)
             {
                 self.checkpoint().await?;
                 last_checkpoint = Instant::now();
+                committed_once = true;
             }
             self.advance(started);
             if exchanges {

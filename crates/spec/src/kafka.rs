@@ -284,6 +284,11 @@ pub const ALLOWED: &[Property] = &[
     ),
     consumer("check.crcs", Value::Bool, "verify CRC32 of messages"),
     producer(
+        "transaction.timeout.ms",
+        Value::Int(1000, 15 * MINUTE_MS),
+        "longest a transaction of the exactly-once sinks may stay open before the broker aborts it (default 30 s; at most the broker's transaction.max.timeout.ms, 15 min by default)",
+    ),
+    producer(
         "compression.type",
         Value::OneOf(&["none", "gzip", "snappy", "lz4", "zstd"]),
         "compression of produced batches",
