@@ -254,7 +254,7 @@ fn usage_errors_exit_2() {
 
 #[test]
 fn the_demo_runs_on_the_in_process_broker_and_prints_live_results() {
-    let out = pipectl(&["demo", "--duration", "10s"]);
+    let out = pipectl(&["demo", "--duration", "20s"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -262,6 +262,34 @@ fn the_demo_runs_on_the_in_process_broker_and_prints_live_results() {
         stdout,
         String::from_utf8_lossy(&out.stderr)
     );
+    // Every example shows a record of one of its sinks in the last status: a pipeline's
+    // line (`name in …`) is followed by its sinks' newest records, indented.
+    let last = stdout.rsplit("── ").next().expect("a status");
+    let mut examples = 0;
+    for entry in std::fs::read_dir(root().join("pipelines")).expect("pipelines/") {
+        let path = entry.expect("an entry").path();
+        let text = std::fs::read_to_string(&path).expect("readable");
+        let Some(name) = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("name: "))
+            .map(str::trim)
+        else {
+            continue;
+        };
+        examples += 1;
+        let mut lines = last
+            .lines()
+            .skip_while(|l| !l.starts_with(&format!("{name} ")));
+        assert!(
+            lines.next().is_some(),
+            "{name} is not in the status:\n{last}"
+        );
+        assert!(
+            lines.next().is_some_and(|l| l.starts_with("    ")),
+            "{name} showed no output in 20 s:\n{last}"
+        );
+    }
+    assert!(examples >= 7, "{examples} examples");
     // A window result, a model prediction and a masked analytics record reached their topics.
     for topic in [
         "maintenance.line_health_1m:",

@@ -29,7 +29,7 @@ pub struct DemoArgs {
     pub duration: Option<Duration>,
     /// Events per second per event kind.
     pub rate: f64,
-    /// Event time per wall-clock second, in seconds (60: a minute passes every second).
+    /// Event time per wall-clock second, in seconds (600: ten minutes pass every second).
     pub speedup: f64,
 }
 

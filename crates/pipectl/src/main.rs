@@ -124,8 +124,11 @@ enum Command {
         /// Events per second per event kind.
         #[arg(long, default_value_t = 500.0)]
         rate: f64,
-        /// Seconds of event time per second of wall-clock time.
-        #[arg(long, default_value_t = 60.0)]
+        /// Seconds of event time per second of wall-clock time. The default, 10 minutes a
+        /// second, closes the examples' hour windows and 30-minute sessions within seconds
+        /// (at 60 a customer's events came every 4 minutes of event time, so no session
+        /// ever closed, and the first hour window after a minute).
+        #[arg(long, default_value_t = 600.0)]
         speedup: f64,
     },
     /// Validate pipeline files locally, show the difference with what the daemon runs, and
