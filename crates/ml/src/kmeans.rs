@@ -636,9 +636,9 @@ impl KMeans {
     }
 
     /// k-means++ and Lloyd on the buffered sample, topped up to `seed_sample` rows from
-    /// `extra` (rows other tasks of a global model buffered: they place the centres, and
-    /// their own tasks learn them), best of `seed_tries`; the buffered rows are folded in by
-    /// their labels.
+    /// `extra` (rows other tasks of a global model buffered, `extra_from` saying whose),
+    /// best of `seed_tries`; the buffered rows and the others' rows of a known task are
+    /// folded in by their labels (recorded in `seeded_from`, so that their tasks skip them).
     fn seed(&mut self, extra: &[Vec<f64>], extra_from: &[(i32, usize)]) {
         let own = std::mem::take(&mut self.buffer);
         let room = self.config.seed_sample.saturating_sub(own.len());
