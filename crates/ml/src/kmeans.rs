@@ -828,18 +828,8 @@ mod tests {
             standardize: true,
             random_seed: 5,
         };
-        let mut rng = SplitMix64(3);
         let groups = [[0.0, 0.0], [50.0, 0.0], [0.0, 80.0]];
-        let rows: Vec<(usize, Vec<f64>)> = (0..3000)
-            .map(|i| {
-                let g = (i * 7 + i / 5) % 3;
-                let p = groups[g];
-                (
-                    g,
-                    vec![p[0] + rng.next_f64() * 4.0, p[1] + rng.next_f64() * 4.0],
-                )
-            })
-            .collect();
+        let rows = grouped_rows(&groups, |i| (i * 7 + i / 5) % 3, 4.0, 3);
         let mut shares: Vec<KMeans> = (0..3).map(|_| KMeans::new(2, config.clone())).collect();
         let mut committed: Vec<Option<KMeans>> = vec![None; 3];
         let mut scratch = KMeans::new(2, config.clone());
@@ -848,19 +838,7 @@ mod tests {
         let mut learnt = 0;
         for (i, (g, x)) in rows.iter().enumerate() {
             let task = i % 3;
-            let mut base: Option<KMeans> = None;
-            for (t, c) in committed.iter().enumerate() {
-                if let (true, Some(c)) = (t != task, c) {
-                    match &mut base {
-                        Some(b) => b.merge(c),
-                        None => {
-                            let mut b = KMeans::new(2, config.clone());
-                            b.merge(c);
-                            base = Some(b);
-                        }
-                    }
-                }
-            }
+            let base = base_of(&committed, task, &config);
             let (a, ok) =
                 shares[task].learn_shared(x, i as i64, base.as_ref(), &mut scratch, task as i32);
             learnt += usize::from(ok);
@@ -883,20 +861,7 @@ mod tests {
         }
         assert_eq!(all.samples(), 3000);
         assert_eq!(all.reseeds(), 0);
-        for (g, c) in &pairs {
-            let points: Vec<&Vec<f64>> = rows
-                .iter()
-                .filter(|(h, _)| h == g)
-                .map(|(_, x)| x)
-                .collect();
-            let n = points.len() as f64;
-            let centre = all.center_in_input_units(*c);
-            assert!((all.centroids()[*c].weight - n).abs() < 1e-9);
-            for (j, v) in centre.iter().enumerate() {
-                let mean = points.iter().map(|p| p[j]).sum::<f64>() / n;
-                assert!((v - mean).abs() < 1e-9, "group {g}: {v} vs {mean}");
-            }
-        }
+        assert_exact_means(&all, &pairs, &rows);
     }
 
     /// The start the test on the broker raced into: task 1 keeps rows before the leader has
@@ -915,28 +880,8 @@ mod tests {
             standardize: true,
             random_seed: 5,
         };
-        let mut rng = SplitMix64(11);
         let groups = [[0.0, 0.0], [30.0, 0.0], [0.0, 40.0]];
-        let rows: Vec<(usize, Vec<f64>)> = (0..3000)
-            .map(|i| {
-                let g = (i * 7 + i / 3) % 3;
-                let p = groups[g];
-                (
-                    g,
-                    vec![p[0] + rng.next_f64() * 6.0, p[1] + rng.next_f64() * 6.0],
-                )
-            })
-            .collect();
-        let base_of = |committed: &[Option<KMeans>], task: usize| {
-            let mut base: Option<KMeans> = None;
-            for c in committed.iter().enumerate().filter(|(t, _)| *t != task) {
-                if let (_, Some(c)) = c {
-                    base.get_or_insert_with(|| KMeans::new(2, config.clone()))
-                        .merge(c);
-                }
-            }
-            base
-        };
+        let rows = grouped_rows(&groups, |i| (i * 7 + i / 3) % 3, 6.0, 11);
         let mut shares: Vec<KMeans> = (0..3).map(|_| KMeans::new(2, config.clone())).collect();
         let mut committed: Vec<Option<KMeans>> = vec![None; 3];
         let mut scratch = KMeans::new(2, config.clone());
@@ -952,7 +897,7 @@ mod tests {
             };
             if i == 300 {
                 // The others' commit reaches the leader before a row of its own does.
-                let base = base_of(&committed, 0).expect("task 1 committed");
+                let base = base_of(&committed, 0, &config).expect("task 1 committed");
                 assert!(shares[0].seed_with(Some(&base), i as i64), "seeded");
                 let weight: f64 = shares[0].centroids().iter().map(|c| c.weight).sum();
                 assert_eq!(
@@ -961,7 +906,7 @@ mod tests {
                 );
                 assert_eq!(shares[0].samples(), 0, "they are task 1's samples");
             }
-            let base = base_of(&committed, task);
+            let base = base_of(&committed, task, &config);
             let (a, ok) =
                 shares[task].learn_shared(x, i as i64, base.as_ref(), &mut scratch, task as i32);
             learnt += usize::from(ok);
@@ -983,7 +928,53 @@ mod tests {
             all.merge(s);
         }
         assert_eq!(all.samples(), 3000);
-        for (g, c) in &pairs {
+        assert_exact_means(&all, &pairs, &rows);
+    }
+
+    /// 3,000 rows `(group, point)`: row i of group `group(i)`, uniform within `spread` of
+    /// its group's corner (generator seeded `seed`).
+    fn grouped_rows(
+        groups: &[[f64; 2]],
+        group: impl Fn(usize) -> usize,
+        spread: f64,
+        seed: u64,
+    ) -> Vec<(usize, Vec<f64>)> {
+        let mut rng = SplitMix64(seed);
+        (0..3000)
+            .map(|i| {
+                let g = group(i);
+                let p = groups[g];
+                (
+                    g,
+                    vec![
+                        p[0] + rng.next_f64() * spread,
+                        p[1] + rng.next_f64() * spread,
+                    ],
+                )
+            })
+            .collect()
+    }
+
+    /// The merge of the shares the other tasks than `task` last committed.
+    fn base_of(committed: &[Option<KMeans>], task: usize, config: &KMeansConfig) -> Option<KMeans> {
+        let mut base: Option<KMeans> = None;
+        for (_, c) in committed.iter().enumerate().filter(|(t, _)| *t != task) {
+            if let Some(c) = c {
+                base.get_or_insert_with(|| KMeans::new(2, config.clone()))
+                    .merge(c);
+            }
+        }
+        base
+    }
+
+    /// Per (group, cluster) of `pairs`, the merged model `all` has exactly the group's
+    /// count of points and their mean (computed here from the points).
+    fn assert_exact_means(
+        all: &KMeans,
+        pairs: &std::collections::BTreeSet<(usize, usize)>,
+        rows: &[(usize, Vec<f64>)],
+    ) {
+        for (g, c) in pairs {
             let points: Vec<&Vec<f64>> = rows
                 .iter()
                 .filter(|(h, _)| h == g)
