@@ -14,6 +14,7 @@
 use std::collections::BTreeSet;
 use std::process::Command;
 
+use connectors::Sink as _;
 use serde_json::Value;
 
 mod support;

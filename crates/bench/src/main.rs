@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use connectors::Sink as _;
 use datafusion::arrow::array::RecordBatch;
 use formats::avro::{AvroCodec, Framing};
 use formats::json::JsonDecoder;
@@ -559,6 +560,7 @@ async fn main() -> Result<(), BenchError> {
             properties: BTreeMap::new(),
             max_batch: batch_size,
             max_wait: Duration::from_millis(100),
+            linger: Duration::from_millis(100),
             only: None,
             exchange: false,
         },
@@ -566,6 +568,7 @@ async fn main() -> Result<(), BenchError> {
     let mut raw = connectors::RawBatch::default();
     let (started, mut n, mut turns) = (Instant::now(), 0, 0);
     while n < events {
+        raw.clear();
         source.next_batch(&mut raw).await?;
         n += raw.len();
         turns += 1;

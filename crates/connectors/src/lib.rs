@@ -17,10 +17,13 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
+pub use delivery::Ledger;
+
 pub mod changelog;
+mod delivery;
 pub mod membership;
 pub mod memory;
 pub mod registry;
@@ -38,26 +41,63 @@ pub trait Source: Send + Sync + 'static {
         &self,
         batch: &mut RawBatch,
     ) -> impl std::future::Future<Output = Result<(), ConnectorError>> + Send;
-    /// Commits `next` (next offset to read per partition) for the group.
+    /// Commits `next` (next offset to read per partition) for the group, and waits for the
+    /// group coordinator to take it.
     fn commit(&self, next: &BTreeMap<i32, i64>) -> Result<(), ConnectorError>;
+    /// Sends a commit of `next` without waiting for it (a later commit covers it if it is
+    /// lost).
+    fn commit_async(&self, next: &BTreeMap<i32, i64>) -> Result<(), ConnectorError> {
+        self.commit(next)
+    }
     /// Messages behind the end per partition (-1: unknown), `known` being the caller's next
     /// offsets for partitions nothing was read from yet.
     fn lag(&self, known: &BTreeMap<i32, i64>) -> BTreeMap<i32, i64>;
 }
 
 /// Where a run writes records: a Kafka topic, or a topic of the in-memory broker.
+///
+/// Writing is in two steps, so that producing overlaps the next micro-batch: `send` hands
+/// records to the producer (one *delivery group* per call) and returns before Kafka has
+/// acknowledged them; `delivered` says how many groups, counted from the first, are
+/// acknowledged, and `settle` waits for all of them (the barrier before offsets commit).
 pub trait Sink: Send + Sync + 'static {
+    /// Hands every record to the producer as one delivery group (waiting only while the
+    /// producer's queue is full); an empty call is no group.
+    fn send(
+        &self,
+        records: &[OutRecord<'_>],
+        extra_headers: &[(&str, &[u8])],
+    ) -> impl std::future::Future<Output = Result<(), ConnectorError>> + Send;
+    /// Hands over records that each carry their own headers (dead letters), as one group.
+    fn send_with_headers(
+        &self,
+        records: &[(OutRecord<'_>, RecordHeaders)],
+    ) -> impl std::future::Future<Output = Result<(), ConnectorError>> + Send;
+    /// Delivery groups handed over so far.
+    fn handed(&self) -> u64;
+    /// How many of the first groups are acknowledged, every record of each; an error when
+    /// Kafka refused or timed out a record.
+    fn delivered(&self) -> Result<u64, ConnectorError>;
+    /// Waits until every group handed over is acknowledged.
+    fn settle(&self) -> impl std::future::Future<Output = Result<(), ConnectorError>> + Send {
+        async move {
+            while self.delivered()? < self.handed() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Ok(())
+        }
+    }
     /// Writes every record and waits until all are acknowledged.
     fn send_all(
         &self,
         records: &[OutRecord<'_>],
         extra_headers: &[(&str, &[u8])],
-    ) -> impl std::future::Future<Output = Result<(), ConnectorError>> + Send;
-    /// Writes records that each carry their own headers (dead letters).
-    fn send_with_headers(
-        &self,
-        records: &[(OutRecord<'_>, RecordHeaders)],
-    ) -> impl std::future::Future<Output = Result<(), ConnectorError>> + Send;
+    ) -> impl std::future::Future<Output = Result<(), ConnectorError>> + Send {
+        async move {
+            self.send(records, extra_headers).await?;
+            self.settle().await
+        }
+    }
 }
 
 /// Makes the sources and sinks of a run: the runner is generic over it, so a whole pipeline
@@ -126,7 +166,7 @@ pub struct Kafka {
 }
 
 /// A producer and the client properties it was made with.
-type SharedProducer = (BTreeMap<String, String>, FutureProducer);
+type SharedProducer = (BTreeMap<String, String>, Producer);
 
 impl std::fmt::Debug for Kafka {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -146,10 +186,7 @@ impl Kafka {
     }
 
     /// The producer of `properties`, made on first use.
-    fn producer(
-        &self,
-        properties: &BTreeMap<String, String>,
-    ) -> Result<FutureProducer, ConnectorError> {
+    fn producer(&self, properties: &BTreeMap<String, String>) -> Result<Producer, ConnectorError> {
         let mut producers = self
             .producers
             .lock()
@@ -237,11 +274,11 @@ impl Connect for Kafka {
         properties: &BTreeMap<String, String>,
         headers: Vec<(String, String)>,
     ) -> Result<KafkaSink, ConnectorError> {
-        Ok(KafkaSink {
-            producer: self.producer(properties)?,
-            topic: topic.to_string(),
+        Ok(KafkaSink::with_producer(
+            self.producer(properties)?,
+            topic,
             headers,
-        })
+        ))
     }
 }
 
@@ -256,7 +293,10 @@ impl Source for KafkaSource {
         KafkaSource::next_batch(self, batch).await
     }
     fn commit(&self, next: &BTreeMap<i32, i64>) -> Result<(), ConnectorError> {
-        KafkaSource::commit(self, next)
+        KafkaSource::commit(self, next, CommitMode::Sync)
+    }
+    fn commit_async(&self, next: &BTreeMap<i32, i64>) -> Result<(), ConnectorError> {
+        KafkaSource::commit(self, next, CommitMode::Async)
     }
     fn lag(&self, known: &BTreeMap<i32, i64>) -> BTreeMap<i32, i64> {
         KafkaSource::lag(self, known)
@@ -264,18 +304,38 @@ impl Source for KafkaSource {
 }
 
 impl Sink for KafkaSink {
-    async fn send_all(
+    async fn send(
         &self,
         records: &[OutRecord<'_>],
         extra_headers: &[(&str, &[u8])],
     ) -> Result<(), ConnectorError> {
-        KafkaSink::send_all(self, records, extra_headers).await
+        KafkaSink::send(
+            self,
+            records.iter().map(|r| (r, None)),
+            records.len(),
+            extra_headers,
+        )
+        .await
     }
     async fn send_with_headers(
         &self,
         records: &[(OutRecord<'_>, RecordHeaders)],
     ) -> Result<(), ConnectorError> {
-        KafkaSink::send_with_headers(self, records).await
+        KafkaSink::send(
+            self,
+            records.iter().map(|(r, h)| (r, Some(h))),
+            records.len(),
+            &[],
+        )
+        .await
+    }
+    fn handed(&self) -> u64 {
+        self.ledger.handed()
+    }
+    fn delivered(&self) -> Result<u64, ConnectorError> {
+        self.ledger
+            .delivered()
+            .map_err(|e| ConnectorError::Config(format!("writing to `{}`: {e}", self.topic)))
     }
 }
 
@@ -375,8 +435,11 @@ pub struct SourceConfig {
     pub properties: BTreeMap<String, String>,
     /// Most messages in one micro-batch.
     pub max_batch: usize,
-    /// Longest wait for a micro-batch to fill.
+    /// Longest wait for a first message: a read returns an empty batch after it.
     pub max_wait: Duration,
+    /// Longest wait for a micro-batch to fill once it has its first message (the latency
+    /// target): at low rates a record waits this long at most, not for a full batch.
+    pub linger: Duration,
     /// Read only these partitions (a partition task's), assigned by the run itself even
     /// when starting from the group's committed offsets; `None`: every partition.
     pub only: Option<Vec<i32>>,
@@ -467,6 +530,8 @@ pub struct RawBatch {
     pub transient_errors: u64,
     /// The last of them.
     pub last_transient_error: Option<String>,
+    /// When its first message was read: the batch closes `linger` after it.
+    pub first_at: Option<std::time::Instant>,
 }
 
 impl RawBatch {
@@ -509,6 +574,7 @@ impl RawBatch {
         self.exchange.clear();
         self.transient_errors = 0;
         self.last_transient_error = None;
+        self.first_at = None;
     }
 
     /// The next offset to consume per partition after this batch.
@@ -532,6 +598,7 @@ pub struct KafkaSource {
     start_offsets: BTreeMap<i32, i64>,
     max_batch: usize,
     max_wait: Duration,
+    linger: Duration,
     /// Reads exchange headers.
     exchange: bool,
 }
@@ -725,6 +792,7 @@ impl KafkaSource {
             start_offsets,
             max_batch: config.max_batch.max(1),
             max_wait: config.max_wait,
+            linger: config.linger,
             exchange: config.exchange,
         })
     }
@@ -752,12 +820,17 @@ impl KafkaSource {
         }
     }
 
-    /// Fills `batch` with up to `max_batch` messages, waiting at most `max_wait` after the
-    /// first. Returns with an empty batch after `max_wait` without messages.
+    /// Appends messages to `batch` until it holds `max_batch`, or `linger` has passed since
+    /// its first message, or `max_wait` has passed without one (an empty batch). Dropping
+    /// the future loses nothing: what was read is in `batch`, and a new call goes on
+    /// filling it (the caller clears it once it is processed).
     pub async fn next_batch(&self, batch: &mut RawBatch) -> Result<(), ConnectorError> {
-        batch.clear();
+        let close = |batch: &RawBatch| match batch.first_at {
+            Some(first) => tokio::time::Instant::from_std(first + self.linger),
+            None => tokio::time::Instant::now() + self.max_wait,
+        };
         // One deadline per micro-batch (a timer per message costs more than the message).
-        let deadline = tokio::time::sleep(self.max_wait);
+        let deadline = tokio::time::sleep_until(close(batch));
         tokio::pin!(deadline);
         while batch.len() < self.max_batch {
             let message = tokio::select! {
@@ -780,6 +853,10 @@ impl KafkaSource {
                 },
                 () = &mut deadline => break,
             };
+            if batch.first_at.is_none() {
+                batch.first_at = Some(std::time::Instant::now());
+                deadline.as_mut().reset(close(batch));
+            }
             let begin = batch.bytes.len();
             batch
                 .bytes
@@ -811,8 +888,13 @@ impl KafkaSource {
         Ok(())
     }
 
-    /// Commits `next` (next offset to read per partition) for the group, synchronously.
-    pub fn commit(&self, next: &BTreeMap<i32, i64>) -> Result<(), ConnectorError> {
+    /// Commits `next` (next offset to read per partition) for the group; `Async` returns
+    /// once the commit is sent.
+    pub fn commit(
+        &self,
+        next: &BTreeMap<i32, i64>,
+        mode: CommitMode,
+    ) -> Result<(), ConnectorError> {
         if next.is_empty() {
             return Ok(());
         }
@@ -822,7 +904,7 @@ impl KafkaSource {
                 .map_err(kafka("building the commit"))?;
         }
         self.consumer
-            .commit(&tpl, CommitMode::Sync)
+            .commit(&tpl, mode)
             .map_err(kafka(format!("committing offsets of `{}`", self.topic)))
     }
 
@@ -873,11 +955,28 @@ pub struct OutRecord<'a> {
     pub partition: Option<i32>,
 }
 
+/// The producer the sinks share: its delivery reports go to each record's group.
+pub type Producer = std::sync::Arc<ThreadedProducer<Acks>>;
+
+/// The producer's context: counts each delivery report against the group of its record.
+#[derive(Debug, Default)]
+pub struct Acks;
+
+impl rdkafka::ClientContext for Acks {}
+
+impl ProducerContext for Acks {
+    type DeliveryOpaque = std::sync::Arc<delivery::Group>;
+    fn delivery(&self, result: &DeliveryResult<'_>, group: Self::DeliveryOpaque) {
+        group.report(result.as_ref().err().map(|(e, _)| e));
+    }
+}
+
 /// An idempotent producer for one topic, with fixed headers on every record.
 pub struct KafkaSink {
-    producer: FutureProducer,
+    producer: Producer,
     topic: String,
     headers: Vec<(String, String)>,
+    ledger: Ledger,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -892,7 +991,7 @@ impl std::fmt::Debug for KafkaSink {
 pub fn producer(
     bootstrap: &str,
     properties: &BTreeMap<String, String>,
-) -> Result<FutureProducer, ConnectorError> {
+) -> Result<Producer, ConnectorError> {
     let mut client = ClientConfig::new();
     for (k, v) in properties {
         client.set(k, v);
@@ -903,7 +1002,10 @@ pub fn producer(
         .set("acks", "all")
         .set("linger.ms", "5")
         .set("message.timeout.ms", "30000");
-    client.create().map_err(kafka("creating the producer"))
+    client
+        .create_with_context(Acks)
+        .map(std::sync::Arc::new)
+        .map_err(kafka("creating the producer"))
 }
 
 impl KafkaSink {
@@ -914,11 +1016,20 @@ impl KafkaSink {
         properties: &BTreeMap<String, String>,
         headers: Vec<(String, String)>,
     ) -> Result<Self, ConnectorError> {
-        Ok(Self {
-            producer: producer(bootstrap, properties)?,
+        Ok(Self::with_producer(
+            producer(bootstrap, properties)?,
+            topic,
+            headers,
+        ))
+    }
+
+    fn with_producer(producer: Producer, topic: &str, headers: Vec<(String, String)>) -> Self {
+        Self {
+            producer,
             topic: topic.to_string(),
             headers,
-        })
+            ledger: Ledger::default(),
+        }
     }
 
     /// The topic written.
@@ -926,16 +1037,22 @@ impl KafkaSink {
         &self.topic
     }
 
-    /// Writes every record and waits until Kafka has acknowledged all of them.
-    pub async fn send_all(
+    /// Hands `n` records, each with its own headers or none, to the producer as one
+    /// delivery group.
+    async fn send<'r>(
         &self,
-        records: &[OutRecord<'_>],
+        records: impl Iterator<Item = (&'r OutRecord<'r>, Option<&'r RecordHeaders>)>,
+        n: usize,
         extra_headers: &[(&str, &[u8])],
     ) -> Result<(), ConnectorError> {
-        let mut pending = Vec::with_capacity(records.len());
-        for r in records {
+        if n == 0 {
+            return Ok(());
+        }
+        let group = self.ledger.open(n as u64);
+        for (r, own) in records {
+            let own_len = own.map_or(0, Vec::len);
             let mut headers =
-                OwnedHeaders::new_with_capacity(self.headers.len() + extra_headers.len());
+                OwnedHeaders::new_with_capacity(self.headers.len() + extra_headers.len() + own_len);
             for (k, v) in &self.headers {
                 headers = headers.insert(Header {
                     key: k,
@@ -948,9 +1065,16 @@ impl KafkaSink {
                     value: Some(*v),
                 });
             }
-            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic)
-                .payload(r.value)
-                .headers(headers);
+            for (k, v) in own.into_iter().flatten() {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(v.as_slice()),
+                });
+            }
+            let mut record: BaseRecord<'_, [u8], [u8], _> =
+                BaseRecord::with_opaque_to(&self.topic, group.clone())
+                    .payload(r.value)
+                    .headers(headers);
             if let Some(k) = r.key {
                 record = record.key(k);
             }
@@ -961,48 +1085,20 @@ impl KafkaSink {
                 record = record.partition(p);
             }
             loop {
-                match self.producer.send_result(record) {
-                    Ok(future) => {
-                        pending.push(future);
-                        break;
-                    }
+                match self.producer.send(record) {
+                    Ok(()) => break,
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        // The producer's thread serves delivery reports meanwhile.
                         record = back;
-                        self.producer.poll(Duration::from_millis(10));
-                        tokio::task::yield_now().await;
+                        tokio::time::sleep(Duration::from_millis(1)).await;
                     }
                     Err((e, _)) => {
-                        return Err(kafka(format!("writing to `{}`", self.topic))(e));
+                        let e = kafka(format!("writing to `{}`", self.topic))(e);
+                        group.fail(e.to_string());
+                        return Err(e);
                     }
                 }
             }
-        }
-        for future in pending {
-            match future.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(kafka(format!("writing to `{}`", self.topic))(e)),
-                Err(_) => {
-                    return Err(ConnectorError::Config(format!(
-                        "the producer for `{}` shut down before delivering",
-                        self.topic
-                    )));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Writes records that each carry their own headers (dead letters).
-    pub async fn send_with_headers(
-        &self,
-        records: &[(OutRecord<'_>, RecordHeaders)],
-    ) -> Result<(), ConnectorError> {
-        for (record, headers) in records {
-            let extra: Vec<(&str, &[u8])> = headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_slice()))
-                .collect();
-            self.send_all(std::slice::from_ref(record), &extra).await?;
         }
         Ok(())
     }

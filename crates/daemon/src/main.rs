@@ -40,6 +40,10 @@ struct Args {
     /// default: 1s with an exactly_once sink, else 10s.
     #[arg(long, value_parser = parse_duration)]
     checkpoint_interval: Option<Duration>,
+    /// Longest time a pipeline's micro-batch waits for more records once it has its first
+    /// one (0 to 10s): lower means lower latency at low rates, higher larger batches.
+    #[arg(long, value_parser = parse_latency_target, default_value = "10ms")]
+    latency_target: Duration,
     /// Keep pipelines' state in Kafka (changelog topics committed with the offsets in one
     /// transaction) instead of checkpoint files in the state dir; several daemons then share
     /// a pipeline through its consumer group (docs/scaling.md).
@@ -113,6 +117,10 @@ struct Args {
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     spec::duration::parse(text).map(|d| d.0)
+}
+
+fn parse_latency_target(text: &str) -> Result<Duration, String> {
+    runtime::config::latency_target(parse_duration(text)?)
 }
 
 /// The token from `--token-file` or `PIPELINED_TOKEN`.
@@ -234,6 +242,7 @@ async fn serve(args: Args, env: PipelineEnv) -> ExitCode {
         state_dir: args.state_dir.clone(),
         schemas: args.schemas.clone(),
         checkpoint_interval: args.checkpoint_interval,
+        latency_target: args.latency_target,
         kafka_state: args.kafka_state,
         instance_id: args.instance_id,
         workers: args.workers.map_or_else(

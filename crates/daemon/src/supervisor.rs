@@ -31,6 +31,8 @@ pub struct Settings {
     /// Time between checkpoints of a pipeline without `commit_every` (none: the engine's
     /// default).
     pub checkpoint_interval: Option<Duration>,
+    /// How long a micro-batch waits for more records after its first.
+    pub latency_target: Duration,
     /// The variables pipelines may use.
     pub env: PipelineEnv,
     /// Longest wait for a pipeline to stop; past it, it is abandoned (it ends at its next
@@ -500,6 +502,7 @@ async fn attempt(run: Run) -> Result<(), Failure> {
         config.checkpoint_dir = Some(settings.checkpoint_dir(&name));
     }
     config.checkpoint_interval = settings.checkpoint_interval;
+    config.latency_target = settings.latency_target;
     config.discard = discard;
     config.registry = settings.schema_registry.clone();
     let runner = Runner::new(&plan, config, live.stats.clone()).await?;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use connectors::KafkaSink;
+use connectors::{KafkaSink, Sink as _};
 use generator::{Generator, Settings};
 use planner::{NodeKind, PipelinePlan};
 use rdkafka::config::ClientConfig;

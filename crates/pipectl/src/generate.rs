@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use connectors::{KafkaSink, OutRecord, create_topic};
+use connectors::{KafkaSink, OutRecord, Sink as _, create_topic};
 use formats::avro::AvroCodec;
 use formats::json::JsonDecoder;
 use generator::{Generator, Settings};

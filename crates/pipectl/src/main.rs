@@ -258,6 +258,10 @@ enum Command {
         /// default: 1s with an exactly_once sink, else 10s.
         #[arg(long, value_parser = parse_duration)]
         checkpoint_interval: Option<Duration>,
+        /// Longest time a micro-batch waits for more records once it has its first one
+        /// (0 to 10s): lower means lower latency at low rates, higher means larger batches.
+        #[arg(long, value_parser = parse_latency_target, default_value = "10ms")]
+        latency_target: Duration,
         /// Threads that run the pipeline's tasks (one task per input partition when the
         /// plan allows); default: one per core.
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -269,6 +273,10 @@ enum Command {
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     spec::duration::parse(text).map(|d| d.0)
+}
+
+fn parse_latency_target(text: &str) -> Result<Duration, String> {
+    runtime::config::latency_target(parse_duration(text)?)
 }
 
 fn main() -> ExitCode {
@@ -557,6 +565,7 @@ async fn run(cli: Cli) -> ExitCode {
             kafka_state,
             instance_id,
             checkpoint_interval,
+            latency_target,
             registry,
             workers: _,
         } => {
@@ -584,6 +593,7 @@ async fn run(cli: Cli) -> ExitCode {
                 eprintln!("{} {line}", chrono::Utc::now().format("%H:%M:%S%.3f"));
             });
             config.checkpoint_interval = checkpoint_interval;
+            config.latency_target = latency_target;
             config.registry = schema_registry;
             match run::run(&plan, config, quiet).await {
                 Ok(()) => ExitCode::SUCCESS,

@@ -1,10 +1,15 @@
-//! The barrier: at the end of a turn no record is in flight between operators. Sinks and
-//! dead letters are written and acknowledged, then (with a checkpoint directory) every
-//! operator's state is saved with the source offsets it corresponds to, and the offsets are
-//! committed to the consumer groups.
+//! The barrier. At the end of a turn no record is in flight between operators: sinks and
+//! dead letters hand their records to the producer, which sends them while the next turns
+//! read and compute. Kafka's acknowledgements are awaited only where offsets are committed
+//! past those records: before a checkpoint or state commit ([`Task::checkpoint`] settles
+//! every output first), when a run ends, and, for pipelines that commit after every turn,
+//! turn by turn as the acknowledgements come (the task's in-flight turns). Then (with a
+//! checkpoint directory) every operator's state is saved with the source offsets it
+//! corresponds to, and the offsets are committed to the consumer groups.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use connectors::{Connect, OutRecord, Sink as _, Source as _};
 
@@ -13,7 +18,8 @@ use crate::error::RuntimeError;
 use crate::task::Task;
 
 impl<C: Connect> Task<C> {
-    /// Writes buffered sink records and dead letters and waits for Kafka to acknowledge them.
+    /// Hands buffered sink records and dead letters to the producer (without waiting for
+    /// Kafka's acknowledgement: see [`Task::delivery`]).
     pub(crate) async fn flush_outputs(&mut self) -> Result<(), RuntimeError> {
         for n in &mut self.nodes {
             let flushed = n.op.flush().await?;
@@ -61,6 +67,35 @@ impl<C: Connect> Task<C> {
         Ok(())
     }
 
+    /// Per output (each node, then each source's dead-letter topic, always in that order):
+    /// flushes handed over so far, and how many from the first Kafka has acknowledged.
+    pub(crate) fn delivery(&self) -> Result<Vec<(u64, u64)>, RuntimeError> {
+        let mut out = Vec::with_capacity(self.nodes.len() + self.sources.len());
+        for n in &self.nodes {
+            out.push(n.op.delivery()?.unwrap_or_default());
+        }
+        for s in &self.sources {
+            out.push(match &s.dead_letter {
+                Some(sink) => (sink.handed(), sink.delivered()?),
+                None => (0, 0),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Waits until Kafka has acknowledged every output handed over (or refused one: the
+    /// error). The producer's `message.timeout.ms` bounds the wait.
+    pub(crate) async fn settle_outputs(&mut self) -> Result<(), RuntimeError> {
+        while self
+            .delivery()?
+            .iter()
+            .any(|(handed, acked)| acked < handed)
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        self.reap()
+    }
+
     /// Bytes held for the next state transaction: exactly-once sinks' records and, with
     /// them, dead letters.
     pub(crate) fn pending_bytes(&self) -> u64 {
@@ -98,10 +133,12 @@ impl<C: Connect> Task<C> {
         out
     }
 
-    /// Writes a checkpoint (at a barrier: call only with every output flushed), then commits
-    /// its offsets to the consumer groups (for lag monitoring and for runs without it); with
-    /// state in Kafka, commits the changed state and the offsets in one transaction.
+    /// Writes a checkpoint (at a barrier: call only with every output flushed), once Kafka
+    /// has acknowledged them, then commits its offsets to the consumer groups (for lag
+    /// monitoring and for runs without it); with state in Kafka, commits the changed state
+    /// and the offsets in one transaction.
     pub(crate) async fn checkpoint(&mut self) -> Result<(), RuntimeError> {
+        self.settle_outputs().await?;
         if self.config.discard.load(Ordering::Relaxed) {
             return Ok(());
         }

@@ -15,8 +15,14 @@ pub struct RunConfig {
     pub bootstrap: String,
     /// Most messages per micro-batch.
     pub max_batch: usize,
-    /// Longest wait for a micro-batch.
+    /// Longest wait for a first message before a turn goes on without input (timers,
+    /// idle partitions, the lag probe).
     pub max_wait: Duration,
+    /// The latency target: a micro-batch closes at most this long after its first message
+    /// arrived, so that at low input rates a record does not wait for a full batch. Larger
+    /// values mean larger batches (more throughput per turn) at moderate rates; a backlog
+    /// fills batches to `max_batch` either way.
+    pub latency_target: Duration,
     /// Stop after this long without input, treating the input as finished (windows flush).
     pub until_idle: Option<Duration>,
     /// Stop after this many input messages (windows do not flush).
@@ -64,6 +70,18 @@ pub fn instance_id(text: &str) -> Result<String, String> {
     }
 }
 
+/// Checks a latency target given on a command line: 0 (every read returns what is there)
+/// to 10 s.
+pub fn latency_target(target: Duration) -> Result<Duration, String> {
+    if target <= Duration::from_secs(10) {
+        Ok(target)
+    } else {
+        Err(format!(
+            "{target:?}: a latency target is at most 10s (a micro-batch that waits longer holds its records back for no gain; the default is 10ms)"
+        ))
+    }
+}
+
 /// A receiver of lines.
 type Tell = dyn Fn(&str) + Send + Sync;
 
@@ -96,12 +114,14 @@ impl std::fmt::Debug for Notify {
 }
 
 impl RunConfig {
-    /// Defaults: batches of up to 10,000 messages or 100 ms.
+    /// Defaults: batches of up to 10,000 messages, closed 10 ms after their first message;
+    /// 100 ms without input make an empty turn.
     pub fn new(bootstrap: impl Into<String>) -> Self {
         Self {
             bootstrap: bootstrap.into(),
             max_batch: 10_000,
             max_wait: Duration::from_millis(100),
+            latency_target: Duration::from_millis(10),
             until_idle: None,
             max_events: None,
             version: "1".into(),
@@ -256,5 +276,17 @@ mod tests {
         for bad in ["", "a b", "a,b", "über", &"x".repeat(65), "a/b"] {
             assert!(super::instance_id(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_latency_target_is_at_most_ten_seconds() {
+        use std::time::Duration;
+        for good in [0, 10, 10_000] {
+            let d = Duration::from_millis(good);
+            assert_eq!(super::latency_target(d), Ok(d));
+        }
+        let err =
+            super::latency_target(Duration::from_millis(10_001)).expect_err("past 10s is refused");
+        assert!(err.contains("at most 10s"), "{err}");
     }
 }

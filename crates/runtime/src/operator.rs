@@ -67,7 +67,7 @@ impl Context {
 /// What a sink wrote at a barrier.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Flushed {
-    /// Records acknowledged.
+    /// Records handed to the producer.
     pub records: u64,
     /// Their value bytes.
     pub bytes: u64,
@@ -117,10 +117,18 @@ pub trait Operator: Send {
         Ok(())
     }
 
-    /// The barrier: writes what is buffered for outside (a sink's records) and waits until
-    /// it is acknowledged.
+    /// Hands what is buffered for outside (a sink's records) to the producer, without
+    /// waiting for Kafka to acknowledge it: see [`Operator::delivery`].
     async fn flush(&mut self) -> Result<Flushed, RuntimeError> {
         Ok(Flushed::default())
+    }
+
+    /// For an operator that writes to Kafka: how many of its flushes have been handed over
+    /// and how many, from the first, Kafka has acknowledged in full; an error once Kafka
+    /// refused a record. The task commits offsets only past turns whose flushes are all
+    /// acknowledged.
+    fn delivery(&self) -> Result<Option<(u64, u64)>, RuntimeError> {
+        Ok(None)
     }
 
     /// Takes the records an exactly-once sink holds for the task's next transaction.

@@ -5,9 +5,13 @@
 //! decodes it and applies the error policy ([`crate::source`]); the rows enter the source's
 //! operator one partition at a time and flow along the edges, each operator emitting
 //! through its [`Context`] (FIFO, so nodes see batches in the order they were produced). At
-//! the end of the turn comes the barrier ([`crate::barrier`]): sinks and dead letters are
-//! flushed (acknowledged by Kafka) and only then are source offsets committed:
-//! at-least-once.
+//! the end of the turn comes the barrier ([`crate::barrier`]): sinks and dead letters hand
+//! their records to the producer, and the task reads the next micro-batch while Kafka takes
+//! them. The turn stays *in flight* until Kafka has acknowledged all of its outputs; only
+//! then are its source offsets committed (asynchronously, turn by turn; at a checkpoint,
+//! once every output is acknowledged): at-least-once. At most [`MAX_IN_FLIGHT`] turns are
+//! in flight; the read of the next micro-batch closes `latency_target` after its first
+//! message, so at low rates a record does not wait for a full batch.
 //!
 //! No record is in flight between operators at a barrier. With a checkpoint directory, the
 //! task writes a [`checkpoint::Checkpoint`] every `checkpoint_interval` and when it stops
@@ -92,7 +96,37 @@ pub struct Task<C: Connect = Kafka> {
     level: u32,
     /// Time between commits (checkpoints).
     commit_every: Duration,
+    /// Turns whose outputs Kafka has not acknowledged in full yet, oldest first.
+    in_flight: VecDeque<Turn>,
+    /// Per source, the next offsets past every turn acknowledged so far: what a pipeline
+    /// without checkpoints commits.
+    acked: Vec<BTreeMap<i32, i64>>,
 }
+
+/// A turn whose outputs have been handed to the producer.
+struct Turn {
+    source: usize,
+    /// When the first message of its micro-batch was read, and how many it had.
+    received: Instant,
+    rows: usize,
+    /// The event times of its rows, for the end-to-end latency.
+    times: Vec<i64>,
+    /// Its source's next offsets after it.
+    next: BTreeMap<i32, i64>,
+    /// Per output ([`Task::delivery`]), the flushes handed over by its end.
+    marks: Vec<u64>,
+}
+
+/// What ended a wait for input.
+enum Step {
+    Stop,
+    Read(Result<(), connectors::ConnectorError>),
+    /// Time to take in acknowledgements.
+    Tick,
+}
+
+/// Turns in flight at most: past it the task waits for acknowledgements before it reads on.
+const MAX_IN_FLIGHT: usize = 256;
 
 /// The stage of each node of `plan`: a repartition topic's source is one past the stage of
 /// its writer, every other node at the stage of its inputs.
@@ -225,7 +259,10 @@ impl<C: Connect> Task<C> {
             index: part.index,
             watermark: i64::MIN,
             lag: -1,
+            in_flight: VecDeque::new(),
+            acked: Vec::new(),
         };
+        task.acked = vec![BTreeMap::new(); task.sources.len()];
         if let Some(c) = restored {
             task.restore(&c)?;
         }
@@ -270,8 +307,6 @@ impl<C: Connect> Task<C> {
         // Input from outside the pipeline (not from its repartition topics).
         let mut last_outside = Instant::now();
         let exchanges = self.sources.iter().any(|s| s.progress.is_some());
-        let mut pending_commits: Vec<BTreeMap<i32, i64>> =
-            vec![BTreeMap::new(); self.sources.len()];
         let mut last_lag = Instant::now();
         let mut last_checkpoint = Instant::now();
         // The first commit comes right after the first input: a task that restarted (or
@@ -281,12 +316,27 @@ impl<C: Connect> Task<C> {
         loop {
             let mut got_any = false;
             for s in 0..self.sources.len() {
-                let read = self.sources[s].conn.next_batch(&mut raw);
-                let result = tokio::select! {
-                    r = read => r,
-                    () = &mut stop => return self.finish(false, &pending_commits).await,
-                };
-                result?;
+                raw.clear();
+                // While outputs are in flight the read is interrupted every millisecond to
+                // take in acknowledgements (the read loses nothing: see `next_batch`).
+                loop {
+                    let waiting = !self.in_flight.is_empty();
+                    let read = self.sources[s].conn.next_batch(&mut raw);
+                    let step = tokio::select! {
+                        biased;
+                        () = &mut stop => Step::Stop,
+                        r = read => Step::Read(r),
+                        () = tokio::time::sleep(Duration::from_millis(1)), if waiting => Step::Tick,
+                    };
+                    match step {
+                        Step::Stop => return self.finish(false).await,
+                        Step::Read(r) => {
+                            r?;
+                            break;
+                        }
+                        Step::Tick => self.reap()?,
+                    }
+                }
                 if raw.transient_errors > 0 {
                     self.stats
                         .kafka_errors
@@ -302,18 +352,26 @@ impl<C: Connect> Task<C> {
                 if self.sources[s].progress.is_none() {
                     last_outside = Instant::now();
                 }
-                let received = Instant::now();
+                let received = raw.first_at.unwrap_or_else(Instant::now);
                 self.process_raw(s, &raw).await?;
                 let next = raw.next_offsets();
                 self.sources[s]
                     .position
                     .extend(next.iter().map(|(p, o)| (*p, *o)));
-                pending_commits[s].extend(next);
                 self.flush_outputs().await?;
-                self.observe_latency(s, received, raw.len());
-                if !self.holds_rows && !self.keeps_state() {
-                    self.sources[s].conn.commit(&pending_commits[s])?;
-                    pending_commits[s].clear();
+                let marks = self.delivery()?.into_iter().map(|(h, _)| h).collect();
+                let times = std::mem::take(&mut self.sources[s].times);
+                self.in_flight.push_back(Turn {
+                    source: s,
+                    received,
+                    rows: raw.len(),
+                    times,
+                    next,
+                    marks,
+                });
+                self.reap()?;
+                if self.in_flight.len() >= MAX_IN_FLIGHT {
+                    self.settle_outputs().await?;
                 }
             }
             if got_any {
@@ -353,13 +411,13 @@ impl<C: Connect> Task<C> {
             if let Some(max) = self.config.max_events
                 && self.stats.events_in.load(Ordering::Relaxed) >= max
             {
-                return self.finish(false, &pending_commits).await;
+                return self.finish(false).await;
             }
             if let Some(idle) = self.config.until_idle
                 && self.input_ended(idle, last_outside, last_input)
                 && self.finish_level().await?
             {
-                return self.finish(true, &pending_commits).await;
+                return self.finish(true).await;
             }
         }
     }
@@ -429,11 +487,7 @@ impl<C: Connect> Task<C> {
 
     /// Ends the run; `input_finished` flushes what operators hold (a bounded input has
     /// ended).
-    async fn finish(
-        mut self,
-        input_finished: bool,
-        pending: &[BTreeMap<i32, i64>],
-    ) -> Result<Summary, RuntimeError> {
+    async fn finish(mut self, input_finished: bool) -> Result<Summary, RuntimeError> {
         if input_finished {
             while self.levels.iter().any(|l| *l >= self.level) {
                 self.finish_level().await?;
@@ -441,9 +495,12 @@ impl<C: Connect> Task<C> {
         }
         if self.keeps_state() {
             self.checkpoint().await?;
-        } else if input_finished || !self.holds_rows {
-            for (s, offsets) in pending.iter().enumerate() {
-                self.sources[s].conn.commit(offsets)?;
+        } else {
+            self.settle_outputs().await?;
+            if input_finished || !self.holds_rows {
+                for (s, offsets) in self.acked.iter().enumerate() {
+                    self.sources[s].conn.commit(offsets)?;
+                }
             }
         }
         if input_finished && let Some(state) = self.state.take() {
@@ -473,6 +530,8 @@ impl<C: Connect> Task<C> {
                 self.checkpoint().await?;
             }
         }
+        // The last outputs are in Kafka before the run reports its end.
+        self.settle_outputs().await?;
         self.publish(true);
         Ok(self.summary)
     }
@@ -483,18 +542,48 @@ impl<C: Connect> Task<C> {
         self.checkpoints.is_some() || self.state.is_some()
     }
 
-    /// Records the latencies of a micro-batch of `n` records read at `received`, once Kafka
-    /// has acknowledged its outputs.
-    fn observe_latency(&mut self, s: usize, received: Instant, n: usize) {
-        self.detail
-            .processing
-            .observe(received.elapsed().as_secs_f64(), n as u64);
-        let now_ms = chrono::Utc::now().timestamp_millis();
-        for t in self.sources[s].times.drain(..) {
-            self.detail
-                .end_to_end
-                .observe((now_ms - t).max(0) as f64 / 1000.0, 1);
+    /// Takes in Kafka's acknowledgements: every turn, oldest first, whose outputs are all
+    /// acknowledged leaves the in-flight turns, its latencies are recorded and, in a pipeline
+    /// that commits after every turn, its offsets are committed (asynchronously: a later
+    /// commit covers a lost one, and the last is synchronous).
+    pub(crate) fn reap(&mut self) -> Result<(), RuntimeError> {
+        if self.in_flight.is_empty() {
+            return Ok(());
         }
+        let delivery = self.delivery()?;
+        let mut reaped = vec![false; self.sources.len()];
+        while let Some(turn) = self.in_flight.front() {
+            let done = turn
+                .marks
+                .iter()
+                .zip(&delivery)
+                .all(|(mark, (_, acked))| acked >= mark);
+            if !done {
+                break;
+            }
+            let Some(turn) = self.in_flight.pop_front() else {
+                break;
+            };
+            self.detail
+                .processing
+                .observe(turn.received.elapsed().as_secs_f64(), turn.rows as u64);
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            for t in &turn.times {
+                self.detail
+                    .end_to_end
+                    .observe((now_ms - t).max(0) as f64 / 1000.0, 1);
+            }
+            self.acked[turn.source].extend(turn.next);
+            reaped[turn.source] = true;
+        }
+        if !self.holds_rows && !self.keeps_state() {
+            for (s, offsets) in self.acked.iter().enumerate() {
+                if reaped[s] {
+                    self.sources[s].conn.commit_async(offsets)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Copies the measurements, with fresh operator reports, to the stats: at most once a

@@ -272,9 +272,7 @@ impl<K: Sink> Operator for ExchangeSink<K> {
                 continue;
             }
             let from = c.to_string();
-            self.sink
-                .send_all(&records, &[(FROM, from.as_bytes())])
-                .await?;
+            self.sink.send(&records, &[(FROM, from.as_bytes())]).await?;
             flushed.records += records.len() as u64;
             flushed.bytes += records.iter().map(|r| r.value.len() as u64).sum::<u64>();
         }
@@ -303,7 +301,7 @@ impl<K: Sink> Operator for ExchangeSink<K> {
                     partition: Some(p),
                 })
                 .collect();
-            self.sink.send_all(&marks, &headers).await?;
+            self.sink.send(&marks, &headers).await?;
         }
         self.end_sent = ended;
         // Rows between tasks are not the pipeline's output (they show as the topic's sink
@@ -324,6 +322,10 @@ impl<K: Sink> Operator for ExchangeSink<K> {
             }
         }
         Ok(())
+    }
+
+    fn delivery(&self) -> Result<Option<(u64, u64)>, RuntimeError> {
+        Ok(Some((self.sink.handed(), self.sink.delivered()?)))
     }
 
     fn report(&self, name: &str, detail: &mut Detail) {

@@ -277,6 +277,7 @@ pub(crate) async fn graph<C: Connect>(
                     properties: s.properties.clone(),
                     max_batch: config.max_batch,
                     max_wait: config.max_wait,
+                    linger: config.latency_target,
                     // Every task reads a whole table.
                     exchange: s.exchange.is_some(),
                     only: match s.table_key {

@@ -1,5 +1,6 @@
-//! A sink: encodes rows as they arrive, and at the barrier writes them and waits for the
-//! acknowledgement of every record. An exactly-once sink instead hands its records to the
+//! A sink: encodes rows as they arrive, and at the end of each turn hands them to the
+//! producer; the task waits for their acknowledgement only before it commits offsets past
+//! them ([`crate::barrier`]). An exactly-once sink instead hands its records to the
 //! task's next state commit, which writes them in its Kafka transaction with the state and
 //! the source offsets past their inputs ([`crate::state`]).
 //!
@@ -187,7 +188,7 @@ impl<K: Sink> Operator for SinkOp<K> {
                 partition: None,
             })
             .collect();
-        self.sink.send_all(&records, &[]).await?;
+        self.sink.send(&records, &[]).await?;
         let flushed = Flushed {
             records: records.len() as u64,
             bytes: records.iter().map(|r| r.value.len() as u64).sum(),
@@ -219,6 +220,10 @@ impl<K: Sink> Operator for SinkOp<K> {
 
     fn pending_bytes(&self) -> u64 {
         if self.exactly_once { self.buffered } else { 0 }
+    }
+
+    fn delivery(&self) -> Result<Option<(u64, u64)>, RuntimeError> {
+        Ok(Some((self.sink.handed(), self.sink.delivered()?)))
     }
 
     fn report(&self, name: &str, detail: &mut Detail) {
