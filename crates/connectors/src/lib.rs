@@ -309,25 +309,13 @@ impl Sink for KafkaSink {
         records: &[OutRecord<'_>],
         extra_headers: &[(&str, &[u8])],
     ) -> Result<(), ConnectorError> {
-        KafkaSink::send(
-            self,
-            records.iter().map(|r| (r, None)),
-            records.len(),
-            extra_headers,
-        )
-        .await
+        KafkaSink::send(self, records.iter().map(|r| (r, None)), extra_headers).await
     }
     async fn send_with_headers(
         &self,
         records: &[(OutRecord<'_>, RecordHeaders)],
     ) -> Result<(), ConnectorError> {
-        KafkaSink::send(
-            self,
-            records.iter().map(|(r, h)| (r, Some(h))),
-            records.len(),
-            &[],
-        )
-        .await
+        KafkaSink::send(self, records.iter().map(|(r, h)| (r, Some(h))), &[]).await
     }
     fn handed(&self) -> u64 {
         self.ledger.handed()
@@ -1037,18 +1025,17 @@ impl KafkaSink {
         &self.topic
     }
 
-    /// Hands `n` records, each with its own headers or none, to the producer as one
-    /// delivery group.
+    /// Hands records, each with its own headers or none, to the producer as one delivery
+    /// group.
     async fn send<'r>(
         &self,
-        records: impl Iterator<Item = (&'r OutRecord<'r>, Option<&'r RecordHeaders>)>,
-        n: usize,
+        records: impl ExactSizeIterator<Item = (&'r OutRecord<'r>, Option<&'r RecordHeaders>)>,
         extra_headers: &[(&str, &[u8])],
     ) -> Result<(), ConnectorError> {
-        if n == 0 {
+        if records.len() == 0 {
             return Ok(());
         }
-        let group = self.ledger.open(n as u64);
+        let group = self.ledger.open(records.len() as u64);
         for (r, own) in records {
             let own_len = own.map_or(0, Vec::len);
             let mut headers =

@@ -238,6 +238,7 @@ impl<C: Connect> Task<C> {
             state.join_peers(&mut nodes);
             state.poll_peers(&mut nodes, false)?;
         }
+        let acked = vec![BTreeMap::new(); sources.len()];
         let mut task = Self {
             levels: levels(plan),
             level: 0,
@@ -260,9 +261,8 @@ impl<C: Connect> Task<C> {
             watermark: i64::MIN,
             lag: -1,
             in_flight: VecDeque::new(),
-            acked: Vec::new(),
+            acked,
         };
-        task.acked = vec![BTreeMap::new(); task.sources.len()];
         if let Some(c) = restored {
             task.restore(&c)?;
         }
