@@ -1434,3 +1434,70 @@ fn connectors_topic(bootstrap: &str, topic: &str, partitions: i32) {
         .block_on(connectors::create_topic(bootstrap, topic, partitions))
         .expect("topic");
 }
+
+/// A source's consumer lag, as the task's loop reads it once a second, comes from watermarks
+/// a thread of its own fetched (the loop never waits for the broker), and agrees with a
+/// lag asked of the broker directly.
+#[test]
+fn a_sources_cached_lag_agrees_with_the_brokers_watermarks() {
+    let Some(bootstrap) = bootstrap() else { return };
+    let topic = unique("lag");
+    connectors_topic(&bootstrap, &topic, 2);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        use connectors::Sink as _;
+        let sink = connectors::KafkaSink::new(&bootstrap, &topic, &Default::default(), Vec::new())
+            .expect("sink");
+        let values: Vec<Vec<u8>> = (0..10)
+            .map(|i| format!("{{\"i\":{i}}}").into_bytes())
+            .collect();
+        let records: Vec<connectors::OutRecord<'_>> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| connectors::OutRecord {
+                key: None,
+                value: v,
+                timestamp: None,
+                partition: Some((i % 2) as i32),
+            })
+            .collect();
+        sink.send_all(&records, &[]).await.expect("produce");
+        let source = connectors::KafkaSource::connect(
+            &bootstrap,
+            &connectors::SourceConfig {
+                topic: topic.clone(),
+                group: topic.clone(),
+                start: connectors::Start::Earliest,
+                properties: Default::default(),
+                max_batch: 4,
+                max_wait: Duration::from_secs(5),
+                linger: Duration::from_secs(5),
+                only: None,
+                exchange: false,
+            },
+        )
+        .expect("source");
+        let mut raw = connectors::RawBatch::default();
+        source.next_batch(&mut raw).await.expect("read");
+        assert_eq!(raw.len(), 4);
+        let next = raw.next_offsets();
+        let asked = source.lag(&next);
+        assert_eq!(asked.values().sum::<i64>(), 6, "{asked:?}");
+        // The probe fetches at once and then every second.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let cached = source.cached_lag(&next);
+            if cached == asked {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "cached {cached:?}, asked {asked:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+}

@@ -27,6 +27,7 @@ mod delivery;
 pub mod membership;
 pub mod memory;
 pub mod registry;
+mod watermarks;
 
 /// Where a run's micro-batches of raw messages come from: a Kafka topic, or a topic of the
 /// in-memory broker ([`memory::Memory`]) in tests and benchmarks.
@@ -52,6 +53,11 @@ pub trait Source: Send + Sync + 'static {
     /// Messages behind the end per partition (-1: unknown), `known` being the caller's next
     /// offsets for partitions nothing was read from yet.
     fn lag(&self, known: &BTreeMap<i32, i64>) -> BTreeMap<i32, i64>;
+    /// As `lag`, without waiting for the broker: from watermarks fetched meanwhile (at most
+    /// about a second old; -1 where none has been fetched yet).
+    fn cached_lag(&self, known: &BTreeMap<i32, i64>) -> BTreeMap<i32, i64> {
+        self.lag(known)
+    }
 }
 
 /// Where a run writes records: a Kafka topic, or a topic of the in-memory broker.
@@ -300,6 +306,9 @@ impl Source for KafkaSource {
     }
     fn lag(&self, known: &BTreeMap<i32, i64>) -> BTreeMap<i32, i64> {
         KafkaSource::lag(self, known)
+    }
+    fn cached_lag(&self, known: &BTreeMap<i32, i64>) -> BTreeMap<i32, i64> {
+        KafkaSource::cached_lag(self, known)
     }
 }
 
@@ -578,7 +587,9 @@ impl RawBatch {
 
 /// A Kafka topic read as micro-batches.
 pub struct KafkaSource {
-    consumer: StreamConsumer,
+    consumer: std::sync::Arc<StreamConsumer>,
+    /// The partitions' watermarks, fetched by a thread of their own.
+    probe: watermarks::Probe,
     topic: String,
     partitions: Vec<i32>,
     /// Where each assigned partition started, as concrete offsets (empty when the group
@@ -773,7 +784,9 @@ impl KafkaSource {
                     .map_err(kafka(format!("assigning partitions of `{}`", config.topic)))?;
             }
         }
+        let consumer = std::sync::Arc::new(consumer);
         Ok(Self {
+            probe: watermarks::Probe::start(&consumer, &config.topic),
             consumer,
             topic: config.topic.clone(),
             partitions,
@@ -896,32 +909,48 @@ impl KafkaSource {
             .map_err(kafka(format!("committing offsets of `{}`", self.topic)))
     }
 
-    /// Consumer lag per assigned partition: high watermark minus the current position. A
-    /// partition the consumer has fetched nothing from yet counts from `known` (the caller's
-    /// next offset for it, such as a checkpoint's), else from its low watermark. A partition
-    /// whose watermarks cannot be fetched is reported with lag -1 (unknown).
+    /// Consumer lag per assigned partition: high watermark minus the current position,
+    /// asking the broker for the watermarks now (blocking, up to a second per partition).
+    /// A partition the consumer has fetched nothing from yet counts from `known` (the
+    /// caller's next offset for it, such as a checkpoint's), else from its low watermark. A
+    /// partition whose watermarks cannot be fetched is reported with lag -1 (unknown).
     pub fn lag(&self, known: &BTreeMap<i32, i64>) -> BTreeMap<i32, i64> {
+        self.lag_from(known, |p| {
+            self.consumer
+                .fetch_watermarks(&self.topic, p, Duration::from_secs(1))
+                .ok()
+        })
+    }
+
+    /// As [`KafkaSource::lag`], from the watermarks the source's probe thread fetched last
+    /// (at most about a second old), without waiting for the broker.
+    pub fn cached_lag(&self, known: &BTreeMap<i32, i64>) -> BTreeMap<i32, i64> {
+        let marks = self.probe.marks();
+        self.lag_from(known, |p| marks.get(&p).copied())
+    }
+
+    fn lag_from(
+        &self,
+        known: &BTreeMap<i32, i64>,
+        marks: impl Fn(i32) -> Option<(i64, i64)>,
+    ) -> BTreeMap<i32, i64> {
         let mut out = BTreeMap::new();
         let Ok(position) = self.consumer.position() else {
             return out;
         };
         for e in position.elements() {
-            match self
-                .consumer
-                .fetch_watermarks(&self.topic, e.partition(), Duration::from_secs(1))
-            {
-                Ok((low, high)) => {
+            let lag = match marks(e.partition()) {
+                Some((low, high)) => {
                     let pos = match (e.offset(), known.get(&e.partition())) {
                         (Offset::Offset(o), _) => o.max(low),
                         (_, Some(o)) => (*o).max(low),
                         _ => low,
                     };
-                    out.insert(e.partition(), (high - pos).max(0));
+                    (high - pos).max(0)
                 }
-                Err(_) => {
-                    out.insert(e.partition(), -1);
-                }
-            }
+                None => -1,
+            };
+            out.insert(e.partition(), lag);
         }
         out
     }

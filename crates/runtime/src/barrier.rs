@@ -67,10 +67,12 @@ impl<C: Connect> Task<C> {
         Ok(())
     }
 
-    /// Per output (each node, then each source's dead-letter topic, always in that order):
-    /// flushes handed over so far, and how many from the first Kafka has acknowledged.
-    pub(crate) fn delivery(&self) -> Result<Vec<(u64, u64)>, RuntimeError> {
-        let mut out = Vec::with_capacity(self.nodes.len() + self.sources.len());
+    /// Reads into `delivery_buf`, per output (each node, then each source's dead-letter
+    /// topic, always in that order): flushes handed over so far, and how many from the first
+    /// Kafka has acknowledged.
+    pub(crate) fn read_delivery(&mut self) -> Result<(), RuntimeError> {
+        let mut out = std::mem::take(&mut self.delivery_buf);
+        out.clear();
         for n in &self.nodes {
             out.push(n.op.delivery()?.unwrap_or_default());
         }
@@ -80,17 +82,22 @@ impl<C: Connect> Task<C> {
                 None => (0, 0),
             });
         }
-        Ok(out)
+        self.delivery_buf = out;
+        Ok(())
     }
 
     /// Waits until Kafka has acknowledged every output handed over (or refused one: the
     /// error). The producer's `message.timeout.ms` bounds the wait.
     pub(crate) async fn settle_outputs(&mut self) -> Result<(), RuntimeError> {
-        while self
-            .delivery()?
-            .iter()
-            .any(|(handed, acked)| acked < handed)
-        {
+        loop {
+            self.read_delivery()?;
+            if self
+                .delivery_buf
+                .iter()
+                .all(|(handed, acked)| acked >= handed)
+            {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         self.reap()

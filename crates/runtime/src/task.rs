@@ -8,10 +8,11 @@
 //! the end of the turn comes the barrier ([`crate::barrier`]): sinks and dead letters hand
 //! their records to the producer, and the task reads the next micro-batch while Kafka takes
 //! them. The turn stays *in flight* until Kafka has acknowledged all of its outputs; only
-//! then are its source offsets committed (asynchronously, turn by turn; at a checkpoint,
-//! once every output is acknowledged): at-least-once. At most [`MAX_IN_FLIGHT`] turns are
-//! in flight; the read of the next micro-batch closes `latency_target` after its first
-//! message, so at low rates a record does not wait for a full batch.
+//! then are its source offsets committed (asynchronously, at most every [`COMMIT_INTERVAL`];
+//! at a checkpoint, once every output is acknowledged): at-least-once. At most
+//! [`MAX_IN_FLIGHT`] turns are in flight; the read of the next micro-batch closes
+//! `latency_target` after its first message, so at low rates a record does not wait for a
+//! full batch.
 //!
 //! No record is in flight between operators at a barrier. With a checkpoint directory, the
 //! task writes a [`checkpoint::Checkpoint`] every `checkpoint_interval` and when it stops
@@ -101,6 +102,13 @@ pub struct Task<C: Connect = Kafka> {
     /// Per source, the next offsets past every turn acknowledged so far: what a pipeline
     /// without checkpoints commits.
     acked: Vec<BTreeMap<i32, i64>>,
+    /// Per source, whether `acked` moved since its last commit.
+    uncommitted: Vec<bool>,
+    last_commit: Instant,
+    /// The last [`Task::delivery`] reading, kept to reuse its allocation.
+    pub(crate) delivery_buf: Vec<(u64, u64)>,
+    /// Event-time vectors of reaped turns, kept to reuse their allocations.
+    spare_times: Vec<Vec<i64>>,
 }
 
 /// A turn whose outputs have been handed to the producer.
@@ -113,7 +121,7 @@ struct Turn {
     times: Vec<i64>,
     /// Its source's next offsets after it.
     next: BTreeMap<i32, i64>,
-    /// Per output ([`Task::delivery`]), the flushes handed over by its end.
+    /// Per output ([`Task::read_delivery`]), the flushes handed over by its end.
     marks: Vec<u64>,
 }
 
@@ -127,6 +135,11 @@ enum Step {
 
 /// Turns in flight at most: past it the task waits for acknowledgements before it reads on.
 const MAX_IN_FLIGHT: usize = 256;
+
+/// Least time between two offset commits of a pipeline that commits as its turns are
+/// acknowledged (Kafka Streams' `commit.interval.ms` in the same role): spares the group
+/// coordinator a commit per micro-batch; the last commit of a run is synchronous.
+const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The stage of each node of `plan`: a repartition topic's source is one past the stage of
 /// its writer, every other node at the stage of its inputs.
@@ -261,7 +274,11 @@ impl<C: Connect> Task<C> {
             watermark: i64::MIN,
             lag: -1,
             in_flight: VecDeque::new(),
+            uncommitted: vec![false; acked.len()],
             acked,
+            last_commit: Instant::now(),
+            delivery_buf: Vec::new(),
+            spare_times: Vec::new(),
         };
         if let Some(c) = restored {
             task.restore(&c)?;
@@ -359,8 +376,10 @@ impl<C: Connect> Task<C> {
                     .position
                     .extend(next.iter().map(|(p, o)| (*p, *o)));
                 self.flush_outputs().await?;
-                let marks = self.delivery()?.into_iter().map(|(h, _)| h).collect();
-                let times = std::mem::take(&mut self.sources[s].times);
+                self.read_delivery()?;
+                let marks = self.delivery_buf.iter().map(|(h, _)| *h).collect();
+                let spare = self.spare_times.pop().unwrap_or_default();
+                let times = std::mem::replace(&mut self.sources[s].times, spare);
                 self.in_flight.push_back(Turn {
                     source: s,
                     received,
@@ -376,6 +395,10 @@ impl<C: Connect> Task<C> {
             }
             if got_any {
                 last_input = Instant::now();
+            } else {
+                // Offsets acknowledged but not yet committed (the commit interval had not
+                // passed) commit while the input is quiet.
+                self.reap()?;
             }
             if let Some(state) = &self.state {
                 state.poll_peers(&mut self.nodes, false)?;
@@ -401,7 +424,7 @@ impl<C: Connect> Task<C> {
             if last_lag.elapsed() > Duration::from_secs(1) {
                 let mut total = 0;
                 for s in &mut self.sources {
-                    let lag = s.conn.lag(&s.position);
+                    let lag = s.conn.cached_lag(&s.position);
                     total += lag.values().filter(|l| **l >= 0).sum::<i64>();
                     s.metrics.lag = lag;
                 }
@@ -543,25 +566,24 @@ impl<C: Connect> Task<C> {
     }
 
     /// Takes in Kafka's acknowledgements: every turn, oldest first, whose outputs are all
-    /// acknowledged leaves the in-flight turns, its latencies are recorded and, in a pipeline
-    /// that commits after every turn, its offsets are committed (asynchronously: a later
-    /// commit covers a lost one, and the last is synchronous).
+    /// acknowledged leaves the in-flight turns and its latencies are recorded; in a pipeline
+    /// that commits as turns are acknowledged, the offsets acknowledged so far are committed
+    /// once [`COMMIT_INTERVAL`] has passed since the last commit (asynchronously: a later
+    /// commit covers a lost one, and the last of a run is synchronous).
     pub(crate) fn reap(&mut self) -> Result<(), RuntimeError> {
-        if self.in_flight.is_empty() {
-            return Ok(());
+        if !self.in_flight.is_empty() {
+            self.read_delivery()?;
         }
-        let delivery = self.delivery()?;
-        let mut reaped = vec![false; self.sources.len()];
         while let Some(turn) = self.in_flight.front() {
             let done = turn
                 .marks
                 .iter()
-                .zip(&delivery)
+                .zip(&self.delivery_buf)
                 .all(|(mark, (_, acked))| acked >= mark);
             if !done {
                 break;
             }
-            let Some(turn) = self.in_flight.pop_front() else {
+            let Some(mut turn) = self.in_flight.pop_front() else {
                 break;
             };
             self.detail
@@ -573,15 +595,22 @@ impl<C: Connect> Task<C> {
                     .end_to_end
                     .observe((now_ms - t).max(0) as f64 / 1000.0, 1);
             }
+            turn.times.clear();
+            self.spare_times.push(turn.times);
             self.acked[turn.source].extend(turn.next);
-            reaped[turn.source] = true;
+            self.uncommitted[turn.source] = true;
         }
-        if !self.holds_rows && !self.keeps_state() {
+        if !self.holds_rows
+            && !self.keeps_state()
+            && self.last_commit.elapsed() >= COMMIT_INTERVAL
+            && self.uncommitted.contains(&true)
+        {
             for (s, offsets) in self.acked.iter().enumerate() {
-                if reaped[s] {
+                if std::mem::take(&mut self.uncommitted[s]) {
                     self.sources[s].conn.commit_async(offsets)?;
                 }
             }
+            self.last_commit = Instant::now();
         }
         Ok(())
     }
