@@ -23,6 +23,9 @@ use generator::{Generator, Settings};
 use planner::{NodeKind, PipelinePlan};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 
+mod child;
+mod suite;
+
 type BenchError = Box<dyn std::error::Error>;
 
 const PIPELINE: &str = r#"
@@ -399,6 +402,37 @@ async fn main() -> Result<(), BenchError> {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
+    match args.get(1).map(String::as_str) {
+        Some("child") => {
+            let bootstrap = arg("--bootstrap").ok_or("--bootstrap")?;
+            let topic = arg("--topic").unwrap_or_default();
+            let events: u64 = arg("--events").ok_or("--events")?.parse()?;
+            return match args.get(2).map(String::as_str) {
+                Some("bare") => suite::bare_child(&bootstrap, &topic, events),
+                Some("relay") => suite::relay_child(&bootstrap, &topic, events),
+                Some("pipeline") => {
+                    let spec = args.get(3).ok_or("a pipeline")?;
+                    let suffix = arg("--suffix").unwrap_or_default();
+                    child::pipeline(spec, &bootstrap, &topic, &suffix, events).await
+                }
+                _ => Err("child bare|pipeline".into()),
+            };
+        }
+        Some("suite") => {
+            let bootstrap = arg("--bootstrap").ok_or("suite needs --bootstrap HOST:PORT")?;
+            let events: usize = arg("--events").map_or(Ok(1_000_000), |v| v.parse())?;
+            let example_events: usize =
+                arg("--example-events").map_or(Ok(200_000), |v| v.parse())?;
+            let seconds: u64 = arg("--seconds").map_or(Ok(10), |v| v.parse())?;
+            let rates: Vec<u64> = arg("--rates")
+                .unwrap_or_else(|| "10000,50000,200000".into())
+                .split(',')
+                .map(str::parse)
+                .collect::<Result<_, _>>()?;
+            return suite::run(&bootstrap, events, example_events, &rates, seconds).await;
+        }
+        _ => {}
+    }
     let events: usize = arg("--events").map_or(Ok(1_000_000), |v| v.parse())?;
     let batch_size = 10_000;
     println!(
