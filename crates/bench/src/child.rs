@@ -20,7 +20,7 @@ spec:
       kafka: { topic: "${BENCH_TOPIC}", start_from: earliest, group: "${BENCH_GROUP}" }
       format: json
       schema: production/sensor_reading
-      key: line_id
+      KEY
       event_time: { field: ts, max_out_of_order: 5s }
       on_error: skip
 "#;
@@ -28,7 +28,7 @@ spec:
 const CLEAN: &str = r#"
     - name: clean
       sql: |
-        SELECT upper(line_id) AS line_id, machine_id, ts, temperature, humidity, pressure,
+        SELECT line_id, machine_id, ts, temperature, humidity, pressure,
                speed, vibration, failure_rate
         FROM readings WHERE temperature BETWEEN -50 AND 250
 "#;
@@ -111,7 +111,15 @@ pub fn builtin(name: &str) -> Option<String> {
         "lookup" => LOOKUP.to_string(),
         _ => return None,
     };
-    Some(yaml.replace("bench-NAME", &format!("bench-{name}")))
+    let key = if std::env::var_os("BENCH_ONE_TASK").is_some() {
+        ""
+    } else {
+        "key: line_id"
+    };
+    Some(
+        yaml.replace("bench-NAME", &format!("bench-{name}"))
+            .replace("KEY", key),
+    )
 }
 
 /// Renames every topic and group of `plan` with `suffix`, so that a shipped example runs
