@@ -157,7 +157,8 @@ pub async fn plan(spec: &str, topic: &str, suffix: &str) -> Result<PipelinePlan,
     Ok(plan)
 }
 
-/// Runs `spec` until `events` input events have been read: prints `ready` once connected,
+/// Runs `spec` until `events` input events have been read (micro-batches closing
+/// `latency_target` after their first message, else the default): prints `ready` once connected,
 /// then `done EVENTS SECONDS`.
 pub async fn pipeline(
     spec: &str,
@@ -165,11 +166,15 @@ pub async fn pipeline(
     topic: &str,
     suffix: &str,
     events: u64,
+    latency_target: Option<std::time::Duration>,
 ) -> Result<(), BenchError> {
     let plan = plan(spec, topic, suffix).await?;
     let stats = Arc::new(runtime::Stats::default());
     let mut config = runtime::RunConfig::new(bootstrap);
     config.max_events = Some(events);
+    if let Some(target) = latency_target {
+        config.latency_target = target;
+    }
     let runner = runtime::Runner::new(&plan, config, stats.clone()).await?;
     println!("ready");
     let started = Instant::now();
@@ -190,5 +195,36 @@ pub async fn pipeline(
         stats.events_in.load(Ordering::Relaxed),
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// The pipelines of the memory benchmark: every shipped example and three built-in ones,
+/// with their topics renamed with `suffix` (built-in ones read `{topic}.{name}`).
+pub async fn many_plans(topic: &str, suffix: &str) -> Result<Vec<PipelinePlan>, BenchError> {
+    let mut plans = Vec::new();
+    for file in crate::suite::examples(&std::env::current_dir()?.join("pipelines")) {
+        plans.push(plan(&file.to_string_lossy(), "", suffix).await?);
+    }
+    for name in ["window", "regression", "lookup"] {
+        let mut p = plan(name, &format!("{topic}.{name}"), suffix).await?;
+        p.name = format!("{}-many", p.name);
+        plans.push(p);
+    }
+    Ok(plans)
+}
+
+/// Runs every pipeline of [`many_plans`] in this one process, as a daemon runs the
+/// pipelines deployed on it: prints `ready` once all are connected, then runs until killed.
+pub async fn many(bootstrap: &str, topic: &str, suffix: &str) -> Result<(), BenchError> {
+    let mut handles = Vec::new();
+    for plan in many_plans(topic, suffix).await? {
+        let stats = Arc::new(runtime::Stats::default());
+        let runner = runtime::Runner::new(&plan, runtime::RunConfig::new(bootstrap), stats).await?;
+        handles.push(tokio::spawn(runner.run(std::future::pending())));
+    }
+    println!("ready {}", handles.len());
+    for h in handles {
+        h.await??;
+    }
     Ok(())
 }

@@ -5,7 +5,15 @@
 //! cargo run --release -p bench -- --events 1000000 --bootstrap 127.0.0.1:9092 # and through Kafka
 //! ```
 //!
-//! Prints one line per measurement: decode (JSON, Avro), the real runner on the in-memory
+//! ```sh
+//! scripts/bench-tools   # kcat
+//! cargo run --release -p bench -- suite --bootstrap 127.0.0.1:9092              # the suite
+//! ```
+//!
+//! The suite ([`suite`], docs/performance.md) runs each pipeline in a process of its own and
+//! prints its events/s as a ratio of kcat's and of a bare rdkafka loop's on the same topic,
+//! with CPU and peak RSS, then the latency table at fixed input rates. Without `suite`, it
+//! prints one line per measurement: decode (JSON, Avro), the real runner on the in-memory
 //! broker running a filter pipeline and a window pipeline, and, with a broker, a bare
 //! rdkafka consumer beside the engine running the same two pipelines over the same topic.
 //! Run release builds only; debug numbers mean nothing.
@@ -406,14 +414,21 @@ async fn main() -> Result<(), BenchError> {
         Some("child") => {
             let bootstrap = arg("--bootstrap").ok_or("--bootstrap")?;
             let topic = arg("--topic").unwrap_or_default();
-            let events: u64 = arg("--events").ok_or("--events")?.parse()?;
+            let events: u64 = arg("--events").map_or(Ok(0), |v| v.parse())?;
             return match args.get(2).map(String::as_str) {
                 Some("bare") => suite::bare_child(&bootstrap, &topic, events),
                 Some("relay") => suite::relay_child(&bootstrap, &topic, events),
+                Some("many") => {
+                    let suffix = arg("--suffix").unwrap_or_default();
+                    child::many(&bootstrap, &topic, &suffix).await
+                }
                 Some("pipeline") => {
                     let spec = args.get(3).ok_or("a pipeline")?;
                     let suffix = arg("--suffix").unwrap_or_default();
-                    child::pipeline(spec, &bootstrap, &topic, &suffix, events).await
+                    let target = arg("--latency-target")
+                        .map(|ms| ms.parse().map(Duration::from_millis))
+                        .transpose()?;
+                    child::pipeline(spec, &bootstrap, &topic, &suffix, events, target).await
                 }
                 _ => Err("child bare|pipeline".into()),
             };
@@ -429,7 +444,21 @@ async fn main() -> Result<(), BenchError> {
                 .split(',')
                 .map(str::parse)
                 .collect::<Result<_, _>>()?;
-            return suite::run(&bootstrap, events, example_events, &rates, seconds).await;
+            let memory_seconds: u64 = arg("--memory-seconds").map_or(Ok(30), |v| v.parse())?;
+            // Parts to run (all by default): throughput, examples, latency, memory.
+            let only: Vec<String> = arg("--only")
+                .map(|o| o.split(',').map(String::from).collect())
+                .unwrap_or_default();
+            return suite::run(
+                &bootstrap,
+                events,
+                example_events,
+                &rates,
+                seconds,
+                memory_seconds,
+                &only,
+            )
+            .await;
         }
         _ => {}
     }

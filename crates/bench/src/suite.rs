@@ -414,18 +414,20 @@ pub fn percentiles(samples: &mut [u64]) -> [f64; 4] {
 }
 
 /// One latency measurement: the pipeline `spec` (one output per event on `output`, the
-/// event's sequence number in its `machine_id`) as a child process, fed `rate` events/s for
+/// event's sequence number in its `machine_id`) as a child process with micro-batches closing
+/// `target_ms` after their first message, fed `rate` events/s for
 /// `seconds` on a new topic. Returns (events sent, achieved input rate, latencies in µs of
 /// the outputs of events sent after the first second, outputs received).
 pub async fn latency(
     spec: &str,
+    target_ms: u64,
     bootstrap: &str,
     rate: u64,
     seconds: u64,
     nanos: u128,
 ) -> Result<(u64, f64, Vec<u64>, u64, Usage), BenchError> {
-    let topic = format!("bench.latency.{spec}.{rate}.{nanos}");
-    let suffix = format!("latency.{spec}.{rate}.{nanos}");
+    let topic = format!("bench.latency.{spec}.{target_ms}.{rate}.{nanos}");
+    let suffix = format!("latency.{spec}.{target_ms}.{rate}.{nanos}");
     connectors::create_topic(bootstrap, &topic, PARTITIONS).await?;
     let output = format!("{topic}.predictions");
     connectors::create_topic(bootstrap, &output, PARTITIONS).await?;
@@ -443,6 +445,8 @@ pub async fn latency(
             &suffix,
             "--events",
             &total.to_string(),
+            "--latency-target",
+            &target_ms.to_string(),
         ]),
         false,
     )?;
@@ -609,7 +613,10 @@ pub async fn run(
     example_events: usize,
     rates: &[u64],
     seconds: u64,
+    memory_seconds: u64,
+    only: &[String],
 ) -> Result<(), BenchError> {
+    let want = |part: &str| only.is_empty() || only.iter().any(|o| o == part);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_nanos();
@@ -619,126 +626,266 @@ pub async fn run(
         !cfg!(debug_assertions)
     );
 
-    // The built-in pipelines over one topic of sensor readings.
-    let topic = format!("bench.suite.{nanos}");
-    let readings = generated("production/sensor_reading", 1, events)?;
-    fill_generated(bootstrap, &topic, &readings).await?;
-    // The lookup table: the first reading of each line.
-    let mut lines: BTreeMap<&str, &(String, Vec<u8>)> = BTreeMap::new();
-    for r in &readings {
-        lines.entry(r.0.as_str()).or_insert(r);
+    if want("throughput") {
+        // The built-in pipelines over one topic of sensor readings.
+        let topic = format!("bench.suite.{nanos}");
+        let readings = generated("production/sensor_reading", 1, events)?;
+        fill_generated(bootstrap, &topic, &readings).await?;
+        // The lookup table: the first reading of each line.
+        let mut lines: BTreeMap<&str, &(String, Vec<u8>)> = BTreeMap::new();
+        for r in &readings {
+            lines.entry(r.0.as_str()).or_insert(r);
+        }
+        let table: Vec<(String, Vec<u8>)> = lines.values().map(|r| (*r).clone()).collect();
+        fill_generated(bootstrap, &format!("{topic}.lines"), &table).await?;
+        println!("\nthroughput: {events} sensor readings on topic {topic}");
+        let kcat_row = kcat(bootstrap, &topic, events as u64)?;
+        let bare_row = bare(bootstrap, &topic, events as u64)?;
+        let (kcat_rate, bare_rate) = (kcat_row.rate(), bare_row.rate());
+        let mut rows = vec![kcat_row, bare_row];
+        for (what, spec) in [
+            ("filter + 1m window per line", "window"),
+            (
+                "filter + global regression, prediction per event",
+                "regression",
+            ),
+            ("both (windows and predictions, two sinks)", "both"),
+            ("lookup join with a table of the lines", "lookup"),
+        ] {
+            let n = if spec == "lookup" {
+                events + table.len()
+            } else {
+                events
+            };
+            rows.push(engine(
+                what,
+                spec,
+                bootstrap,
+                &topic,
+                &format!("{spec}.{nanos}"),
+                n as u64,
+            )?);
+        }
+        print_table(&rows, kcat_rate, bare_rate);
     }
-    let table: Vec<(String, Vec<u8>)> = lines.values().map(|r| (*r).clone()).collect();
-    fill_generated(bootstrap, &format!("{topic}.lines"), &table).await?;
-    println!("\nthroughput: {events} sensor readings on topic {topic}");
-    let kcat_row = kcat(bootstrap, &topic, events as u64)?;
-    let bare_row = bare(bootstrap, &topic, events as u64)?;
-    let (kcat_rate, bare_rate) = (kcat_row.rate(), bare_row.rate());
-    let mut rows = vec![kcat_row, bare_row];
-    for (what, spec) in [
-        ("filter + 1m window per line", "window"),
-        (
-            "filter + global regression, prediction per event",
-            "regression",
-        ),
-        ("both (windows and predictions, two sinks)", "both"),
-        ("lookup join with a table of the lines", "lookup"),
-    ] {
-        let n = if spec == "lookup" {
-            events + table.len()
-        } else {
-            events
-        };
-        rows.push(engine(
-            what,
-            spec,
-            bootstrap,
-            &topic,
-            &format!("{spec}.{nanos}"),
-            n as u64,
-        )?);
+    if want("examples") {
+        // The shipped examples, each over topics of its own.
+        let dir = std::env::current_dir()?.join("pipelines");
+        println!(
+            "\nthe shipped examples: {example_events} events per source, each example's ratio to kcat on its first source topic"
+        );
+        let mut example_rows = Vec::new();
+        let mut example_kcats = Vec::new();
+        for (i, file) in examples(&dir).iter().enumerate() {
+            let name = file
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_default();
+            let suffix = format!("{name}.{nanos}");
+            let spec = file.to_string_lossy().to_string();
+            let plan = crate::child::plan(&spec, "", &suffix).await?;
+            let mut total = 0;
+            let mut first_topic = None;
+            for n in &plan.nodes {
+                if let planner::NodeKind::Source(s) = &n.kind
+                    && s.exchange.is_none()
+                {
+                    let events = generated(&s.schema_name, 7 + i as u64, example_events)?;
+                    fill_generated(bootstrap, &s.topic, &events).await?;
+                    total += events.len();
+                    first_topic.get_or_insert_with(|| s.topic.clone());
+                }
+            }
+            let Some(first) = first_topic else { continue };
+            let k = kcat(bootstrap, &first, example_events as u64)?;
+            example_rows.push(engine(&name, &spec, bootstrap, "", &suffix, total as u64)?);
+            example_kcats.push(k.rate());
+        }
+        println!(
+            "  {:<46} {:>10} {:>8} {:>8} {:>6} {:>9}",
+            "", "events/s", "÷ kcat", "kcat", "CPU", "peak RSS"
+        );
+        for (r, k) in example_rows.iter().zip(&example_kcats) {
+            println!(
+                "  {:<46} {:>10.0} {:>8.2} {:>8.0} {:>6.2} {:>6.0} MB",
+                r.what,
+                r.rate(),
+                r.rate() / k,
+                k,
+                r.usage.cpu.as_secs_f64() / r.usage.wall.as_secs_f64(),
+                r.usage.peak_rss_mb
+            );
+        }
     }
-    print_table(&rows, kcat_rate, bare_rate);
+    if want("latency") {
+        // Latency at fixed input rates.
+        println!(
+            "\nlatency: filter + global regression fed at fixed rates for {seconds} s; send -> prediction received, \
+         through two Kafka hops; events of the first second left out"
+        );
+        println!(
+            "  {:<22} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>6} {:>9}",
+            "", "rate", "achieved", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "CPU", "peak RSS"
+        );
+        for (rate, spec, target) in rates.iter().flat_map(|r| {
+            [
+                (*r, "relay", 0),
+                (*r, "regression", 10),
+                (*r, "regression", 2),
+            ]
+        }) {
+            let (sent, achieved, mut latencies, received, usage) =
+                latency(spec, target, bootstrap, rate, seconds, nanos).await?;
+            let [p50, p99, p999, max] = percentiles(&mut latencies);
+            let what = if spec == "relay" {
+                "bare relay".to_string()
+            } else {
+                format!("engine, target {target} ms")
+            };
+            println!(
+                "  {what:<22} {rate:>8} {achieved:>10.0} {p50:>9.1} {p99:>9.1} {p999:>9.1} {max:>9.1} {:>6.2} {:>6.0} MB",
+                usage.cpu.as_secs_f64() / usage.wall.as_secs_f64(),
+                usage.peak_rss_mb
+            );
+            if received < sent {
+                println!("  (only {received} of {sent} predictions arrived)");
+            }
+        }
+    }
+    if want("memory") {
+        memory(bootstrap, 5_000, memory_seconds, nanos).await?;
+    }
+    Ok(())
+}
 
-    // The shipped examples, each over topics of its own.
-    let dir = std::env::current_dir()?.join("pipelines");
-    println!(
-        "\nthe shipped examples: {example_events} events per source, each example's ratio to kcat on its first source topic"
-    );
-    let mut example_rows = Vec::new();
-    let mut example_kcats = Vec::new();
-    for (i, file) in examples(&dir).iter().enumerate() {
-        let name = file
-            .file_stem()
-            .map(|s| s.to_string_lossy().to_string())
-            .unwrap_or_default();
-        let suffix = format!("{name}.{nanos}");
-        let spec = file.to_string_lossy().to_string();
-        let plan = crate::child::plan(&spec, "", &suffix).await?;
-        let mut total = 0;
-        let mut first_topic = None;
+/// The memory benchmark: every shipped example and three built-in pipelines (10 with the
+/// seven examples) in one process, as one daemon runs them, each source fed `rate` events/s
+/// of its kind for `seconds`: the process's RSS at the end (steady state) and its peak.
+pub async fn memory(
+    bootstrap: &str,
+    rate: u64,
+    seconds: u64,
+    nanos: u128,
+) -> Result<(), BenchError> {
+    let topic = format!("bench.many.{nanos}");
+    let suffix = format!("many.{nanos}");
+    let plans = crate::child::many_plans(&topic, &suffix).await?;
+    // Every input topic first (the pipelines wait for missing ones), with its generator.
+    let mut feeds = Vec::new();
+    for (i, plan) in plans.iter().enumerate() {
         for n in &plan.nodes {
             if let planner::NodeKind::Source(s) = &n.kind
                 && s.exchange.is_none()
             {
-                let events = generated(&s.schema_name, 7 + i as u64, example_events)?;
-                fill_generated(bootstrap, &s.topic, &events).await?;
-                total += events.len();
-                first_topic.get_or_insert_with(|| s.topic.clone());
+                connectors::create_topic(bootstrap, &s.topic, PARTITIONS).await?;
+                let mut settings = generator::Settings::new(&s.schema_name, 11 + i as u64);
+                settings.start_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)?
+                    .as_millis() as i64;
+                settings.interval_ms = 1000.0 / rate as f64;
+                let sink =
+                    connectors::KafkaSink::new(bootstrap, &s.topic, &BTreeMap::new(), Vec::new())?;
+                feeds.push((
+                    generator::Generator::new(settings)?,
+                    sink,
+                    s.table_key.is_some(),
+                ));
             }
         }
-        let Some(first) = first_topic else { continue };
-        let k = kcat(bootstrap, &first, example_events as u64)?;
-        example_rows.push(engine(&name, &spec, bootstrap, "", &suffix, total as u64)?);
-        example_kcats.push(k.rate());
     }
-    println!(
-        "  {:<46} {:>10} {:>8} {:>8} {:>6} {:>9}",
-        "", "events/s", "÷ kcat", "kcat", "CPU", "peak RSS"
-    );
-    for (r, k) in example_rows.iter().zip(&example_kcats) {
-        println!(
-            "  {:<46} {:>10.0} {:>8.2} {:>8.0} {:>6.2} {:>6.0} MB",
-            r.what,
-            r.rate(),
-            r.rate() / k,
-            k,
-            r.usage.cpu.as_secs_f64() / r.usage.wall.as_secs_f64(),
-            r.usage.peak_rss_mb
-        );
+    let mut child = spawn(
+        Command::new(me()?).args([
+            "child",
+            "many",
+            "--bootstrap",
+            bootstrap,
+            "--topic",
+            &topic,
+            "--suffix",
+            &suffix,
+        ]),
+        false,
+    )?;
+    let ready = child.expect_line("ready", Duration::from_secs(120))?;
+    let pid = child.child.id();
+    let started = Instant::now();
+    let streams = feeds.iter().filter(|f| !f.2).count();
+    // A task per input: tables get their rows once, streams `rate` a second.
+    let tick = rate / 10;
+    let mut feeders = Vec::new();
+    for (mut generator, sink, table) in feeds {
+        feeders.push(tokio::spawn(async move {
+            let mut sent = 0u64;
+            let mut ticks = 0u32;
+            while started.elapsed() < Duration::from_secs(seconds) {
+                let events: Vec<generator::Event> =
+                    (0..tick).map(|_| generator.next_event()).collect();
+                if sink.send_all(&records(&events), &[]).await.is_err() {
+                    break;
+                }
+                sent += tick;
+                if table {
+                    break;
+                }
+                ticks += 1;
+                let due = Duration::from_millis(100) * ticks;
+                tokio::time::sleep(due.saturating_sub(started.elapsed())).await;
+            }
+            if table { 0 } else { sent }
+        }));
     }
-
-    // Latency at fixed input rates.
-    println!(
-        "\nlatency: filter + global regression fed at fixed rates for {seconds} s; send -> prediction received, \
-         through two Kafka hops; events of the first second left out"
-    );
-    println!(
-        "  {:<10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>6} {:>9}",
-        "", "rate", "achieved", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "CPU", "peak RSS"
-    );
-    for (rate, spec) in rates
-        .iter()
-        .flat_map(|r| [(*r, "relay"), (*r, "regression")])
-    {
-        let (sent, achieved, mut latencies, received, usage) =
-            latency(spec, bootstrap, rate, seconds, nanos).await?;
-        let [p50, p99, p999, max] = percentiles(&mut latencies);
-        let what = if spec == "relay" {
-            "bare relay"
-        } else {
-            "engine"
-        };
-        println!(
-            "  {what:<10} {rate:>10} {achieved:>10.0} {p50:>9.1} {p99:>9.1} {p999:>9.1} {max:>9.1} {:>6.2} {:>6.0} MB",
-            usage.cpu.as_secs_f64() / usage.wall.as_secs_f64(),
-            usage.peak_rss_mb
-        );
-        if received < sent {
-            println!("  (only {received} of {sent} predictions arrived)");
+    let mut rss_mb = Vec::new();
+    while started.elapsed() < Duration::from_secs(seconds) {
+        child.sample();
+        if let Some(kb) = vm_rss_kb(pid) {
+            rss_mb.push(kb / 1024.0);
         }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let mut sent = 0;
+    for f in feeders {
+        sent += f.await?;
+    }
+    let achieved = sent as f64 / started.elapsed().as_secs_f64();
+    let last = rss_mb.last().copied().unwrap_or(f64::NAN);
+    let steady = rss_mb[rss_mb.len() / 2..]
+        .iter()
+        .copied()
+        .fold(0.0f64, f64::max);
+    let peak = child.peak_kb / 1024.0;
+    let _ = child.child.kill();
+    let _ = child.child.wait();
+    println!(
+        "\nmemory: {} pipelines in one process ({ready}), {streams} input streams fed {rate} events/s each for {seconds} s ({achieved:.0} events/s in all)",
+        plans.len()
+    );
+    println!(
+        "  RSS at the end {last:.0} MB, highest over the second half {steady:.0} MB, peak {peak:.0} MB"
+    );
     Ok(())
+}
+
+fn records(events: &[generator::Event]) -> Vec<connectors::OutRecord<'_>> {
+    events
+        .iter()
+        .map(|e| connectors::OutRecord {
+            key: Some(e.key.as_bytes()),
+            value: &e.value,
+            timestamp: None,
+            partition: None,
+        })
+        .collect()
+}
+
+fn vm_rss_kb(pid: u32) -> Option<f64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]

@@ -330,20 +330,28 @@ impl<C: Connect> Task<C> {
         // took partitions over) shows its outputs again without waiting a whole interval.
         let mut committed_once = false;
         let started = Instant::now();
+        // Whether some source had input in the previous pass over the sources.
+        let mut busy = false;
         loop {
             let mut got_any = false;
             for s in 0..self.sources.len() {
                 raw.clear();
                 // While outputs are in flight the read is interrupted every millisecond to
-                // take in acknowledgements (the read loses nothing: see `next_batch`).
+                // take in acknowledgements (the read loses nothing: see `next_batch`). A
+                // source that has nothing while another source of the task has had input
+                // (a table beside its stream, the two sides of a join, a repartition topic
+                // beside the input) is left after a millisecond rather than waited for up to
+                // `max_wait`: the busy source is not held back by the idle one.
+                let others_busy = self.sources.len() > 1 && (busy || got_any);
                 loop {
                     let waiting = !self.in_flight.is_empty();
+                    let leave = others_busy && raw.is_empty();
                     let read = self.sources[s].conn.next_batch(&mut raw);
                     let step = tokio::select! {
                         biased;
                         () = &mut stop => Step::Stop,
                         r = read => Step::Read(r),
-                        () = tokio::time::sleep(Duration::from_millis(1)), if waiting => Step::Tick,
+                        () = tokio::time::sleep(Duration::from_millis(1)), if waiting || leave => Step::Tick,
                     };
                     match step {
                         Step::Stop => return self.finish(false).await,
@@ -351,7 +359,12 @@ impl<C: Connect> Task<C> {
                             r?;
                             break;
                         }
-                        Step::Tick => self.reap()?,
+                        Step::Tick => {
+                            self.reap()?;
+                            if leave && raw.is_empty() {
+                                break;
+                            }
+                        }
                     }
                 }
                 if raw.transient_errors > 0 {
@@ -393,6 +406,7 @@ impl<C: Connect> Task<C> {
                     self.settle_outputs().await?;
                 }
             }
+            busy = got_any;
             if got_any {
                 last_input = Instant::now();
             } else {
