@@ -21,6 +21,12 @@ use crate::metrics::{KeyQuality, ModelSummary, top_keys};
 /// Predictions kept for the rolling metrics.
 const ROLLING: usize = 1000;
 
+/// A key's cached solution is solved again before a prediction once the key has learnt
+/// `max(1, samples / STALE_DIVISOR)` rows since it was solved: a prediction uses
+/// coefficients at most 1% of the key's samples old (exact while it has learnt fewer than
+/// 200). Snapshots always solve afresh, so their coefficients are exact.
+pub const STALE_DIVISOR: u64 = 100;
+
 /// One key's regression.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct State {
@@ -30,6 +36,12 @@ pub struct State {
     alarms: u64,
     /// This key's half-life, shortened by a drift alarm when configured so.
     half_life_ms: Option<f64>,
+    /// The solution predictions use, and the rows learnt since it was solved (see
+    /// [`STALE_DIVISOR`]); not saved: a restored key solves at its first prediction.
+    #[serde(skip)]
+    solution: Option<ml::regression::Solution>,
+    #[serde(skip)]
+    learnt_since: u64,
 }
 
 /// The regression learner of one model.
@@ -76,6 +88,8 @@ impl Learner for Regression {
                 .map(|c| PageHinkley::new(c.threshold, c.tolerance)),
             alarms: 0,
             half_life_ms: self.half_life_ms,
+            solution: None,
+            learnt_since: 0,
         }
     }
 
@@ -107,19 +121,29 @@ impl Learner for Regression {
         if let Some(h) = ks.half_life_ms {
             ks.state.decay_to(ms, h);
         }
+        let merged;
         let solved = match base {
-            // The exact merge of every task's statistics, aged to this row's time.
+            // The exact merge of every task's statistics, aged to this row's time (the base
+            // changes as the other tasks commit, so this is solved for every row).
             Some(b) => {
-                let mut merged = b.state.clone();
+                let mut m = b.state.clone();
                 if let Some(h) = ks.half_life_ms {
-                    merged.decay_to(ms, h);
+                    m.decay_to(ms, h);
                 }
-                merged.merge(&ks.state);
-                merged.solve(self.ridge)
+                m.merge(&ks.state);
+                merged = m.solve(self.ridge).ok();
+                merged.as_ref()
             }
-            None => ks.state.solve(self.ridge),
+            None => {
+                let stale = (ks.state.samples() / STALE_DIVISOR).max(1);
+                if ks.solution.is_none() || ks.learnt_since >= stale {
+                    ks.solution = ks.state.solve(self.ridge).ok();
+                    ks.learnt_since = 0;
+                }
+                ks.solution.as_ref()
+            }
         };
-        let prediction = solved.ok().map(|s| {
+        let prediction = solved.map(|s| {
             s.intercept
                 + s.coefficients
                     .iter()
@@ -140,7 +164,10 @@ impl Learner for Regression {
                     Some(OnDrift::ShortenHalfLife(h)) => {
                         ks.half_life_ms = Some(h.as_millis() as f64);
                     }
-                    Some(OnDrift::Reset) => ks.state = RegressionState::new(x.len()),
+                    Some(OnDrift::Reset) => {
+                        ks.state = RegressionState::new(x.len());
+                        ks.solution = None;
+                    }
                     _ => {}
                 }
             }
@@ -148,6 +175,7 @@ impl Learner for Regression {
         match y {
             Some(y) => {
                 ks.state.update(x, y, 1.0);
+                ks.learnt_since += 1;
                 true
             }
             None => false,
@@ -191,6 +219,8 @@ impl Learner for Regression {
             drift: None,
             alarms: own.alarms,
             half_life_ms: own.half_life_ms,
+            solution: None,
+            learnt_since: 0,
         })
     }
 
