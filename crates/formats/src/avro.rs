@@ -437,33 +437,53 @@ impl AvroCodec {
 
     /// Encodes each row of `batch` as one message.
     pub fn encode_rows(&self, batch: &RecordBatch) -> Result<Vec<Vec<u8>>, FormatError> {
-        let n = batch.num_rows();
-        let mut out: Vec<Vec<u8>> = (0..n).map(|_| Vec::with_capacity(64)).collect();
-        if let Framing::Confluent { schema_id } = self.framing {
-            for buf in &mut out {
-                buf.push(0);
-                buf.extend_from_slice(&schema_id.to_be_bytes());
+        let (mut buffer, mut spans) = (Vec::new(), Vec::new());
+        self.encode_rows_into(batch, &mut buffer, &mut spans)?;
+        Ok(spans.into_iter().map(|r| buffer[r].to_vec()).collect())
+    }
+
+    /// As [`AvroCodec::encode_rows`], appending the rows to `out` and their ranges in it to
+    /// `spans` (a caller reusing both allocates nothing per row). On an error `out` and
+    /// `spans` are as they were.
+    pub fn encode_rows_into(
+        &self,
+        batch: &RecordBatch,
+        out: &mut Vec<u8>,
+        spans: &mut Vec<std::ops::Range<usize>>,
+    ) -> Result<(), FormatError> {
+        let (start, first_span) = (out.len(), spans.len());
+        let columns: Vec<&dyn Array> = batch.columns().iter().map(|c| c.as_ref()).collect();
+        for row in 0..batch.num_rows() {
+            let begin = out.len();
+            if let Framing::Confluent { schema_id } = self.framing {
+                out.push(0);
+                out.extend_from_slice(&schema_id.to_be_bytes());
             }
-        }
-        for (f, column) in self.fields.iter().zip(batch.columns()) {
-            let column = column.as_ref();
-            for (row, buf) in out.iter_mut().enumerate() {
-                if let Some((null, value)) = f.union {
+            for (f, column) in self.fields.iter().zip(&columns) {
+                let written = if let Some((null, value)) = f.union {
                     if column.is_null(row) {
-                        write_long(buf, null as i64);
+                        write_long(out, null as i64);
                         continue;
                     }
-                    write_long(buf, value as i64);
+                    write_long(out, value as i64);
+                    write_value(out, f, *column, row)
                 } else if column.is_null(row) {
-                    return Err(FormatError::Encode(format!(
+                    Err(FormatError::Encode(format!(
                         "`{}` is null but not optional",
                         f.name
-                    )));
+                    )))
+                } else {
+                    write_value(out, f, *column, row)
+                };
+                if let Err(e) = written {
+                    out.truncate(start);
+                    spans.truncate(first_span);
+                    return Err(e);
                 }
-                write_value(buf, f, column, row)?;
             }
+            spans.push(begin..out.len());
         }
-        Ok(out)
+        Ok(())
     }
 }
 

@@ -176,36 +176,57 @@ fn looks_like_one_object(m: &[u8]) -> bool {
 /// Encodes each row of `batch` as one JSON object (without a trailing newline). Timestamps are
 /// RFC 3339 strings; null fields are written as `null` so every message has every field.
 pub fn encode_rows(batch: &RecordBatch) -> Result<Vec<Vec<u8>>, FormatError> {
-    let mut out = Vec::with_capacity(batch.num_rows());
+    let (mut buffer, mut spans) = (Vec::new(), Vec::new());
+    encode_rows_into(batch, &mut buffer, &mut spans)?;
+    Ok(spans.into_iter().map(|r| buffer[r].to_vec()).collect())
+}
+
+/// As [`encode_rows`], appending the rows to `out` and their ranges in it to `spans`, so
+/// that a caller reusing both allocates nothing per row. On an error `out` and `spans` are
+/// as they were.
+pub fn encode_rows_into(
+    batch: &RecordBatch,
+    out: &mut Vec<u8>,
+    spans: &mut Vec<std::ops::Range<usize>>,
+) -> Result<(), FormatError> {
     if batch.num_rows() == 0 {
-        return Ok(out);
+        return Ok(());
     }
-    let mut buffer = Vec::with_capacity(batch.num_rows() * 128);
-    {
+    let (start, first_span) = (out.len(), spans.len());
+    let written = (|| {
         let mut writer = WriterBuilder::new()
             .with_explicit_nulls(true)
-            .build::<_, arrow_json::writer::LineDelimited>(&mut buffer);
-        writer
-            .write(batch)
-            .map_err(|e| FormatError::Encode(e.to_string()))?;
-        writer
-            .finish()
-            .map_err(|e| FormatError::Encode(e.to_string()))?;
+            .build::<_, arrow_json::writer::LineDelimited>(&mut *out);
+        writer.write(batch)?;
+        writer.finish()
+    })();
+    if let Err(e) = written {
+        out.truncate(start);
+        return Err(FormatError::Encode(e.to_string()));
     }
     // JSON strings never hold a raw newline, so lines are records.
-    for line in buffer.split(|b| *b == b'\n') {
-        if !line.is_empty() {
-            out.push(line.to_vec());
+    let mut begin = start;
+    for (i, b) in out.iter().enumerate().skip(start) {
+        if *b == b'\n' {
+            if i > begin {
+                spans.push(begin..i);
+            }
+            begin = i + 1;
         }
     }
-    if out.len() != batch.num_rows() {
+    if begin < out.len() {
+        spans.push(begin..out.len());
+    }
+    if spans.len() - first_span != batch.num_rows() {
+        let lines = spans.len() - first_span;
+        out.truncate(start);
+        spans.truncate(first_span);
         return Err(FormatError::Internal(format!(
-            "encoded {} rows into {} lines",
+            "encoded {} rows into {lines} lines",
             batch.num_rows(),
-            out.len()
         )));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Keeps the rows of `decoded` where `keep` is true (dropping the message index of others).

@@ -16,8 +16,9 @@ use datafusion::arrow::array::{Array, RecordBatch, StringArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use formats::avro::{AvroCodec, Framing};
-use formats::json::encode_rows;
+use formats::json::encode_rows_into;
 use planner::{Delivery, Format, SinkPlan};
+use std::ops::Range;
 
 use crate::error::{RuntimeError, internal};
 use crate::metrics::{Detail, SinkMetrics};
@@ -53,11 +54,17 @@ pub struct SinkOp<K> {
     sink: K,
     encoder: Encoder,
     key: Option<usize>,
-    buffer: Vec<(Option<Vec<u8>>, Vec<u8>)>,
+    /// The encoded keys and values of the records held until the flush, in one buffer
+    /// reused from flush to flush (no allocation per record), and each record's key and
+    /// value ranges in it.
+    bytes: Vec<u8>,
+    buffer: Vec<(Option<Range<usize>>, Range<usize>)>,
+    /// The value ranges of the batch being encoded.
+    encoded: Vec<Range<usize>>,
     metrics: SinkMetrics,
     /// Written in the task's transaction (`delivery: exactly_once`).
     exactly_once: bool,
-    /// Value bytes in `buffer`.
+    /// Value bytes of the records in `buffer`.
     buffered: u64,
     /// The largest record it writes (key and value); larger ones are dead-lettered.
     max_bytes: usize,
@@ -99,7 +106,9 @@ impl<K: Sink> SinkOp<K> {
             sink,
             encoder,
             key: plan.key.as_ref().and_then(|k| plan.schema.index_of(k).ok()),
+            bytes: Vec::new(),
             buffer: Vec::new(),
+            encoded: Vec::new(),
             metrics: SinkMetrics {
                 topic: plan.topic.clone(),
                 ..Default::default()
@@ -137,18 +146,31 @@ impl<K: Sink> Operator for SinkOp<K> {
         batch: RecordBatch,
         ctx: &mut Context,
     ) -> Result<(), RuntimeError> {
-        let values = match &self.encoder {
-            Encoder::Json => encode_rows(&batch),
-            Encoder::Avro(c) => c.encode_rows(&batch),
+        self.encoded.clear();
+        match &self.encoder {
+            Encoder::Json => encode_rows_into(&batch, &mut self.bytes, &mut self.encoded),
+            Encoder::Avro(c) => c.encode_rows_into(&batch, &mut self.bytes, &mut self.encoded),
         }
         .map_err(internal)?;
         let keys = match self.key {
-            Some(k) => Some(key_bytes(batch.column(k).as_ref())?),
+            Some(k) => Some(
+                cast(batch.column(k), &DataType::Utf8)
+                    .map_err(internal)?
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .ok_or_else(|| internal("key cast"))?
+                    .clone(),
+            ),
             None => None,
         };
-        for (row, value) in values.into_iter().enumerate() {
-            let k = keys.as_ref().and_then(|ks| ks[row].clone());
-            let size = value.len() + k.as_ref().map_or(0, Vec::len);
+        for row in 0..self.encoded.len() {
+            let value = self.encoded[row].clone();
+            let key = keys.as_ref().filter(|k| !k.is_null(row)).map(|k| {
+                let begin = self.bytes.len();
+                self.bytes.extend_from_slice(k.value(row).as_bytes());
+                begin..self.bytes.len()
+            });
+            let size = value.len() + key.as_ref().map_or(0, ExactSizeIterator::len);
             if size + RECORD_OVERHEAD > self.max_bytes {
                 let error = format!(
                     "a record of {size} bytes for sink `{}` exceeds its message.max.bytes ({}) with its framing",
@@ -156,7 +178,7 @@ impl<K: Sink> Operator for SinkOp<K> {
                 );
                 self.metrics.oversize += 1;
                 ctx.dead_letter(
-                    value,
+                    self.bytes[value].to_vec(),
                     vec![
                         ("error".to_string(), error.into_bytes()),
                         ("sink".to_string(), self.name.clone().into_bytes()),
@@ -169,21 +191,27 @@ impl<K: Sink> Operator for SinkOp<K> {
                 continue;
             }
             self.buffered += value.len() as u64;
-            self.buffer.push((k, value));
+            self.buffer.push((key, value));
         }
         Ok(())
     }
 
     async fn flush(&mut self) -> Result<Flushed, RuntimeError> {
-        if self.buffer.is_empty() || self.exactly_once {
+        if self.exactly_once {
             return Ok(Flushed::default());
         }
+        if self.buffer.is_empty() {
+            // Only dead-lettered records' bytes, if any.
+            self.bytes.clear();
+            return Ok(Flushed::default());
+        }
+        let bytes = &self.bytes;
         let records: Vec<OutRecord<'_>> = self
             .buffer
             .iter()
             .map(|(k, v)| OutRecord {
-                key: k.as_deref(),
-                value: v,
+                key: k.clone().map(|k| &bytes[k]),
+                value: &bytes[v.clone()],
                 timestamp: None,
                 partition: None,
             })
@@ -193,7 +221,9 @@ impl<K: Sink> Operator for SinkOp<K> {
             records: records.len() as u64,
             bytes: records.iter().map(|r| r.value.len() as u64).sum(),
         };
+        // The producer has copied the records.
         self.buffer.clear();
+        self.bytes.clear();
         self.buffered = 0;
         self.metrics.records += flushed.records;
         self.metrics.bytes += flushed.bytes;
@@ -207,15 +237,18 @@ impl<K: Sink> Operator for SinkOp<K> {
         self.metrics.records += self.buffer.len() as u64;
         self.metrics.bytes += self.buffered;
         self.buffered = 0;
-        std::mem::take(&mut self.buffer)
-            .into_iter()
+        let out = self
+            .buffer
+            .drain(..)
             .map(|(key, value)| connectors::changelog::OutputRecord {
                 topic: self.metrics.topic.clone(),
-                key,
-                value,
+                key: key.map(|k| self.bytes[k].to_vec()),
+                value: self.bytes[value].to_vec(),
                 headers: Vec::new(),
             })
-            .collect()
+            .collect();
+        self.bytes.clear();
+        out
     }
 
     fn pending_bytes(&self) -> u64 {
