@@ -231,15 +231,7 @@ async fn incremental_state() -> Result<(), BenchError> {
 const KEYED_PARTITIONS: usize = 8;
 
 fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
+    suite::status_kb("self", "VmHWM").map_or(0.0, |kb| kb / 1024.0)
 }
 
 fn report(what: &str, events: usize, elapsed: Duration) {

@@ -55,11 +55,12 @@ fn proc_stat(pid: u32) -> Option<(char, u64)> {
     Some((state, utime + stime))
 }
 
-fn vm_hwm_kb(pid: u32) -> Option<f64> {
+/// A `kB` field (`VmHWM`, `VmRSS`) of `/proc/{pid}/status` (`pid`: a number or `self`).
+pub fn status_kb(pid: &str, field: &str) -> Option<f64> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()?
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?
         .split_whitespace()
         .nth(1)?
         .parse()
@@ -129,7 +130,7 @@ impl Child {
     }
 
     fn sample(&mut self) {
-        if let Some(kb) = vm_hwm_kb(self.child.id()) {
+        if let Some(kb) = status_kb(&self.child.id().to_string(), "VmHWM") {
             self.peak_kb = self.peak_kb.max(kb);
         }
     }
@@ -837,7 +838,7 @@ pub async fn memory(
     let mut rss_mb = Vec::new();
     while started.elapsed() < Duration::from_secs(seconds) {
         child.sample();
-        if let Some(kb) = vm_rss_kb(pid) {
+        if let Some(kb) = status_kb(&pid.to_string(), "VmRSS") {
             rss_mb.push(kb / 1024.0);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -875,17 +876,6 @@ fn records(events: &[generator::Event]) -> Vec<connectors::OutRecord<'_>> {
             partition: None,
         })
         .collect()
-}
-
-fn vm_rss_kb(pid: u32) -> Option<f64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 #[cfg(test)]
