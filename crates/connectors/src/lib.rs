@@ -1197,6 +1197,24 @@ pub fn committed_total(bootstrap: &str, group: &str, topic: &str) -> Result<i64,
         .sum())
 }
 
+/// A metadata or offset request that failed because the broker is down or busy for a while.
+fn is_unreachable(e: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::AllBrokersDown
+                | C::BrokerTransportFailure
+                | C::OperationTimedOut
+                | C::RequestTimedOut
+                | C::NotLeaderForPartition
+                | C::LeaderNotAvailable
+                | C::BrokerNotAvailable
+                | C::NetworkException
+        )
+    )
+}
+
 /// A message read back from a topic, with everything Kafka stores about it.
 #[derive(Debug, Clone)]
 pub struct StoredMessage {
@@ -1237,14 +1255,26 @@ pub fn read_all(
         .set("isolation.level", "read_committed")
         .create()
         .map_err(kafka("creating the reader"))?;
-    let partitions = topic_partitions(&consumer, topic)?;
     let deadline = Instant::now() + timeout;
+    // Waits out a broker that is down or starved before asking for the partitions.
+    while let Err(e) = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT) {
+        if !is_unreachable(&e) || Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let partitions = topic_partitions(&consumer, topic)?;
     let mut ends = BTreeMap::new();
     let mut tpl = TopicPartitionList::new();
     for p in &partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, *p, METADATA_TIMEOUT)
-            .map_err(kafka(format!("reading the end of `{topic}`")))?;
+        let (low, high) = loop {
+            match consumer.fetch_watermarks(topic, *p, METADATA_TIMEOUT) {
+                Err(e) if is_unreachable(&e) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(200))
+                }
+                r => break r.map_err(kafka(format!("reading the end of `{topic}`")))?,
+            }
+        };
         if high > low {
             ends.insert(*p, high);
             tpl.add_partition_offset(topic, *p, Offset::Offset(low))
@@ -1271,6 +1301,9 @@ pub fn read_all(
                 done.insert(p, true);
                 continue;
             }
+            // A broker that is restarting or starved: librdkafka reconnects by itself,
+            // and the deadline bounds the wait.
+            Err(e) if is_transient(&e) => continue,
             m => m.map_err(kafka(format!("reading `{topic}`")))?,
         };
         let headers = m

@@ -107,9 +107,15 @@ pub struct Task<C: Connect = Kafka> {
     last_commit: Instant,
     /// The last [`Task::delivery`] reading, kept to reuse its allocation.
     pub(crate) delivery_buf: Vec<(u64, u64)>,
-    /// Event-time vectors of reaped turns, kept to reuse their allocations.
+    /// Event-time vectors of reaped turns, kept to reuse their allocations (at most
+    /// [`SPARE_TIMES`]).
     spare_times: Vec<Vec<i64>>,
 }
+
+/// Spare event-time vectors a task keeps: enough for the turns a source reads while the
+/// previous ones are still being acknowledged, few enough that a burst of in-flight turns
+/// does not pin their memory.
+const SPARE_TIMES: usize = 4;
 
 /// A turn whose outputs have been handed to the producer.
 struct Turn {
@@ -609,8 +615,10 @@ impl<C: Connect> Task<C> {
                     .end_to_end
                     .observe((now_ms - t).max(0) as f64 / 1000.0, 1);
             }
-            turn.times.clear();
-            self.spare_times.push(turn.times);
+            if self.spare_times.len() < SPARE_TIMES {
+                turn.times.clear();
+                self.spare_times.push(turn.times);
+            }
             self.acked[turn.source].extend(turn.next);
             self.uncommitted[turn.source] = true;
         }
