@@ -63,6 +63,11 @@ impl Setup {
     /// New topics, fed with 100,000 readings at 5,000 events/s while the engine runs (so
     /// that each interruption lands in the middle of the input).
     fn new(bootstrap: &str, delivery: &'static str, seed: u64) -> Self {
+        Self::fed_at(bootstrap, delivery, seed, 5_000)
+    }
+
+    /// The same, fed at `rate` events/s.
+    fn fed_at(bootstrap: &str, delivery: &'static str, seed: u64, rate: u32) -> Self {
         let input = unique("faults.in");
         let feed = Command::new(env!("CARGO_BIN_EXE_pipectl"))
             .args([
@@ -73,7 +78,8 @@ impl Setup {
                 "production/sensor_reading",
             ])
             .args(["--count", &EVENTS.to_string(), "--seed", &seed.to_string()])
-            .args(["--topic", &input, "--partitions", "4", "--rate", "5000"])
+            .args(["--topic", &input, "--partitions", "4"])
+            .args(["--rate", &rate.to_string()])
             .args(["--malformed", "0.01", "--late", "0.01"])
             .current_dir(root())
             .stdout(std::process::Stdio::null())
@@ -231,7 +237,11 @@ const DAEMON_ROWS: [&str; 7] = [
 /// daemon's checkpoint), which flushes its last windows.
 fn daemon_restarted(bootstrap: &str, seed: u64) -> Vec<Row> {
     use daemon_support::{Daemon, free_port, ok, pipectl};
-    let setup = Setup::new(bootstrap, "exactly_once", seed);
+    // Fed for 50 s: the two restarts of the daemon (each until every pipeline has committed
+    // 12,000 more offsets, the slowest of seven pipelines on two cores setting the pace)
+    // land before the end of the input. At 5,000 events/s (20 s) every pipeline had once
+    // reached the end before the SIGKILL.
+    let setup = Setup::fed_at(bootstrap, "exactly_once", seed, 2_000);
     let template = std::fs::read_to_string(root().join("tests/pipelines/sensor-window.yaml"))
         .expect("pipeline");
     let dir = std::env::temp_dir().join(unique("faults-daemon"));

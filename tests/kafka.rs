@@ -1501,3 +1501,113 @@ fn a_sources_cached_lag_agrees_with_the_brokers_watermarks() {
         }
     });
 }
+
+/// The shipped inventory-anomaly example finds the generator's injected anomalies: 40,000
+/// moves over 4 partitions (0.5% anomalies: a hundredfold quantity, a fiftyfold unit cost, a
+/// booking at 3 a.m.), the example run as shipped but for its topic names, and its alerts
+/// compared with the truth the generator wrote in each move's `x-truth` header (which the
+/// pipeline does not read). Precision and recall must both reach 0.9. Measured on this
+/// input: 1.00 and 0.97 (the misses are moves of each warehouse's seed sample, which are not
+/// scored); the example as it was before (distance over cluster radius > 4, the hour as a
+/// number): 0.99 and 0.31.
+#[test]
+fn the_inventory_anomaly_example_finds_the_injected_anomalies() {
+    let Some(bootstrap) = bootstrap() else { return };
+    let input = unique("moves.in");
+    let output = unique("moves.alerts");
+    pipectl(
+        &[
+            "gen",
+            "--bootstrap",
+            &bootstrap,
+            "--kind",
+            "supply_chain/inventory_move",
+            "--count",
+            "40000",
+            "--seed",
+            "1",
+            "--topic",
+            &input,
+            "--partitions",
+            "4",
+            "--interval-ms",
+            "2000",
+        ],
+        &[],
+    );
+    let example =
+        std::fs::read_to_string(root().join("pipelines/inventory-anomaly.yaml")).expect("example");
+    let yaml = example
+        .replace(
+            "topic: logistics.inventory_moves",
+            &format!("topic: {input}"),
+        )
+        .replace(
+            "topic: logistics.inventory_anomalies",
+            &format!("topic: {output}"),
+        )
+        .replace(
+            "name: inventory-anomaly",
+            &format!("name: ia-{}", support::nanos()),
+        );
+    assert_ne!(
+        yaml, example,
+        "the example's topics are where the test expects them"
+    );
+    let file = std::env::temp_dir().join(format!("{}.yaml", unique("inventory-anomaly")));
+    std::fs::write(&file, yaml).expect("write");
+    let schemas = root().join("schemas").display().to_string();
+    pipectl(
+        &[
+            "run",
+            &file.display().to_string(),
+            "--bootstrap",
+            &bootstrap,
+            "--schemas",
+            &schemas,
+            "--until-idle",
+            "3s",
+            "--quiet",
+        ],
+        &[],
+    );
+    let moves = read(&bootstrap, &input);
+    assert_eq!(moves.len(), 40_000);
+    let mut truth = std::collections::BTreeMap::new();
+    for m in &moves {
+        let v: Value = serde_json::from_slice(&m.payload).expect("json");
+        let id = v["move_id"].as_str().expect("move id").to_string();
+        truth.insert(id, header(m, "x-truth").to_string());
+    }
+    let anomalies: std::collections::BTreeSet<&String> = truth
+        .iter()
+        .filter(|(_, t)| t.as_str() != "normal")
+        .map(|(id, _)| id)
+        .collect();
+    assert!(
+        truth.values().all(|t| !t.is_empty()),
+        "every move has a truth"
+    );
+    let flagged: std::collections::BTreeSet<String> = read(&bootstrap, &output)
+        .iter()
+        .map(|m| {
+            let v: Value = serde_json::from_slice(&m.payload).expect("json");
+            v["move_id"].as_str().expect("move id").to_string()
+        })
+        .collect();
+    let hits = flagged.iter().filter(|id| anomalies.contains(id)).count();
+    let precision = hits as f64 / flagged.len().max(1) as f64;
+    let recall = hits as f64 / anomalies.len().max(1) as f64;
+    let mut missed = std::collections::BTreeMap::new();
+    for id in anomalies.iter().filter(|id| !flagged.contains(id.as_str())) {
+        *missed.entry(truth[id.as_str()].as_str()).or_insert(0) += 1;
+    }
+    eprintln!(
+        "inventory-anomaly: {} anomalies, {} flagged, precision {precision:.3}, recall {recall:.3}, missed by kind {missed:?}",
+        anomalies.len(),
+        flagged.len()
+    );
+    assert!(anomalies.len() > 150, "{} anomalies", anomalies.len());
+    assert!(precision >= 0.9, "precision {precision:.3}");
+    assert!(recall >= 0.9, "recall {recall:.3}, missed {missed:?}");
+}

@@ -10,11 +10,18 @@
 //!   failure rate.
 //! - **supply_chain/shipment**: delay past the promise in hours is [`DELAY_INTERCEPT_H`] +
 //!   [`DELAY_PER_KM_H`] × distance + [`DELAY_PER_KG_H`] × weight + [`DELAY_PER_PARCEL_H`] ×
-//!   parcels + the carrier's effect ([`CARRIER_EFFECT_H`]) + noise ([`DELAY_NOISE_SD_H`]).
+//!   parcels + the carrier's effect ([`CARRIER_EFFECT_H`]) + logistic noise of standard
+//!   deviation [`DELAY_NOISE_SD_H`]. Because the noise is logistic, whether a shipment is late
+//!   (delivered after the promise) is a logistic regression: see [`late_probability`]. The
+//!   promised lead time (dispatch to promise) is 24 h + distance / 60 km/h, so it carries
+//!   the same information as the distance. The `x-truth` header holds the probability.
 //! - **customer/activity**: every customer belongs to one of the [`SEGMENTS`], which fixes
 //!   the mix of activities, the spend and the time spent.
-//! - **sales/order**, **production/output_count**, **supply_chain/inventory_move**: see
-//!   their functions; inventory moves include 0.5% injected anomalies.
+//! - **sales/order**, **production/output_count**: see their functions.
+//! - **supply_chain/inventory_move**: booked in working hours (06:00 to 22:00 UTC: the clock
+//!   of these events skips the nights), with 0.5% injected anomalies: a hundredfold
+//!   quantity, a fiftyfold unit cost, or a booking at 3 a.m. The `x-truth` header says which
+//!   ([`ANOMALY_KINDS`], or `normal`); the payload does not.
 //!
 //! Event time starts at `start_ms` and advances by `interval_ms` per event. A fraction of
 //! events is moved back in time by less than `disorder_ms` (out of order but on time), a
@@ -62,6 +69,35 @@ pub const CARRIER_EFFECT_H: [(&str, f64); 5] = [
 ];
 /// Standard deviation of the delay noise, hours.
 pub const DELAY_NOISE_SD_H: f64 = 1.0;
+/// Scale of the logistic delay noise: a logistic distribution of scale `s` has standard
+/// deviation `s·π/√3`.
+pub const DELAY_NOISE_SCALE_H: f64 = DELAY_NOISE_SD_H * 0.551_328_895_421_792_1; // √3/π
+
+/// The probability that a shipment arrives after its promise: the delay's noise is
+/// logistic with scale [`DELAY_NOISE_SCALE_H`], so `P(delay > 0) = σ(μ / s)` where `μ` is
+/// the delay's mean. In log-odds: `(DELAY_INTERCEPT_H + DELAY_PER_KM_H·distance +
+/// DELAY_PER_KG_H·weight + DELAY_PER_PARCEL_H·parcels + carrier effect) / s`. A carrier not in
+/// [`CARRIER_EFFECT_H`] has effect 0.
+pub fn late_probability(distance_km: f64, weight_kg: f64, parcels: f64, carrier: &str) -> f64 {
+    let effect = CARRIER_EFFECT_H
+        .iter()
+        .find(|(c, _)| *c == carrier)
+        .map_or(0.0, |(_, e)| *e);
+    let mean = DELAY_INTERCEPT_H
+        + DELAY_PER_KM_H * distance_km
+        + DELAY_PER_KG_H * weight_kg
+        + DELAY_PER_PARCEL_H * parcels
+        + effect;
+    1.0 / (1.0 + (-mean / DELAY_NOISE_SCALE_H).exp())
+}
+
+/// The injected inventory anomalies, as the `x-truth` header names them (`normal` for the
+/// rest).
+pub const ANOMALY_KINDS: [&str; 3] = ["quantity_x100", "unit_cost_x50", "booked_at_3am"];
+/// Share of inventory moves that are anomalies.
+pub const ANOMALY_RATE: f64 = 0.005;
+/// Name of the header that carries an event's ground truth.
+pub const TRUTH_HEADER: &str = "x-truth";
 
 /// Customer segments: name, weights of (page view, search, add to cart, remove from cart,
 /// purchase, support contact, review), mean purchase amount (€), mean seconds per event.
@@ -144,6 +180,22 @@ impl Settings {
     }
 }
 
+const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 24 * HOUR_MS;
+/// Working hours of the warehouses, UTC: 06:00 to 22:00.
+const WORK_START_MS: i64 = 6 * HOUR_MS;
+const WORK_MS: i64 = 16 * HOUR_MS;
+
+/// Clock time `ts` of a stream that started at `start` mapped onto working hours: the
+/// stream's elapsed time runs from 06:00 to 22:00 UTC of each day, then continues at 06:00 of
+/// the next (a start outside working hours begins at the next 06:00). Monotonic in `ts`.
+pub fn working_hours(start: i64, ts: i64) -> i64 {
+    let midnight = start - start.rem_euclid(DAY_MS);
+    let done_on_day_one = (start.rem_euclid(DAY_MS) - WORK_START_MS).clamp(0, WORK_MS);
+    let elapsed = ts - start + done_on_day_one;
+    midnight + elapsed.div_euclid(WORK_MS) * DAY_MS + WORK_START_MS + elapsed.rem_euclid(WORK_MS)
+}
+
 /// One generated message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
@@ -157,6 +209,10 @@ pub struct Event {
     pub malformed: bool,
     /// Whether the event was moved back by `late_by_ms`.
     pub late: bool,
+    /// The ground truth a pipeline must not see in the payload, written as the
+    /// [`TRUTH_HEADER`] header: which anomaly an inventory move is (or `normal`), a
+    /// shipment's probability of being late. `None` for the other kinds.
+    pub truth: Option<String>,
 }
 
 /// Why the generator cannot start.
@@ -177,6 +233,10 @@ pub struct Generator {
     rng: StdRng,
     n: u64,
     customers: Vec<(String, usize, &'static str)>,
+    /// Set by the kind's function: the event's truth.
+    truth: Option<String>,
+    /// Set by the kind's function when the event's time is not the clock's.
+    ts_override: Option<i64>,
 }
 
 impl Generator {
@@ -207,6 +267,8 @@ impl Generator {
             rng,
             n: 0,
             customers,
+            truth: None,
+            ts_override: None,
         })
     }
 
@@ -220,6 +282,12 @@ impl Generator {
 
     fn normal(&mut self, mean: f64, sd: f64) -> f64 {
         Normal::new(mean, sd).map_or(mean, |d| d.sample(&mut self.rng))
+    }
+
+    /// A logistic variate of mean 0 and scale `s`.
+    fn logistic(&mut self, s: f64) -> f64 {
+        let u: f64 = self.rng.random_range(f64::EPSILON..1.0);
+        s * (u / (1.0 - u)).ln()
     }
 
     fn poisson(&mut self, lambda: f64) -> u64 {
@@ -257,6 +325,8 @@ impl Generator {
             "supply_chain/inventory_move" => self.inventory_move(ts),
             _ => self.activity(ts),
         };
+        let ts = self.ts_override.take().unwrap_or(ts);
+        let truth = self.truth.take();
         let malformed = self.rng.random::<f64>() < malformed_frac;
         let value = if malformed {
             self.malform(&value)
@@ -269,6 +339,7 @@ impl Generator {
             ts_ms: ts,
             malformed,
             late,
+            truth,
         }
     }
 
@@ -407,7 +478,11 @@ impl Generator {
             + DELAY_PER_KG_H * weight
             + DELAY_PER_PARCEL_H * parcels as f64
             + effect
-            + self.normal(0.0, DELAY_NOISE_SD_H);
+            + self.logistic(DELAY_NOISE_SCALE_H);
+        self.truth = Some(format!(
+            "{:.6}",
+            late_probability(distance, weight, parcels as f64, carrier)
+        ));
         let hour_ms = 3_600_000.0;
         // `ts` is when the delivery was confirmed: work the other times back from it.
         let promised = ts - (delay_h * hour_ms) as i64;
@@ -433,8 +508,8 @@ impl Generator {
         )
     }
 
-    /// Inventory moves; 0.5% are anomalies: a hundredfold quantity, a fiftyfold cost, or a
-    /// booking at 3 a.m.
+    /// Inventory moves; 0.5% are anomalies: a hundredfold quantity (a fiftyfold cost instead
+    /// where the quantity is 0), a fiftyfold cost, or a booking at 3 a.m.
     fn inventory_move(&mut self, ts: i64) -> (String, Value) {
         let warehouse = self
             .pick(&["WH-HAM", "WH-FRA", "WH-MUC", "WH-BER"])
@@ -456,14 +531,25 @@ impl Generator {
             _ => 1 + self.poisson(1.0) as i64,
         };
         let mut unit_cost = self.rng.random_range(2.0..40.0);
-        let mut ts = ts;
-        if self.rng.random::<f64>() < 0.005 {
-            match self.rng.random_range(0..3) {
+        let arrival = working_hours(self.settings.start_ms, ts);
+        self.ts_override = Some(arrival);
+        // The booking time: the arrival's, except for a 3 a.m. booking of the same day.
+        let mut ts = arrival;
+        let mut truth = "normal";
+        if self.rng.random::<f64>() < ANOMALY_RATE {
+            let mut kind = self.rng.random_range(0..ANOMALY_KINDS.len());
+            if kind == 0 && quantity == 0 {
+                // A hundredfold zero is no anomaly: the cost is wrong instead.
+                kind = 1;
+            }
+            truth = ANOMALY_KINDS[kind];
+            match kind {
                 0 => quantity *= 100,
                 1 => unit_cost *= 50.0,
-                _ => ts = ts - ts.rem_euclid(86_400_000) + 3 * 3_600_000,
+                _ => ts = ts - ts.rem_euclid(DAY_MS) + 3 * HOUR_MS,
             }
         }
+        self.truth = Some(truth.to_string());
         let bin = |rng: &mut StdRng| {
             format!(
                 "A{:02}-{:02}",
@@ -645,6 +731,98 @@ mod tests {
                 (beta[i + 1] - truth).abs() < 0.01,
                 "coefficient {i}: {} vs {truth}",
                 beta[i + 1]
+            );
+        }
+    }
+
+    /// Working hours, by hand: a stream that starts at midnight begins at 06:00; 16 hours
+    /// later it is 06:00 of the next day; a start at 15:00 stays 15:00 and 7 hours later is
+    /// 06:00 of the next day; a start at 23:00 begins at the next 06:00.
+    #[test]
+    fn the_inventory_clock_skips_the_nights() {
+        let day0 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+        assert_eq!(working_hours(day0, day0), day0 + 6 * HOUR_MS);
+        assert_eq!(
+            working_hours(day0, day0 + 16 * HOUR_MS),
+            day0 + 30 * HOUR_MS
+        );
+        let at15 = day0 + 15 * HOUR_MS;
+        assert_eq!(working_hours(at15, at15), at15);
+        assert_eq!(working_hours(at15, at15 + 7 * HOUR_MS), day0 + 30 * HOUR_MS);
+        let at23 = day0 + 23 * HOUR_MS;
+        assert_eq!(working_hours(at23, at23), day0 + 30 * HOUR_MS);
+        let mut last = i64::MIN;
+        for t in (0..200).map(|i| day0 + i * 1_234_567) {
+            let w = working_hours(day0, t);
+            assert!(w >= last, "monotonic");
+            assert!((6..22).contains(&(w.rem_euclid(DAY_MS) / HOUR_MS)), "{w}");
+            last = w;
+        }
+    }
+
+    /// Every inventory move says in its truth whether and how it is an anomaly, and the
+    /// payload agrees: normal moves are booked in working hours, 3 a.m. bookings at 3 a.m.
+    #[test]
+    fn inventory_truth_names_each_injected_anomaly() {
+        let mut s = Settings::new("supply_chain/inventory_move", 5);
+        s.interval_ms = 5_000.0; // 20,000 moves over several days and nights
+        let events: Vec<Event> = Generator::new(s).expect("kind").take(20_000).collect();
+        let mut kinds = std::collections::BTreeMap::new();
+        for e in &events {
+            let truth = e.truth.as_deref().expect("a truth");
+            *kinds.entry(truth).or_insert(0) += 1;
+            let v: Value = serde_json::from_slice(&e.value).expect("json");
+            let hour = v["ts"].as_i64().expect("ts").rem_euclid(DAY_MS) / HOUR_MS;
+            if truth == "booked_at_3am" {
+                assert_eq!(hour, 3);
+            } else {
+                assert!((6..22).contains(&hour), "{truth} at {hour}h");
+                assert_eq!(v["ts"].as_i64(), Some(e.ts_ms));
+            }
+        }
+        let anomalies: usize = ANOMALY_KINDS
+            .iter()
+            .map(|k| kinds.get(k).copied().unwrap_or(0))
+            .sum();
+        // 0.5% of 20,000 = 100 expected; a binomial sd of 10.
+        assert!((60..140).contains(&anomalies), "{kinds:?}");
+        assert_eq!(anomalies + kinds["normal"], events.len(), "{kinds:?}");
+    }
+
+    /// The late truth: the header's probability is `late_probability` of the payload, and
+    /// shipments are late (delivered after the promise) at that rate: in each fifth of the
+    /// probability range, the observed share is within 0.015 of the mean probability
+    /// (50,000 shipments; the binomial sd of a fifth is under 0.005).
+    #[test]
+    fn shipments_are_late_with_the_documented_logistic_probability() {
+        let events = Generator::new(Settings::new("supply_chain/shipment", 9))
+            .expect("kind")
+            .take(50_000);
+        let mut bins = [(0.0f64, 0.0f64, 0u32); 5];
+        for e in events {
+            let v: Value = serde_json::from_slice(&e.value).expect("json");
+            let p = late_probability(
+                v["distance_km"].as_f64().expect("distance"),
+                v["weight_kg"].as_f64().expect("weight"),
+                v["parcels"].as_f64().expect("parcels"),
+                v["carrier"].as_str().expect("carrier"),
+            );
+            let said: f64 = e.truth.as_deref().expect("truth").parse().expect("number");
+            assert!((said - p).abs() < 1e-6, "{said} vs {p}");
+            let late = v["ts"].as_i64() > v["promised_delivery_ts"].as_i64();
+            let b = &mut bins[((p * 5.0) as usize).min(4)];
+            b.0 += p;
+            b.1 += f64::from(u8::from(late));
+            b.2 += 1;
+        }
+        for (i, (p, late, n)) in bins.iter().enumerate() {
+            if *n < 1000 {
+                continue;
+            }
+            let (p, late) = (p / f64::from(*n), late / f64::from(*n));
+            assert!(
+                (p - late).abs() < 0.015,
+                "fifth {i}: predicted {p:.3}, observed {late:.3} of {n}"
             );
         }
     }

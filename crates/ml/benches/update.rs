@@ -73,6 +73,7 @@ fn kmeans(c: &mut Criterion) {
                 reseed_below: 0.0,
                 standardize: false,
                 random_seed: 1,
+                scored: Vec::new(),
             },
         );
         model.update(&seed, 0);

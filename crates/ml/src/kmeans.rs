@@ -17,6 +17,14 @@
 //!
 //! With `seed_trim`, that fraction of the seed sample, the points farthest from their fifth
 //! nearest neighbour (isolated points), is left out of seeding.
+//!
+//! Each cluster also keeps a robust spread per dimension: a winsorised mean and variance
+//! (a point is clipped to the cluster's mean ± [`CLIP`] standard deviations of that dimension
+//! before it is folded into them, once the cluster has weight [`ROBUST_AFTER`]), so that the
+//! anomalies a cluster receives do not widen it. A row's anomaly score is its largest
+//! per-dimension distance to its cluster's robust mean in robust standard deviations, over
+//! the dimensions the configuration scores (numeric features: categorical inputs say which
+//! kind of row it is, not how unusual it is).
 
 use crate::Welford;
 
@@ -42,7 +50,20 @@ pub struct KMeansConfig {
     pub standardize: bool,
     /// Random seed.
     pub random_seed: u64,
+    /// Dimensions the anomaly score looks at; empty: all.
+    #[serde(default)]
+    pub scored: Vec<bool>,
 }
+
+/// Robust spread: a point is clipped to this many standard deviations around the cluster's
+/// robust mean of each dimension before it is folded into that dimension's robust statistics.
+pub const CLIP: f64 = 3.0;
+/// A cluster clips once it has at least this weight (before, its spread is too uncertain).
+pub const ROBUST_AFTER: f64 = 20.0;
+/// Smallest robust standard deviation (in the model's space, standard deviations of the
+/// seed sample when standardised): a dimension constant in a cluster still gives a finite
+/// score, and its clip range can widen if the data starts to vary.
+pub const SPREAD_FLOOR: f64 = 1e-3;
 
 /// One cluster.
 #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -53,6 +74,12 @@ pub struct Centroid {
     pub center: Vec<f64>,
     /// Weighted sum of squared distances of its points to the centre.
     pub sse: f64,
+    /// Per dimension, the winsorised mean of its points (see the module's documentation).
+    #[serde(default)]
+    pub robust_mean: Vec<f64>,
+    /// Per dimension, the winsorised weighted sum of squared deviations from `robust_mean`.
+    #[serde(default)]
+    pub robust_m2: Vec<f64>,
 }
 
 impl Clone for Centroid {
@@ -61,18 +88,95 @@ impl Clone for Centroid {
             weight: self.weight,
             center: self.center.clone(),
             sse: self.sse,
+            robust_mean: self.robust_mean.clone(),
+            robust_m2: self.robust_m2.clone(),
         }
     }
 
-    /// Reuses the centre's allocation (a merged model is rebuilt per row).
+    /// Reuses the allocations (a merged model is rebuilt per row).
     fn clone_from(&mut self, other: &Self) {
         self.weight = other.weight;
         self.center.clone_from(&other.center);
         self.sse = other.sse;
+        self.robust_mean.clone_from(&other.robust_mean);
+        self.robust_m2.clone_from(&other.robust_m2);
     }
 }
 
 impl Centroid {
+    /// A cluster of one point.
+    pub fn point(z: Vec<f64>) -> Self {
+        Self {
+            weight: 1.0,
+            robust_mean: z.clone(),
+            robust_m2: vec![0.0; z.len()],
+            center: z,
+            sse: 0.0,
+        }
+    }
+
+    /// A cluster with no weight yet, centred at `center`.
+    pub fn empty(center: Vec<f64>) -> Self {
+        Self {
+            weight: 0.0,
+            robust_mean: center.clone(),
+            robust_m2: vec![0.0; center.len()],
+            center,
+            sse: 0.0,
+        }
+    }
+
+    /// Forgets all its points, keeping its centre.
+    fn clear(&mut self) {
+        self.weight = 0.0;
+        self.sse = 0.0;
+        self.robust_mean.clone_from(&self.center);
+        self.robust_m2.iter_mut().for_each(|m| *m = 0.0);
+    }
+
+    /// Scales its weight and spreads by `f` (forgetting).
+    fn decay(&mut self, f: f64) {
+        self.weight *= f;
+        self.sse *= f;
+        self.robust_m2.iter_mut().for_each(|m| *m *= f);
+    }
+
+    /// A state restored from before the robust spread existed starts it from the centre,
+    /// with the cluster's SSE shared equally by the dimensions.
+    fn ensure_spread(&mut self) {
+        let d = self.center.len();
+        if self.robust_mean.len() != d || self.robust_m2.len() != d {
+            self.robust_mean.clone_from(&self.center);
+            self.robust_m2 = vec![self.sse / d.max(1) as f64; d];
+        }
+    }
+
+    /// The robust standard deviation of dimension `j`.
+    fn robust_sd(&self, j: usize) -> f64 {
+        let m2 = self.robust_m2.get(j).copied().unwrap_or(0.0);
+        if self.weight > 0.0 {
+            (m2 / self.weight).sqrt().max(SPREAD_FLOOR)
+        } else {
+            SPREAD_FLOOR
+        }
+    }
+
+    /// The largest distance of `z` to the robust mean, in robust standard deviations, over
+    /// the dimensions `scored` says (all when empty), and that dimension.
+    pub fn anomaly(&self, z: &[f64], scored: &[bool]) -> (f64, usize) {
+        let mut best = (0.0, 0);
+        for (j, v) in z.iter().enumerate() {
+            if scored.get(j) == Some(&false) {
+                continue;
+            }
+            let mean = self.robust_mean.get(j).copied().unwrap_or(self.center[j]);
+            let score = (v - mean).abs() / self.robust_sd(j);
+            if score > best.0 {
+                best = (score, j);
+            }
+        }
+        best
+    }
     /// Root-mean-square distance of its points to the centre.
     pub fn rms_radius(&self) -> f64 {
         if self.weight > 0.0 {
@@ -83,7 +187,21 @@ impl Centroid {
     }
 
     fn add(&mut self, x: &[f64], w: f64) {
+        self.ensure_spread();
         let total = self.weight + w;
+        let clips = self.weight >= ROBUST_AFTER;
+        for (j, v) in x.iter().enumerate() {
+            let mean = self.robust_mean[j];
+            let v = if clips {
+                let r = CLIP * self.robust_sd(j);
+                v.clamp(mean - r, mean + r)
+            } else {
+                *v
+            };
+            let delta = v - mean;
+            self.robust_mean[j] += delta * w / total;
+            self.robust_m2[j] += w * self.weight / total * delta * delta;
+        }
         let mut dist2 = 0.0;
         for (c, v) in self.center.iter_mut().zip(x) {
             let delta = v - *c;
@@ -103,10 +221,30 @@ impl Centroid {
             return;
         }
         if self.weight <= 0.0 {
-            self.weight = wb;
-            self.center.clone_from(&other.center);
-            self.sse = other.sse * f;
+            self.clone_from(other);
+            self.decay(f);
+            self.ensure_spread();
             return;
+        }
+        self.ensure_spread();
+        let d = self.robust_mean.len();
+        let owned;
+        let theirs = if other.robust_mean.len() == d && other.robust_m2.len() == d {
+            other
+        } else {
+            owned = {
+                let mut c = other.clone();
+                c.ensure_spread();
+                c
+            };
+            &owned
+        };
+        // Chan et al. per dimension, as for the centre: exact for the winsorised values
+        // each side folded (each clipped by its own bounds).
+        for j in 0..self.robust_mean.len() {
+            let delta = theirs.robust_mean[j] - self.robust_mean[j];
+            self.robust_mean[j] += delta * wb / total;
+            self.robust_m2[j] += theirs.robust_m2[j] * f + self.weight * wb / total * delta * delta;
         }
         let mut dist2 = 0.0;
         for (c, v) in self.center.iter_mut().zip(&other.center) {
@@ -128,6 +266,11 @@ pub struct Assignment {
     pub distance: f64,
     /// `distance / rms_radius` of the cluster (∞ for a point away from a zero-radius cluster).
     pub outlier_score: f64,
+    /// The largest per-dimension distance to the cluster's robust mean, in its robust
+    /// standard deviations, over the scored dimensions.
+    pub anomaly_score: f64,
+    /// The dimension of `anomaly_score`.
+    pub anomaly_dim: usize,
 }
 
 /// A k-means model learning from a stream.
@@ -325,10 +468,13 @@ impl KMeans {
         } else {
             f64::INFINITY
         };
+        let (anomaly_score, anomaly_dim) = self.centroids[best.0].anomaly(&z, &self.config.scored);
         Some(Assignment {
             cluster: best.0,
             distance,
             outlier_score,
+            anomaly_score,
+            anomaly_dim,
         })
     }
 
@@ -424,13 +570,11 @@ impl KMeans {
             let c = &mut self.centroids[i];
             if theirs > mine {
                 c.clone_from(&other.centroids[i]);
-                c.weight *= f_other;
-                c.sse *= f_other;
+                c.decay(f_other);
                 self.generations.resize(self.centroids.len(), 1);
                 self.generations[i] = theirs;
             } else {
-                c.weight *= f_self;
-                c.sse *= f_self;
+                c.decay(f_self);
                 if theirs == mine {
                     c.merge(&other.centroids[i], f_other);
                 }
@@ -504,8 +648,7 @@ impl KMeans {
         if let Some(b) = base {
             for i in 0..self.centroids.len().min(b.centroids.len()) {
                 if b.generation(i) > self.generation(i) {
-                    self.centroids[i].weight = 0.0;
-                    self.centroids[i].sse = 0.0;
+                    self.centroids[i].clear();
                     self.generations.resize(self.centroids.len(), 1);
                     self.generations[i] = b.generation(i);
                 }
@@ -529,11 +672,7 @@ impl KMeans {
                 w / total < self.config.reseed_below
             });
             if let Some(i) = dying {
-                self.centroids[i] = Centroid {
-                    weight: 1.0,
-                    center: z,
-                    sse: 0.0,
-                };
+                self.centroids[i] = Centroid::point(z);
                 self.reseeded(i);
             }
         }
@@ -563,11 +702,7 @@ impl KMeans {
         self.centroids = seed
             .centroids
             .iter()
-            .map(|c| Centroid {
-                weight: 0.0,
-                center: c.center.clone(),
-                sse: 0.0,
-            })
+            .map(|c| Centroid::empty(c.center.clone()))
             .collect();
         self.generations = (0..seed.centroids.len())
             .map(|i| seed.generation(i))
@@ -596,8 +731,7 @@ impl KMeans {
         {
             let f = 0.5f64.powf((now_ms - t) as f64 / h);
             for c in &mut self.centroids {
-                c.weight *= f;
-                c.sse *= f;
+                c.decay(f);
             }
         }
         self.clock = Some(self.clock.map_or(now_ms, |t| t.max(now_ms)));
@@ -624,11 +758,7 @@ impl KMeans {
                 if self.centroids[i].weight / total < self.config.reseed_below
                     && let Some(p) = far.next()
                 {
-                    self.centroids[i] = Centroid {
-                        weight: 1.0,
-                        center: scaled[p].clone(),
-                        sse: 0.0,
-                    };
+                    self.centroids[i] = Centroid::point(scaled[p].clone());
                     self.reseeded(i);
                 }
             }
@@ -678,13 +808,7 @@ impl KMeans {
             }
         }
         let labels = best.map(|(_, l)| l).unwrap_or_default();
-        self.centroids = (0..k)
-            .map(|_| Centroid {
-                weight: 0.0,
-                center: vec![0.0; self.d],
-                sse: 0.0,
-            })
-            .collect();
+        self.centroids = (0..k).map(|_| Centroid::empty(vec![0.0; self.d])).collect();
         self.generations = vec![1; k];
         for ((p, l), i) in points.iter().zip(&labels).zip(&keep) {
             if *i < learnt {
@@ -766,11 +890,7 @@ mod tests {
 
     #[test]
     fn a_centre_is_the_mean_of_its_points() {
-        let mut c = Centroid {
-            weight: 0.0,
-            center: vec![0.0, 0.0],
-            sse: 0.0,
-        };
+        let mut c = Centroid::empty(vec![0.0, 0.0]);
         for p in [[1.0, 2.0], [3.0, 4.0], [5.0, 0.0]] {
             c.add(&p, 1.0);
         }
@@ -779,17 +899,42 @@ mod tests {
         assert!((c.sse - 16.0).abs() < 1e-12);
     }
 
+    /// The robust spread ignores what it clips: inliers spread evenly over -5..5 (sd √10 =
+    /// 3.16) with one point in 100 at 1,000 (a plain sd of about 100). Clipped at 3 sds, the
+    /// outliers add about 0.01 · 9.5² to the variance: a robust sd of about 3.3, by hand.
+    #[test]
+    fn the_robust_spread_is_not_widened_by_the_outliers_it_receives() {
+        let mut c = Centroid::empty(vec![0.0]);
+        for i in 0..10_000 {
+            let x = if i % 100 == 99 {
+                1000.0
+            } else {
+                (i % 11) as f64 - 5.0
+            };
+            c.add(&[x], 1.0);
+        }
+        let sd = c.robust_sd(0);
+        assert!((3.0..3.6).contains(&sd), "robust sd {sd}");
+        assert!(c.rms_radius() > 50.0, "the plain radius {}", c.rms_radius());
+        let (outlier, _) = c.anomaly(&[1000.0], &[]);
+        let (inlier, _) = c.anomaly(&[5.0], &[]);
+        assert!(outlier > 200.0 && inlier < 2.0, "{outlier} {inlier}");
+        // Unscored dimensions are skipped.
+        let mut d = Centroid::empty(vec![0.0, 0.0]);
+        for i in 0..100 {
+            d.add(&[(i % 3) as f64, 0.0], 1.0);
+        }
+        assert_eq!(d.anomaly(&[1.0, 50.0], &[true, false]).1, 0);
+        assert_eq!(d.anomaly(&[1.0, 50.0], &[]).1, 1);
+    }
+
     #[test]
     fn merged_centroids_equal_the_centroid_of_all_their_points() {
         let (a_pts, b_pts) = (
             [[1.0, 2.0], [3.0, 4.0]],
             [[5.0, 0.0], [7.0, 2.0], [9.0, 4.0]],
         );
-        let fresh = || Centroid {
-            weight: 0.0,
-            center: vec![0.0, 0.0],
-            sse: 0.0,
-        };
+        let fresh = || Centroid::empty(vec![0.0, 0.0]);
         let (mut a, mut b) = (fresh(), fresh());
         a_pts.iter().for_each(|p| a.add(p, 1.0));
         b_pts.iter().for_each(|p| b.add(p, 1.0));
@@ -827,6 +972,7 @@ mod tests {
             reseed_below: 0.001,
             standardize: true,
             random_seed: 5,
+            scored: Vec::new(),
         };
         let groups = [[0.0, 0.0], [50.0, 0.0], [0.0, 80.0]];
         let rows = grouped_rows(&groups, |i| (i * 7 + i / 5) % 3, 4.0, 3);
@@ -879,6 +1025,7 @@ mod tests {
             reseed_below: 0.001,
             standardize: true,
             random_seed: 5,
+            scored: Vec::new(),
         };
         let groups = [[0.0, 0.0], [30.0, 0.0], [0.0, 40.0]];
         let rows = grouped_rows(&groups, |i| (i * 7 + i / 3) % 3, 6.0, 11);
@@ -1006,6 +1153,7 @@ mod tests {
             reseed_below: 0.0,
             standardize: false,
             random_seed: 1,
+            scored: Vec::new(),
         };
         let mut leader = KMeans::new(1, config.clone());
         leader.update(&[vec![0.0], vec![0.0], vec![10.0], vec![10.0]], 0);
@@ -1014,11 +1162,7 @@ mod tests {
         other.learn_shared(&[0.0], 1, Some(&leader), &mut scratch, 1);
         other.learn_shared(&[10.0], 1, Some(&leader), &mut scratch, 1);
         let low = leader.assign(&[0.0]).expect("seeded").cluster;
-        leader.centroids[low] = Centroid {
-            weight: 1.0,
-            center: vec![5.0],
-            sse: 0.0,
-        };
+        leader.centroids[low] = Centroid::point(vec![5.0]);
         leader.reseeded(low);
         let mut merged = leader.clone();
         merged.merge(&other);
@@ -1047,6 +1191,7 @@ mod tests {
             reseed_below: 0.0,
             standardize: false,
             random_seed: 1,
+            scored: Vec::new(),
         };
         let mut m = KMeans::new(1, config);
         m.update(&[vec![1.0], vec![2.0]], 0);
@@ -1094,6 +1239,7 @@ mod tests {
                     reseed_below: 0.0,
                     standardize: false,
                     random_seed: seed,
+                    scored: Vec::new(),
                 },
             );
             m.update(&sample, 0);
@@ -1149,6 +1295,7 @@ mod tests {
                 reseed_below: 0.0,
                 standardize: true,
                 random_seed: 3,
+                scored: Vec::new(),
             },
         );
         let sample: Vec<Vec<f64>> = (0..40)

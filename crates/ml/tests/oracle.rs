@@ -218,6 +218,7 @@ fn kmeans_finds_the_segments_scikit_learn_finds_and_scores_outliers() {
             reseed_below: 0.0,
             standardize: false,
             random_seed: 42,
+            scored: Vec::new(),
         },
     );
     for (i, batch) in x.chunks(100).enumerate() {

@@ -65,6 +65,7 @@ fn kmeans_resumes_exactly_while_seeding_and_after() {
         reseed_below: 0.01,
         standardize: true,
         random_seed: 7,
+        scored: Vec::new(),
     };
     let data: Vec<Vec<f64>> = rows(600)
         .into_iter()

@@ -155,7 +155,24 @@ pub async fn generate(args: GenArgs) -> Result<GenReport, Box<dyn std::error::Er
         if let Some(avro) = avro.as_mut() {
             avro.encode(&mut events)?;
         }
-        sink.send_all(&records(&events), &[]).await?;
+        if events.iter().any(|e| e.truth.is_some()) {
+            // The ground truth travels in a header, outside the payload pipelines read.
+            let with_truth: Vec<(OutRecord<'_>, connectors::RecordHeaders)> = records(&events)
+                .into_iter()
+                .zip(&events)
+                .map(|(r, e)| {
+                    let truth = e
+                        .truth
+                        .as_ref()
+                        .map(|t| (generator::TRUTH_HEADER.to_string(), t.as_bytes().to_vec()));
+                    (r, truth.into_iter().collect())
+                })
+                .collect();
+            sink.send_with_headers(&with_truth).await?;
+            sink.settle().await?;
+        } else {
+            sink.send_all(&records(&events), &[]).await?;
+        }
         report.events += n;
         report.malformed += events.iter().filter(|e| e.malformed).count() as u64;
         report.late += events.iter().filter(|e| e.late).count() as u64;

@@ -49,6 +49,8 @@ pub fn reserved_columns(model: &Model) -> &'static [&'static str] {
             "cluster_id",
             "distance",
             "outlier_score",
+            "anomaly_score",
+            "anomaly_feature",
             MODEL_VERSION,
         ]
     } else {
@@ -76,6 +78,11 @@ pub fn predictions(model: &Model, input: &Schema) -> SchemaRef {
             Field::new("cluster_id", DataType::UInt32, true),
             Field::new("distance", DataType::Float64, true),
             Field::new("outlier_score", DataType::Float64, true),
+            // The row's largest distance to its cluster's robust mean of one numeric
+            // feature, in robust standard deviations, and that feature (null without a
+            // numeric feature).
+            Field::new("anomaly_score", DataType::Float64, true),
+            Field::new("anomaly_feature", DataType::Utf8, true),
         ]);
     } else {
         fields.extend([

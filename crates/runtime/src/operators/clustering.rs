@@ -1,14 +1,16 @@
 //! Incremental k-means as a [`Learner`] of the keyed-model operator: per key a [`KMeans`].
 //! Each row is assigned with the model as it was (null while the model buffers its seed
-//! sample), then learnt. Snapshots list the centroids (in input units), their weights and
+//! sample), then learnt. Besides its cluster, distance and outlier score, a row gets an
+//! anomaly score (its largest distance to the cluster's robust mean of one numeric feature,
+//! in robust standard deviations: see crates/ml's kmeans) and that feature's name. Snapshots list the centroids (in input units), their weights and
 //! radii, and the inertia.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, Float64Array, Float64Builder, ListArray, RecordBatch, StructArray, UInt32Array,
-    UInt32Builder, UInt64Array,
+    ArrayRef, Float64Array, Float64Builder, ListArray, RecordBatch, StringBuilder, StructArray,
+    UInt32Array, UInt32Builder, UInt64Array,
 };
 use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::compute::cast;
@@ -33,6 +35,9 @@ pub struct Clustering {
     one: Vec<Vec<f64>>,
     /// A global model learnt by several tasks: this task's part in it.
     shared: Option<Shared>,
+    /// Per model input, the numeric feature it is (scored by the anomaly score), or `None`
+    /// for the 0/1 inputs of a categorical feature.
+    numeric: Vec<Option<String>>,
 }
 
 /// A task's part in a global clustering learnt by several tasks.
@@ -49,6 +54,15 @@ struct Shared {
 impl Clustering {
     /// The learner of `c`.
     pub fn new(c: &planner::Clustering, _input: &SchemaRef) -> Result<Self, RuntimeError> {
+        let numeric: Vec<Option<String>> = c
+            .features
+            .iter()
+            .flat_map(|f| match f {
+                planner::Feature::Numeric(name) => vec![Some(name.clone())],
+                planner::Feature::OneHot { values, .. } => vec![None; values.len()],
+                planner::Feature::Hashed { buckets, .. } => vec![None; *buckets as usize],
+            })
+            .collect();
         Ok(Self {
             config: KMeansConfig {
                 k: c.k as usize,
@@ -59,27 +73,36 @@ impl Clustering {
                 reseed_below: c.reseed_below,
                 standardize: c.standardize,
                 random_seed: c.random_seed,
+                scored: numeric.iter().map(Option::is_some).collect(),
             },
             one: vec![Vec::new()],
             shared: None,
+            numeric,
         })
     }
 }
 
 /// Appends an assignment (nulls without one) to the prediction builders.
-fn append(out: &mut Out, a: Option<ml::Assignment>) {
+fn append(out: &mut Out, a: Option<ml::Assignment>, numeric: &[Option<String>]) {
     out.cluster.append_option(a.map(|a| a.cluster as u32));
     out.distance.append_option(a.map(|a| a.distance));
     out.score
         .append_option(a.map(|a| a.outlier_score).filter(|s| s.is_finite()));
+    // Without a numeric feature there is nothing to score.
+    let feature = a.and_then(|a| numeric.get(a.anomaly_dim)?.as_deref());
+    out.anomaly
+        .append_option(a.filter(|_| feature.is_some()).map(|a| a.anomaly_score));
+    out.anomaly_feature.append_option(feature);
 }
 
-/// Prediction builders: cluster, distance, outlier score.
+/// Prediction builders: cluster, distance, outlier score, anomaly score and feature.
 #[derive(Debug)]
 pub struct Out {
     cluster: UInt32Builder,
     distance: Float64Builder,
     score: Float64Builder,
+    anomaly: Float64Builder,
+    anomaly_feature: StringBuilder,
 }
 
 impl Learner for Clustering {
@@ -102,6 +125,8 @@ impl Learner for Clustering {
             cluster: UInt32Builder::with_capacity(n),
             distance: Float64Builder::with_capacity(n),
             score: Float64Builder::with_capacity(n),
+            anomaly: Float64Builder::with_capacity(n),
+            anomaly_feature: StringBuilder::with_capacity(n, 16 * n),
         }
     }
 
@@ -119,11 +144,11 @@ impl Learner for Clustering {
             let (a, learnt) =
                 ks.model
                     .learn_shared(x, ms, base.map(|b| &b.model), &mut sh.merged, sh.task);
-            append(out, a);
+            append(out, a, &self.numeric);
             return learnt;
         }
         let a = ks.model.assign(x);
-        append(out, a);
+        append(out, a, &self.numeric);
         self.one[0].clear();
         self.one[0].extend_from_slice(x);
         ks.model.update(&self.one, ms);
@@ -169,6 +194,8 @@ impl Learner for Clustering {
             Arc::new(out.cluster.finish()),
             Arc::new(out.distance.finish()),
             Arc::new(out.score.finish()),
+            Arc::new(out.anomaly.finish()),
+            Arc::new(out.anomaly_feature.finish()),
         ]
     }
 
